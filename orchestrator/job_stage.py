@@ -1,0 +1,44 @@
+"""Run one `job` stage: a single plain function in the driver, logged to the stage's run.
+
+Jobs (evaluation, prototype selection) are one-shot, so they need no Ray scheduling; their files
+are written to `<output>/jobs/<stage>/` and logged as the parent run's artifacts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from orchestrator.spec import JobStage
+from orchestrator.tracking import Tracker
+from trainables import catalog
+from trainables.config import build_config
+from trainables.reporter import CheckpointState, Reporter
+
+
+class MlflowRunReporter(Reporter):
+    """Reports straight into one MLflow run, one step per call."""
+
+    def __init__(self, tracker: Tracker, run_id: str) -> None:
+        self.tracker, self.run_id, self.step = tracker, run_id, 0
+        self.last: dict[str, float] = {}
+
+    def report(self, metrics: Mapping[str, float], checkpoint: CheckpointState | None = None) -> None:
+        self.step += 1
+        self.last.update(metrics)
+        self.tracker.log_metrics(self.run_id, metrics, step=self.step)
+
+    def restore(self) -> CheckpointState | None:
+        return None  # a job restarts from scratch on resume
+
+
+def run_job_stage(*, stage: JobStage, inputs: Mapping[str, str], workdir: Path, tracker: Tracker,
+                  run_id: str) -> dict[str, float]:
+    definition = catalog.job(stage.job)
+    config = build_config(definition.config_cls, {**stage.config, **inputs})
+    workdir.mkdir(parents=True, exist_ok=True)
+    reporter = MlflowRunReporter(tracker, run_id)
+    print(f"[{stage.name}] running job {stage.job} -> {workdir}", flush=True)
+    metrics = dict(definition.run(config, reporter, workdir) or reporter.last)
+    tracker.log_artifacts(run_id, workdir)
+    return metrics

@@ -1,0 +1,159 @@
+"""gensearch's command line: validate a study YAML, run it, resume it.
+
+Exit codes: 0 success; 1 a stage failed (its MLflow run is marked FAILED with the reason and all
+completed work is kept; fix the cause and re-run with --resume); 2 nothing ran (bad spec, output
+folder already used, unreachable tracking server, missing dataset); 130 interrupted (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+import traceback
+from pathlib import Path
+
+EXAMPLE = textwrap.dedent("""\
+    examples:
+      python -m orchestrator.launch search_spaces/smoke.yaml --dry-run   # check the file, print the plan
+      python -m orchestrator.launch search_spaces/smoke.yaml             # run it (local Ray, embedded MLflow)
+      python -m orchestrator.launch search_spaces/smoke.yaml --resume    # continue after a crash or Ctrl-C
+      python -m orchestrator.launch study.yaml --address auto --tracking-uri http://HEAD:5000   # on a cluster
+
+    A study YAML lists stages run in order. A `tune` stage searches a trainable's settings with
+    Ray Tune (Optuna sampling, optional ASHA early stopping); a `job` stage runs one function.
+    A stage uses an earlier stage's result by name (`inputs: {checkpoint: classifier.best}`).
+    Every stage is a parent run in MLflow (experiment = study name), every trial a child run;
+    the best model of a stage is registered as <study>-<stage> with the alias `champion`.
+    Results go to --output (default: the study's `output`, else runs/<study>); the summary at the
+    end prints the exact `mlflow ui` command for this study.
+
+    exit codes: 0 done, 1 a stage failed (fix, then --resume), 2 nothing ran (bad input), 130 interrupted
+    """)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.launch", description="Run a gensearch study described by one YAML file.",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", help="the study YAML file (see search_spaces/)")
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; start nothing")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the study already in the output folder: finished stages and trials are kept")
+    parser.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow tracking server (default: $MLFLOW_TRACKING_URI, the study's tracking.uri, "
+                             "else an embedded SQLite store in the output folder)")
+    parser.add_argument("--address", metavar="ADDR",
+                        help="Ray cluster to join ('auto' for the one this machine belongs to); default: start a "
+                             "local Ray just for this run")
+    parser.add_argument("--output", metavar="DIR", help="output folder (default: the study's `output`)")
+    parser.add_argument("--data-root", metavar="DIR",
+                        help="folder with datasets in torchvision's layout (default: $GENSEARCH_DATA, ../shared/data)")
+    parser.add_argument("--verbose", action="store_true", help="show Ray's and the trials' own logs")
+    return parser
+
+
+def fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from orchestrator.spec import SpecError, load_study
+
+    try:
+        spec = load_study(args.study)
+    except SpecError as error:
+        for line in error.lines():
+            print(line, file=sys.stderr)
+        return 2
+    if args.data_root:
+        os.environ["GENSEARCH_DATA"] = str(Path(args.data_root).resolve())
+    output = Path(args.output) if args.output else spec.output
+    from orchestrator.plan import plan_lines
+    from orchestrator.tracking import resolve_target
+
+    target = resolve_target(output, args.tracking_uri, spec.tracking.uri)
+    if args.dry_run:
+        print("\n".join(plan_lines(spec, str(output), target)))
+        print("Nothing was run (--dry-run).")
+        return 0
+    return run(spec, output.resolve(), target, args)
+
+
+def preflight_problems(spec) -> list[str]:
+    """Cheap checks that would otherwise fail inside every trial (a missing dataset, say)."""
+    from orchestrator.spec import TuneStage, representative_values
+    from trainables import catalog
+    from trainables.config import ConfigError, build_config
+
+    problems = []
+    for index, stage in enumerate(spec.stages):
+        if not isinstance(stage, TuneStage):
+            continue
+        definition = catalog.trainable(stage.trainable)
+        if definition.preflight is None:
+            continue
+        values = {**stage.config, **{k: representative_values(v)[0] for k, v in stage.space.items()},
+                  **{k: "/unresolved" for k in stage.inputs}}
+        try:
+            definition.preflight(build_config(definition.config_cls, values))
+        except (ConfigError, OSError, RuntimeError, ValueError) as error:
+            problems.append(f"{spec.source}: stages[{index}].config: {error}")
+    return problems
+
+
+def run(spec, output: Path, target, args) -> int:
+    from orchestrator.study_runner import StageError, StudyRunner
+    from orchestrator.study_state import StudyState, load_state
+    from orchestrator.summary import summary_lines, write_summary
+    from orchestrator.tracking import Tracker, TrackingUnavailable, check_reachable
+
+    state = load_state(output)
+    if state is not None and state.started and not args.resume:
+        done = ", ".join(f"{name} {s.status}" for name, s in state.stages.items())
+        return fail(f"{output} already holds study {state.study!r} ({done}); re-run with --resume to continue it, "
+                    f"or pass --output NEW_DIR for a fresh run. Nothing was run.", 2)
+    if state is not None and state.study != spec.name:
+        return fail(f"{output} holds study {state.study!r}, not {spec.name!r}; pass --output NEW_DIR", 2)
+    if state is not None and state.tracking_uri != target.uri:
+        return fail(f"{output} was tracked in {state.tracking_uri}, not {target.uri}; pass "
+                    f"--tracking-uri {state.tracking_uri} to resume it", 2)
+    problems = preflight_problems(spec)
+    if problems:
+        for line in problems:
+            print(line, file=sys.stderr)
+        return 2
+    try:
+        check_reachable(target)
+    except TrackingUnavailable as error:
+        return fail(f"{spec.source}: tracking: {error}", 2)
+
+    output.mkdir(parents=True, exist_ok=True)
+    state = state or StudyState(study=spec.name, tracking_uri=target.uri)
+    tracker = Tracker(target, spec.tracking.experiment, spec.name)
+    worker_env = {k: os.environ[k] for k in ("GENSEARCH_DATA", "GENSEARCH_CACHE") if k in os.environ}
+    runner = StudyRunner(spec, output, tracker, state, resume=args.resume, address=args.address,
+                         worker_env=worker_env, verbose=args.verbose)
+    code = 0
+    try:
+        runner.run()
+    except StageError as error:
+        log = output / "error.log"
+        log.write_text("".join(traceback.format_exception(error.__cause__ or error)))
+        print(f"error: {error}. Completed trials and stages are kept; fix the cause and re-run with --resume "
+              f"(traceback: {log})", file=sys.stderr, flush=True)
+        code = 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: completed work is kept; continue with --resume", file=sys.stderr, flush=True)
+        return 130
+    lines = summary_lines(spec, state, output, target)
+    write_summary(lines, output)
+    print("\n" + "\n".join(lines), flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""The human-readable plan `--dry-run` prints: what would run, how many trials, on what."""
+
+from __future__ import annotations
+
+from orchestrator.spec import Choice, Grid, IntRange, JobStage, LogUniform, SpaceEntry, StudySpec, TuneStage, Uniform
+from orchestrator.tracking import TrackingTarget
+
+
+def describe_entry(entry: SpaceEntry) -> str:
+    if isinstance(entry, Uniform):
+        return f"uniform[{entry.low:g}, {entry.high:g}]"
+    if isinstance(entry, LogUniform):
+        return f"loguniform[{entry.low:g}, {entry.high:g}]"
+    if isinstance(entry, IntRange):
+        return f"int[{entry.low}, {entry.high}]{' log' if entry.log else ''}"
+    if isinstance(entry, Choice):
+        return f"choice{list(entry.values)}"
+    if isinstance(entry, Grid):
+        return f"grid{list(entry.values)}"
+    raise TypeError(entry)
+
+
+def plan_lines(spec: StudySpec, output: str, target: TrackingTarget) -> list[str]:
+    lines = [f"Study {spec.name!r} from {spec.source}: {len(spec.stages)} stage(s), output {output}"]
+    if spec.description:
+        lines.append(f"  {spec.description}")
+    for number, stage in enumerate(spec.stages, 1):
+        if isinstance(stage, TuneStage):
+            searcher = ("Optuna " + stage.searcher.sampler) if stage.searcher.type == "optuna" else "basic (random/grid)"
+            seed = f", seed {stage.searcher.seed}" if stage.searcher.seed is not None else ""
+            at_once = f", at most {stage.max_concurrent_trials} at once" if stage.max_concurrent_trials else ""
+            asha = (f"ASHA max_t={stage.scheduler.max_t} grace={stage.scheduler.grace_period} "
+                    f"reduction={stage.scheduler.reduction_factor:g}") if stage.scheduler else "no early stopping"
+            lines += [
+                f"  {number}. {stage.name}  tune  trainable={stage.trainable}  metric={stage.metric} ({stage.mode})",
+                f"       trials: {stage.total_trials} ({searcher}{seed}){at_once}; {asha}",
+                f"       resources per trial: {stage.resources.cpu:g} CPU, {stage.resources.gpu:g} GPU; "
+                f"max_failures={stage.max_failures}",
+            ]
+            if stage.space:
+                lines.append("       space: " + "; ".join(f"{k} {describe_entry(v)}" for k, v in stage.space.items()))
+            if stage.register:
+                lines.append(f"       registers the best model as {stage.register.name} @{stage.register.alias}")
+        elif isinstance(stage, JobStage):
+            lines.append(f"  {number}. {stage.name}  job   job={stage.job}")
+        if stage.inputs:
+            lines.append("       inputs: " + ", ".join(f"{k} <- {v}" for k, v in stage.inputs.items()))
+    lines.append(f"Tracking: {target.uri}{' (embedded)' if target.embedded else ''}")
+    return lines

@@ -1,0 +1,53 @@
+"""The MLflow Model Registry: the best trial's model becomes a version with an alias.
+
+The model is logged into the best trial's own child run, so the registered version's source run
+*is* the trial that earned it. Registration is idempotent: re-running it for the same run (after
+a resume) finds the existing version instead of adding another.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import torch
+
+from orchestrator.spec import RegisterSpec
+from orchestrator.study_state import BestTrial, RegisteredVersion
+from orchestrator.tracking import Tracker
+from trainables.catalog import TrainableDef
+from trainables.checkpoint import load_checkpoint
+
+# Given explicitly: letting MLflow infer requirements costs ~12 s per model.
+PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}"]
+
+
+def register_best(tracker: Tracker, definition: TrainableDef, best: BestTrial, spec: RegisterSpec,
+                  stage: str) -> RegisteredVersion:
+    client = tracker.client
+    existing = client.search_model_versions(f"name = '{spec.name}' and run_id = '{best.child_run_id}'")
+    if existing:
+        version = max(existing, key=lambda v: int(v.version))
+    else:
+        model = definition.build_model(load_checkpoint(best.checkpoint))
+        mlflow.set_tracking_uri(tracker.target.uri)
+        mlflow.set_registry_uri(tracker.target.uri)
+        logging.getLogger("mlflow").setLevel(logging.ERROR)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        with mlflow.start_run(run_id=best.child_run_id):
+            # "pickle": loads back as the same nn.Module class with mlflow.pytorch.load_model; the
+            # newer "pt2" format would need a traced example input from every trainable.
+            info = mlflow.pytorch.log_model(model, name="model", pip_requirements=PIP_REQUIREMENTS,
+                                            serialization_format="pickle")
+        version = mlflow.register_model(info.model_uri, spec.name, tags={
+            "gensearch.study": tracker.study, "gensearch.stage": stage, "gensearch.trial_id": best.trial_id,
+            best.metric: f"{best.value:.6g}", "gensearch.checkpoint": Path(best.checkpoint).as_posix()})
+        if version.run_id != best.child_run_id:  # MLflow resolves the source run from the logged model
+            raise RuntimeError(f"registered {spec.name} v{version.version} points at run {version.run_id}, "
+                               f"not the best trial's run {best.child_run_id}")
+    client.set_registered_model_alias(spec.name, spec.alias, version.version)
+    return RegisteredVersion(name=spec.name, version=str(version.version), alias=spec.alias,
+                             run_id=best.child_run_id or "")

@@ -1,0 +1,623 @@
+"""Study YAML -> frozen, typed, validated `StudySpec`: the one place that reads YAML.
+
+Validation never stops at the first problem: every problem in the file is collected and reported
+as one line `FILE: stages[1].space.lr: low must be < high (0.01 >= 0.0001)`, so a user fixes
+the whole file in one pass. Nothing here starts Ray or touches MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_type_hints
+
+import yaml
+
+from trainables import catalog
+from trainables.config import ConfigError, build_config, check_value, field_names, required_fields
+
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+REFERENCE_PATTERN = re.compile(r"^(?P<stage>[A-Za-z][A-Za-z0-9_-]*)\.(?P<selector>[A-Za-z_]+)$")
+SELECTORS = ("best",)
+
+
+# ---------------------------------------------------------------- errors
+
+
+class SpecError(ValueError):
+    """All problems of one study file; `str()` is one line per problem."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        return [f"{self.source}: {key}: {message}" if key else f"{self.source}: {message}"
+                for key, message in self.problems]
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.items.append((key, message))
+
+
+# ---------------------------------------------------------------- space entries
+
+
+@dataclass(frozen=True)
+class Uniform:
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class LogUniform:
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """Integers from `low` to `high`, both included."""
+
+    low: int
+    high: int
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Every value is tried (num_samples times); needs `searcher: {type: basic}`."""
+
+    values: tuple[Any, ...]
+
+
+SpaceEntry = Uniform | LogUniform | IntRange | Choice | Grid
+SPACE_TYPES = {"uniform": Uniform, "loguniform": LogUniform, "int": IntRange, "choice": Choice, "grid": Grid}
+
+
+def representative_values(entry: SpaceEntry) -> tuple[Any, ...]:
+    """Values a sampler may produce, used to type-check an entry against its config field."""
+    if isinstance(entry, (Choice, Grid)):
+        return entry.values
+    return (entry.low, entry.high)
+
+
+# ---------------------------------------------------------------- stage parts
+
+
+@dataclass(frozen=True)
+class Reference:
+    """`gan.best`: the best result of the earlier stage `gan` (its best checkpoint folder)."""
+
+    stage: str
+    selector: str
+
+    def __str__(self) -> str:
+        return f"{self.stage}.{self.selector}"
+
+
+@dataclass(frozen=True)
+class AshaSpec:
+    max_t: int
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+
+
+@dataclass(frozen=True)
+class SearcherSpec:
+    type: Literal["optuna", "basic"] = "optuna"
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ResourcesSpec:
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+
+@dataclass(frozen=True)
+class RegisterSpec:
+    name: str
+    alias: str = "champion"
+
+
+@dataclass(frozen=True)
+class TuneStage:
+    name: str
+    trainable: str
+    metric: str
+    mode: Literal["max", "min"]
+    config: Mapping[str, Any] = field(default_factory=dict)
+    space: Mapping[str, SpaceEntry] = field(default_factory=dict)
+    inputs: Mapping[str, Reference] = field(default_factory=dict)
+    num_samples: int = 1
+    max_concurrent_trials: int | None = None
+    scheduler: AshaSpec | None = None
+    searcher: SearcherSpec = SearcherSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    max_failures: int = 0
+    register: RegisterSpec | None = None
+    kind: Literal["tune"] = "tune"
+
+    @property
+    def total_trials(self) -> int:
+        grid_size = math.prod(len(e.values) for e in self.space.values() if isinstance(e, Grid))
+        return self.num_samples * grid_size
+
+
+@dataclass(frozen=True)
+class JobStage:
+    name: str
+    job: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+    inputs: Mapping[str, Reference] = field(default_factory=dict)
+    kind: Literal["job"] = "job"
+
+
+Stage = TuneStage | JobStage
+
+
+@dataclass(frozen=True)
+class TrackingSpec:
+    uri: str | None = None  # None: embedded SQLite store under the study's output folder
+    experiment: str = ""
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    output: Path
+    tracking: TrackingSpec
+    stages: tuple[Stage, ...]
+    source: str
+    description: str = ""
+
+    def stage(self, name: str) -> Stage:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------- YAML loading
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-4` as a float (YAML 1.1 insists on `1.0e-4`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(path: Path, source: str) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(source, [("", "file not found")]) from None
+    except OSError as error:
+        raise SpecError(source, [("", f"cannot read: {error.strerror}")]) from None
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise SpecError(source, [("", f"{where}YAML syntax error: {problem}")]) from None
+
+
+# ---------------------------------------------------------------- parsing helpers
+
+
+def _mapping(raw: Any, key: str, problems: _Problems) -> Mapping[str, Any] | None:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        problems.add(key, f"expected a mapping, got {_kind(raw)}")
+        return None
+    return raw
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: f"the string {value!r}", int: f"the number {value!r}",
+            float: f"the number {value!r}", bool: f"{str(value).lower()}"}.get(type(value), type(value).__name__)
+
+
+def _unknown_keys(raw: Mapping[str, Any], allowed: tuple[str, ...], key: str, problems: _Problems) -> None:
+    for name in raw:
+        if name not in allowed:
+            hint = _closest(str(name), allowed)
+            problems.add(f"{key}.{name}" if key else str(name),
+                         f"unknown key{f' (did you mean {hint!r}?)' if hint else ''}; allowed: {', '.join(allowed)}")
+
+
+def _closest(name: str, options: tuple[str, ...]) -> str | None:
+    import difflib
+
+    matches = difflib.get_close_matches(name, options, n=1, cutoff=0.7)
+    return matches[0] if matches else None
+
+
+def _number(raw: Mapping[str, Any], name: str, key: str, problems: _Problems, *, integer: bool = False,
+            default: Any = None, required: bool = False) -> Any:
+    if name not in raw or raw[name] is None:
+        if required:
+            problems.add(f"{key}.{name}", "required")
+        return default
+    value = raw[name]
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok:
+        problems.add(f"{key}.{name}", f"expected {'an integer' if integer else 'a number'}, got {_kind(value)}")
+        return default
+    return value
+
+
+def _string(raw: Mapping[str, Any], name: str, key: str, problems: _Problems, *, default: Any = None,
+            required: bool = False, choices: tuple[str, ...] | None = None) -> Any:
+    if name not in raw or raw[name] is None:
+        if required:
+            problems.add(f"{key}.{name}" if key else name, "required")
+        return default
+    value = raw[name]
+    if not isinstance(value, str):
+        problems.add(f"{key}.{name}" if key else name, f"expected a string, got {_kind(value)}")
+        return default
+    if choices is not None and value not in choices:
+        problems.add(f"{key}.{name}" if key else name, f"must be one of {', '.join(choices)}, got {value!r}")
+        return default
+    return value
+
+
+# ---------------------------------------------------------------- parts
+
+
+def _parse_space_entry(raw: Any, key: str, problems: _Problems) -> SpaceEntry | None:
+    if not isinstance(raw, Mapping):
+        problems.add(key, f"expected a mapping like {{type: uniform, low: 0.1, high: 1}}, got {_kind(raw)}")
+        return None
+    kind = raw.get("type")
+    if kind not in SPACE_TYPES:
+        problems.add(f"{key}.type", f"must be one of {', '.join(SPACE_TYPES)}, got {kind!r}")
+        return None
+    if kind in ("choice", "grid"):
+        _unknown_keys(raw, ("type", "values"), key, problems)
+        values = raw.get("values")
+        if not isinstance(values, list) or not values:
+            problems.add(f"{key}.values", "expected a non-empty list")
+            return None
+        if len({repr(v) for v in values}) != len(values):
+            problems.add(f"{key}.values", f"has duplicates: {values}")
+            return None
+        return SPACE_TYPES[kind](tuple(values))
+    integer = kind == "int"
+    _unknown_keys(raw, ("type", "low", "high") + (("log",) if integer else ()), key, problems)
+    count = len(problems.items)
+    low = _number(raw, "low", key, problems, integer=integer, required=True)
+    high = _number(raw, "high", key, problems, integer=integer, required=True)
+    if len(problems.items) > count:
+        return None
+    if integer and low > high:
+        problems.add(key, f"low must be <= high ({low} > {high})")
+        return None
+    if not integer and low >= high:
+        problems.add(key, f"low must be < high ({low} >= {high})")
+        return None
+    log = raw.get("log", False)
+    if kind == "loguniform" or log:
+        if low <= 0:
+            problems.add(f"{key}.low", f"must be > 0 on a log scale, got {low}")
+            return None
+    if integer:
+        if not isinstance(log, bool):
+            problems.add(f"{key}.log", f"expected true/false, got {_kind(log)}")
+            return None
+        return IntRange(low, high, log)
+    return SPACE_TYPES[kind](float(low), float(high))
+
+
+def _parse_reference(raw: Any, key: str, earlier: list[str], later: list[str], problems: _Problems) -> Reference | None:
+    match = REFERENCE_PATTERN.match(raw) if isinstance(raw, str) else None
+    if match is None:
+        problems.add(key, f"expected a reference like 'stage.best', got {_kind(raw)}")
+        return None
+    stage, selector = match["stage"], match["selector"]
+    if selector not in SELECTORS:
+        problems.add(key, f"unknown selector {selector!r} (use: {', '.join(SELECTORS)})")
+        return None
+    if stage not in earlier:
+        where = "a later stage" if stage in later else "an unknown stage"
+        known = ", ".join(earlier) if earlier else "none: this is the first stage"
+        problems.add(key, f"{raw!r} refers to {where}; a stage can only use earlier stages ({known})")
+        return None
+    return Reference(stage, selector)
+
+
+def _parse_inputs(raw: Any, key: str, earlier: list[str], later: list[str], problems: _Problems) -> dict[str, Reference]:
+    raw = _mapping(raw, key, problems)
+    inputs = {}
+    for name, value in (raw or {}).items():
+        reference = _parse_reference(value, f"{key}.{name}", earlier, later, problems)
+        if reference is not None:
+            inputs[str(name)] = reference
+    return inputs
+
+
+def _check_config(config_cls: type, config: Mapping[str, Any], space: Mapping[str, SpaceEntry],
+                  inputs: Mapping[str, Reference], key: str, what: str, problems: _Problems) -> None:
+    """Check names and types of constants, searched settings and inputs against `config_cls`."""
+    count = len(problems.items)
+    known = field_names(config_cls)
+    hints = get_type_hints(config_cls)
+    for group, names in (("config", config), ("space", space), ("inputs", inputs)):
+        for name in names:
+            if name not in known:
+                hint = _closest(str(name), known)
+                problems.add(f"{key}.{group}.{name}", f"{what} has no setting {name!r}"
+                             f"{f' (did you mean {hint!r}?)' if hint else ''}; settings: {', '.join(known)}")
+    for name in set(config) & set(space):
+        problems.add(f"{key}.space.{name}", "is also set in config; keep it in one place")
+    for name in set(inputs) & (set(config) | set(space)):
+        problems.add(f"{key}.inputs.{name}", "is also set in config or space; keep it in one place")
+    for name, entry in space.items():
+        if name in known:
+            for value in representative_values(entry):
+                _, reason = check_value(name, value, hints[name])
+                if reason is not None:
+                    problems.add(f"{key}.space.{name}", f"sampled values do not fit the setting: {reason}")
+                    break
+    for name in inputs:
+        if name in known:
+            _, reason = check_value(name, "/checkpoint/folder", hints[name])
+            if reason is not None:
+                problems.add(f"{key}.inputs.{name}", f"setting {name!r} does not take a checkpoint folder")
+    for name in required_fields(config_cls):
+        if name not in config and name not in space and name not in inputs:
+            problems.add(f"{key}.config.{name}", f"required by {what} (give it in config, space or inputs)")
+    # Build once with representative values so range checks (__post_init__) run now, not mid-study.
+    if len(problems.items) > count:
+        return
+    sample = dict(config)
+    sample.update({name: representative_values(entry)[0] for name, entry in space.items()})
+    sample.update({name: "/checkpoint/folder" for name in inputs})
+    try:
+        build_config(config_cls, sample)
+    except ConfigError as error:
+        for name, message in error.problems:
+            group = "space" if name in space else "config"
+            problems.add(f"{key}.{group}.{name}" if name in known else f"{key}.config", message)
+
+
+def _parse_tune_stage(raw: Mapping[str, Any], key: str, study: str, earlier: list[str], later: list[str],
+                      problems: _Problems) -> TuneStage | None:
+    allowed = ("name", "kind", "trainable", "config", "space", "inputs", "metric", "num_samples",
+               "max_concurrent_trials", "scheduler", "searcher", "resources", "max_failures", "register")
+    _unknown_keys(raw, allowed, key, problems)
+    name = raw["name"]
+    trainable_name = _string(raw, "trainable", key, problems, required=True)
+    definition = None
+    if trainable_name is not None:
+        try:
+            definition = catalog.trainable(trainable_name)
+        except catalog.UnknownEntryError as error:
+            problems.add(f"{key}.trainable", str(error))
+    config = _mapping(raw.get("config"), f"{key}.config", problems) or {}
+    space_raw = _mapping(raw.get("space"), f"{key}.space", problems) or {}
+    space = {}
+    for param, entry_raw in space_raw.items():
+        entry = _parse_space_entry(entry_raw, f"{key}.space.{param}", problems)
+        if entry is not None:
+            space[str(param)] = entry
+    inputs = _parse_inputs(raw.get("inputs"), f"{key}.inputs", earlier, later, problems)
+
+    metric = _string(raw, "metric", key, problems, required=True)
+    mode = "max"
+    if definition is not None:
+        _check_config(definition.config_cls, config, space, inputs, key, f"trainable {trainable_name!r}", problems)
+        if metric is not None:
+            try:
+                mode = definition.metric(metric).mode
+            except KeyError:
+                problems.add(f"{key}.metric", f"trainable {trainable_name!r} does not report {metric!r} "
+                             f"(it reports: {', '.join(m.name for m in definition.metrics)})")
+
+    num_samples = _number(raw, "num_samples", key, problems, integer=True, default=1)
+    if num_samples is not None and num_samples < 1:
+        problems.add(f"{key}.num_samples", f"must be >= 1, got {num_samples}")
+    max_concurrent = _number(raw, "max_concurrent_trials", key, problems, integer=True)
+    if max_concurrent is not None and max_concurrent < 1:
+        problems.add(f"{key}.max_concurrent_trials", f"must be >= 1, got {max_concurrent}")
+    max_failures = _number(raw, "max_failures", key, problems, integer=True, default=0)
+    if max_failures is not None and max_failures < -1:
+        problems.add(f"{key}.max_failures", f"must be >= 0 (or -1 for unlimited), got {max_failures}")
+
+    scheduler = _parse_scheduler(raw.get("scheduler"), f"{key}.scheduler", problems)
+    searcher = _parse_searcher(raw.get("searcher"), f"{key}.searcher", problems)
+    if searcher is not None and searcher.type == "optuna":
+        for param, entry in space.items():
+            if isinstance(entry, Grid):
+                problems.add(f"{key}.space.{param}", "grid needs `searcher: {type: basic}` (Optuna samples, it "
+                             "does not enumerate); use `type: choice` to let Optuna pick")
+    resources = _parse_resources(raw.get("resources"), f"{key}.resources", problems)
+    register = _parse_register(raw.get("register"), f"{key}.register", f"{study}-{name}", definition, problems)
+    if not space and (num_samples or 1) > 1 and searcher is not None and searcher.type == "optuna":
+        problems.add(f"{key}.space", "is empty: Optuna has nothing to search; add a space or set num_samples: 1")
+    return TuneStage(
+        name=name, trainable=trainable_name or "", metric=metric or "", mode=mode, config=dict(config),
+        space=space, inputs=inputs, num_samples=num_samples or 1, max_concurrent_trials=max_concurrent,
+        scheduler=scheduler, searcher=searcher or SearcherSpec(),
+        resources=resources or ResourcesSpec(), max_failures=max_failures or 0, register=register,
+    )
+
+
+def _parse_scheduler(raw: Any, key: str, problems: _Problems) -> AshaSpec | None:
+    """None means no early stopping (or an invalid block, already recorded in `problems`)."""
+    if raw is None or raw == "none":
+        return None
+    raw = _mapping(raw, key, problems)
+    if raw is None:
+        return None
+    kind = _string(raw, "type", key, problems, required=True, choices=("asha",))
+    if kind is None:
+        return None
+    _unknown_keys(raw, ("type", "max_t", "grace_period", "reduction_factor"), key, problems)
+    max_t = _number(raw, "max_t", key, problems, integer=True, required=True)
+    grace = _number(raw, "grace_period", key, problems, integer=True, default=1)
+    factor = _number(raw, "reduction_factor", key, problems, default=2.0)
+    if max_t is None or grace is None or factor is None:
+        return None
+    if max_t < 1:
+        problems.add(f"{key}.max_t", f"must be >= 1, got {max_t}")
+    elif not 1 <= grace <= max_t:
+        problems.add(f"{key}.grace_period", f"must be between 1 and max_t ({max_t}), got {grace}")
+    if factor <= 1:
+        problems.add(f"{key}.reduction_factor", f"must be > 1, got {factor}")
+    return AshaSpec(max_t, grace, float(factor))
+
+
+def _parse_searcher(raw: Any, key: str, problems: _Problems) -> SearcherSpec | None:
+    raw = _mapping(raw, key, problems)
+    if raw is None:
+        return None
+    _unknown_keys(raw, ("type", "sampler", "seed"), key, problems)
+    kind = _string(raw, "type", key, problems, default="optuna", choices=("optuna", "basic"))
+    sampler = _string(raw, "sampler", key, problems, default="tpe", choices=("tpe", "random"))
+    seed = _number(raw, "seed", key, problems, integer=True)
+    if kind == "basic" and "sampler" in raw:
+        problems.add(f"{key}.sampler", "only applies to `type: optuna`")
+    return SearcherSpec(kind or "optuna", sampler or "tpe", seed)
+
+
+def _parse_resources(raw: Any, key: str, problems: _Problems) -> ResourcesSpec | None:
+    raw = _mapping(raw, key, problems)
+    if raw is None:
+        return None
+    _unknown_keys(raw, ("cpu", "gpu"), key, problems)
+    cpu = _number(raw, "cpu", key, problems, default=1.0)
+    gpu = _number(raw, "gpu", key, problems, default=0.0)
+    if cpu is not None and cpu <= 0:
+        problems.add(f"{key}.cpu", f"must be > 0, got {cpu}")
+    if gpu is not None and (gpu < 0 or (gpu > 1 and gpu != int(gpu))):
+        problems.add(f"{key}.gpu", f"must be >= 0, and a whole number when above 1 (got {gpu})")
+    return ResourcesSpec(float(cpu or 1.0), float(gpu or 0.0))
+
+
+def _parse_register(raw: Any, key: str, default_name: str, definition: catalog.TrainableDef | None,
+                    problems: _Problems) -> RegisterSpec | None:
+    can_register = definition is not None and definition.build_model is not None
+    if raw is False:
+        return None
+    if raw is None or raw is True:
+        if raw is True and definition is not None and not can_register:
+            problems.add(key, f"trainable {definition.name!r} has no model to register")
+        return RegisterSpec(default_name) if can_register else None
+    raw = _mapping(raw, key, problems)
+    if raw is None:
+        return None
+    _unknown_keys(raw, ("name", "alias"), key, problems)
+    name = _string(raw, "name", key, problems, default=default_name)
+    alias = _string(raw, "alias", key, problems, default="champion")
+    for field_name, value in (("name", name), ("alias", alias)):
+        if value is not None and not NAME_PATTERN.match(value):
+            problems.add(f"{key}.{field_name}", f"use letters, digits, '_', '-', '.' (got {value!r})")
+    if definition is not None and not can_register:
+        problems.add(key, f"trainable {definition.name!r} has no model to register")
+        return None
+    return RegisterSpec(name or default_name, alias or "champion")
+
+
+def _parse_job_stage(raw: Mapping[str, Any], key: str, earlier: list[str], later: list[str],
+                     problems: _Problems) -> JobStage | None:
+    _unknown_keys(raw, ("name", "kind", "job", "config", "inputs"), key, problems)
+    job_name = _string(raw, "job", key, problems, required=True)
+    config = _mapping(raw.get("config"), f"{key}.config", problems) or {}
+    inputs = _parse_inputs(raw.get("inputs"), f"{key}.inputs", earlier, later, problems)
+    if job_name is not None:
+        try:
+            definition = catalog.job(job_name)
+        except catalog.UnknownEntryError as error:
+            problems.add(f"{key}.job", str(error))
+        else:
+            _check_config(definition.config_cls, config, {}, inputs, key, f"job {job_name!r}", problems)
+    return JobStage(name=raw["name"], job=job_name or "", config=dict(config), inputs=inputs)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def parse_study(raw: Any, source: str, default_output: Path | None = None) -> StudySpec:
+    """Validate an already-loaded YAML document; raise SpecError listing every problem."""
+    problems = _Problems()
+    if not isinstance(raw, Mapping):
+        raise SpecError(source, [("", f"expected a mapping with keys study, stages, ... at the top, got {_kind(raw)}")])
+    _unknown_keys(raw, ("study", "description", "output", "tracking", "stages"), "", problems)
+    study = _string(raw, "study", "", problems, required=True)
+    if study is not None and not NAME_PATTERN.match(study):
+        problems.add("study", f"use letters, digits, '_', '-', '.' and start with a letter (got {study!r})")
+    description = _string(raw, "description", "", problems, default="")
+    output = _string(raw, "output", "", problems)
+    tracking_raw = _mapping(raw.get("tracking"), "tracking", problems) or {}
+    _unknown_keys(tracking_raw, ("uri", "experiment"), "tracking", problems)
+    tracking = TrackingSpec(
+        uri=_string(tracking_raw, "uri", "tracking", problems),
+        experiment=_string(tracking_raw, "experiment", "tracking", problems, default=study or ""),
+    )
+
+    stages_raw = raw.get("stages")
+    stages: list[Stage] = []
+    if not isinstance(stages_raw, list) or not stages_raw:
+        problems.add("stages", "expected a non-empty list of stages")
+        stages_raw = []
+    names = [s.get("name") if isinstance(s, Mapping) else None for s in stages_raw]
+    for index, stage_raw in enumerate(stages_raw):
+        key = f"stages[{index}]"
+        if not isinstance(stage_raw, Mapping):
+            problems.add(key, f"expected a mapping, got {_kind(stage_raw)}")
+            continue
+        name = stage_raw.get("name")
+        if not isinstance(name, str) or not NAME_PATTERN.match(name) or "." in name:
+            problems.add(f"{key}.name", f"required: letters, digits, '_', '-' starting with a letter (got {name!r})")
+            continue
+        if name in names[:index]:
+            problems.add(f"{key}.name", f"duplicate stage name {name!r}")
+            continue
+        earlier = [n for n in names[:index] if isinstance(n, str)]
+        later = [n for n in names[index + 1:] if isinstance(n, str)]
+        kind = stage_raw.get("kind")
+        if kind == "tune":
+            stage = _parse_tune_stage(stage_raw, key, study or "study", earlier, later, problems)
+        elif kind == "job":
+            stage = _parse_job_stage(stage_raw, key, earlier, later, problems)
+        else:
+            problems.add(f"{key}.kind", f"must be one of tune, job, got {kind!r}")
+            continue
+        if stage is not None:
+            stages.append(stage)
+
+    if problems.items:
+        raise SpecError(source, problems.items)
+    output_path = Path(output) if output else (default_output or Path("runs") / study)
+    return StudySpec(name=study, output=output_path, tracking=tracking, stages=tuple(stages), source=source,
+                     description=description)
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Read and validate a study file; SpecError lines name this file as the user gave it."""
+    source = str(path)
+    return parse_study(load_yaml(Path(path), source), source)

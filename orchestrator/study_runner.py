@@ -1,0 +1,181 @@
+"""Run a validated study stage by stage, keeping the study state and MLflow in step.
+
+A stage is `running` from the moment its parent run exists until it is `finished` (or `failed`);
+`--resume` skips finished stages, reuses the parent run of an unfinished one and lets Tune pick
+up its trials where they stopped. Whatever happens, no run is left in RUNNING: a failure marks
+the stage's run FAILED with the reason, an interrupt marks it KILLED, both resumable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from orchestrator.spec import JobStage, Stage, StudySpec, TuneStage
+from orchestrator.study_state import StudyState, save_state
+from orchestrator.tracking import Tracker
+
+# Tune saves its experiment state at most this often; small, so a kill loses little bookkeeping.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+# Let Ctrl-C reach us (to mark runs KILLED) instead of Tune swallowing it.
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+# Frequent snapshots are what we want (every checkpoint is resumable); Tune warns about them.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+class StageError(RuntimeError):
+    def __init__(self, stage: str, reason: str) -> None:
+        self.stage, self.reason = stage, reason
+        super().__init__(f"stage {stage!r} failed: {reason}")
+
+
+def resolve_inputs(stage: Stage, state: StudyState) -> dict[str, str]:
+    """`gan.best` -> the best checkpoint folder of stage `gan` (a job stage: its output folder)."""
+    resolved = {}
+    for name, reference in stage.inputs.items():
+        source = state.stage(reference.stage)
+        if source.status != "finished":
+            raise StageError(stage.name, f"input {name} <- {reference}: stage {reference.stage!r} has not finished")
+        resolved[name] = source.best.checkpoint if source.best else source.output
+    return resolved
+
+
+def stage_params(stage: Stage) -> dict[str, Any]:
+    """What the parent run records about how its stage was set up."""
+    if isinstance(stage, JobStage):
+        return {"job": stage.job, "config": dict(stage.config),
+                "inputs": {k: str(v) for k, v in stage.inputs.items()}}
+    return {
+        "trainable": stage.trainable, "metric": stage.metric, "mode": stage.mode, "num_samples": stage.num_samples,
+        "max_concurrent_trials": stage.max_concurrent_trials, "searcher": stage.searcher.type,
+        "sampler": stage.searcher.sampler, "seed": stage.searcher.seed,
+        "scheduler": "asha" if stage.scheduler else "none",
+        **({f"asha.{k}": v for k, v in vars(stage.scheduler).items()} if stage.scheduler else {}),
+        "resources.cpu": stage.resources.cpu, "resources.gpu": stage.resources.gpu,
+        "max_failures": stage.max_failures, "config": dict(stage.config),
+        "inputs": {k: str(v) for k, v in stage.inputs.items()},
+    }
+
+
+class StudyRunner:
+    def __init__(self, spec: StudySpec, output: Path, tracker: Tracker, state: StudyState, *, resume: bool,
+                 address: str | None, worker_env: Mapping[str, str], verbose: bool = False) -> None:
+        self.spec, self.output, self.tracker, self.state = spec, output, tracker, state
+        self.resume, self.address, self.worker_env, self.verbose = resume, address, dict(worker_env), verbose
+        self._ray_started = False
+
+    def save(self) -> None:
+        save_state(self.output, self.state)
+
+    def run(self) -> None:
+        self.state.experiment_id = self.tracker.experiment_id
+        self.save()
+        try:
+            for stage in self.spec.stages:
+                if self.state.stage(stage.name).status == "finished":
+                    print(f"[{stage.name}] already finished: skipped", flush=True)
+                    continue
+                self.run_stage(stage)
+        finally:
+            self.stop_ray()
+
+    def run_stage(self, stage: Stage) -> None:
+        stage_state = self.state.stage(stage.name)
+        resuming = stage_state.parent_run_id is not None
+        inputs = resolve_inputs(stage, self.state)
+        parent = self.tracker.start_parent(stage.name, stage.kind, stage_params(stage), stage_state.parent_run_id)
+        stage_state.parent_run_id, stage_state.status = parent, "running"
+        self.save()
+        spec_path = Path(self.spec.source)
+        if spec_path.is_file() and not resuming:
+            self.tracker.client.log_artifact(parent, str(spec_path))
+        started = time.monotonic()
+        try:
+            if isinstance(stage, TuneStage):
+                self.run_tune(stage, inputs, parent)
+            else:
+                self.run_job(stage, inputs, parent)
+        except KeyboardInterrupt:
+            stage_state.wall_s += time.monotonic() - started
+            self.save()
+            self.tracker.finish(parent, "KILLED", "interrupted by the user; continue with --resume")
+            raise
+        except Exception as error:  # noqa: BLE001 - any failure must close the run with its reason
+            stage_state.status = "failed"
+            stage_state.wall_s += time.monotonic() - started
+            self.save()
+            reason = _one_line(error)
+            self.tracker.finish(parent, "FAILED", reason)
+            raise StageError(stage.name, reason) from error
+        stage_state.status = "finished"
+        stage_state.wall_s += time.monotonic() - started
+        self.tracker.log_metrics(parent, {"wall_s": stage_state.wall_s})
+        self.save()
+        self.tracker.finish(parent, "FINISHED")
+
+    def run_tune(self, stage: TuneStage, inputs: dict[str, str], parent: str) -> None:
+        from orchestrator.registry import register_best
+        from orchestrator.tune_stage import run_tune_stage
+        from trainables import catalog
+
+        self.start_ray()
+        stage_state = self.state.stage(stage.name)
+        outcome = run_tune_stage(stage=stage, inputs=inputs, storage=self.output / "tune", tracker=self.tracker,
+                                 parent_run_id=parent, resume=self.resume)
+        best = outcome.best
+        stage_state.best, stage_state.output = best, str(outcome.experiment_dir)
+        stage_state.trials, stage_state.failed_trials = outcome.trials, outcome.failed_trials
+        self.save()
+        self.tracker.log_metrics(parent, {f"best_{best.metric}": best.value, "trials": outcome.trials,
+                                          "failed_trials": outcome.failed_trials})
+        self.tracker.set_tags(parent, {"gensearch.best_trial_id": best.trial_id,
+                                       "gensearch.best_child_run_id": best.child_run_id})
+        for name in ("trials.csv", "search_history.png"):
+            path = outcome.experiment_dir / name
+            if path.is_file():
+                self.tracker.client.log_artifact(parent, str(path))
+        if stage.register is not None:
+            print(f"[{stage.name}] registering the best model as {stage.register.name} @{stage.register.alias}",
+                  flush=True)
+            registered = register_best(self.tracker, catalog.trainable(stage.trainable), best, stage.register,
+                                       stage.name)
+            stage_state.registered = registered
+            self.tracker.set_tags(parent, {"gensearch.registered": f"{registered.name} v{registered.version}"})
+        print(f"[{stage.name}] best trial {best.trial_id}: {best.metric}={best.value:.4g}", flush=True)
+
+    def run_job(self, stage: JobStage, inputs: dict[str, str], parent: str) -> None:
+        from orchestrator.job_stage import run_job_stage
+
+        workdir = self.output / "jobs" / stage.name
+        metrics = run_job_stage(stage=stage, inputs=inputs, workdir=workdir, tracker=self.tracker, run_id=parent)
+        stage_state = self.state.stage(stage.name)
+        stage_state.metrics, stage_state.output = {k: float(v) for k, v in metrics.items()}, str(workdir)
+        print(f"[{stage.name}] " + ", ".join(f"{k}={v:.4g}" for k, v in list(metrics.items())[:4]), flush=True)
+
+    def start_ray(self) -> None:
+        import ray
+
+        if self._ray_started or ray.is_initialized():
+            return
+        print(f"Starting Ray ({'joining ' + self.address if self.address else 'local'})...", flush=True)
+        runtime_env = {"env_vars": self.worker_env} if self.worker_env else None
+        ray.init(address=self.address, include_dashboard=False, log_to_driver=self.verbose,
+                 logging_level=logging.INFO if self.verbose else logging.WARNING, runtime_env=runtime_env)
+        self._ray_started = True
+
+    def stop_ray(self) -> None:
+        if self._ray_started:
+            import ray
+
+            ray.shutdown()  # only the Ray this process started (or its connection to a cluster)
+            self._ray_started = False
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[-1] if lines else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -1,0 +1,51 @@
+"""The table printed (and saved as `summary.md`) when a study ends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.spec import StudySpec
+from orchestrator.study_state import StudyState
+from orchestrator.tracking import TrackingTarget
+
+
+def _short(run_id: str | None) -> str:
+    return run_id or "-"
+
+
+def summary_lines(spec: StudySpec, state: StudyState, output: Path, target: TrackingTarget) -> list[str]:
+    header = ("stage", "status", "best trial", "best metric", "parent run", "best child run", "registered", "wall")
+    rows = []
+    for stage in spec.stages:
+        s = state.stage(stage.name)
+        best = s.best
+        if best:
+            metric = f"{best.metric}={best.value:.4g}"
+        else:
+            metric = ", ".join(f"{k}={v:.4g}" for k, v in list(s.metrics.items())[:2]) or "-"
+        registered = f"{s.registered.name} v{s.registered.version} @{s.registered.alias}" if s.registered else "-"
+        trials = f" ({s.trials - s.failed_trials}/{s.trials} ok)" if s.trials else ""
+        rows.append((stage.name, s.status + trials, best.trial_id if best else "-", metric, _short(s.parent_run_id),
+                     _short(best.child_run_id if best else None), registered, f"{s.wall_s:.0f}s"))
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = [f"Study {spec.name!r}: experiment {state.experiment_id} in {target.uri}", ""]
+    lines.append("  ".join(str(cell).ljust(width) for cell, width in zip(header, widths)).rstrip())
+    lines.append("  ".join("-" * width for width in widths))
+    lines += ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.append("")
+    for stage in spec.stages:
+        s = state.stage(stage.name)
+        if s.output:
+            lines.append(f"  {stage.name}: {s.output}")
+        if s.best and s.best.checkpoint and s.best.checkpoint != s.output:
+            lines.append(f"  {stage.name} best checkpoint: {s.best.checkpoint}")
+    lines += ["", f"Open this study in MLflow:  {target.ui_command()}"]
+    if target.embedded:
+        lines.append(f"  then browse http://127.0.0.1:5000 and pick the experiment {spec.tracking.experiment!r}")
+    return lines
+
+
+def write_summary(lines: list[str], output: Path) -> Path:
+    path = output / "summary.md"
+    path.write_text("```\n" + "\n".join(lines) + "\n```\n")
+    return path

@@ -1,0 +1,182 @@
+"""MLflow glue: where a study is tracked, its experiment, and its per-stage parent runs.
+
+Everything goes through an explicit `MlflowClient` and explicit run ids rather than MLflow's
+global "active run", because trial results arrive in Tune callbacks, out of order, from many
+trials at once. Swapping the embedded SQLite store for a server is only a different URI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+TAG_STUDY = "gensearch.study"
+TAG_STAGE = "gensearch.stage"
+TAG_KIND = "gensearch.kind"
+TAG_TRIAL = "gensearch.trial_id"
+TAG_STATUS = "gensearch.status"
+TAG_REASON = "gensearch.failure_reason"
+TAG_PARENT = "mlflow.parentRunId"
+TAG_RUN_NAME = "mlflow.runName"
+MAX_PARAM_LENGTH = 6000
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store cannot be reached; raised before any trial starts."""
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    uri: str
+    artifact_root: str | None  # only for the embedded store; a server decides its own
+    embedded: bool
+
+    def ui_command(self) -> str:
+        """The exact command that opens this store in the MLflow UI."""
+        if self.embedded:
+            return f"mlflow ui --backend-store-uri {self.uri} --default-artifact-root {self.artifact_root} --port 5000"
+        return f"open {self.uri} in a browser (the tracking server's own UI)"
+
+
+def resolve_target(output: Path, cli_uri: str | None, spec_uri: str | None) -> TrackingTarget:
+    """--tracking-uri beats MLFLOW_TRACKING_URI beats the study's `tracking.uri` beats embedded SQLite."""
+    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or spec_uri
+    if uri:
+        return TrackingTarget(uri=uri, artifact_root=None, embedded=False)
+    output = output.resolve()
+    return TrackingTarget(uri=f"sqlite:///{output / 'mlflow.db'}", artifact_root=(output / "mlartifacts").as_uri(),
+                          embedded=True)
+
+
+def check_reachable(target: TrackingTarget, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, with a sentence, when a tracking server does not answer.
+
+    MLflow's own client retries for minutes before raising; we ask the server's health endpoint
+    once, before Ray or any trial starts, so a dead server costs nothing.
+    """
+    if not target.uri.startswith(("http://", "https://")):
+        return
+    url = target.uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - user-given URI
+            if response.status == 200:
+                return
+            reason = f"HTTP {response.status}"
+    except urllib.error.HTTPError as error:
+        reason = f"HTTP {error.code}"
+    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as error:
+        reason = str(getattr(error, "reason", error))
+    raise TrackingUnavailable(
+        f"MLflow tracking server {target.uri} is unreachable ({reason}); start it, or pass another "
+        f"--tracking-uri (omit it to use the embedded SQLite store). Nothing was run."
+    )
+
+
+def flatten_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """MLflow params are flat strings; nested mappings become dotted keys."""
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, f"{name}."))
+        else:
+            text = json.dumps(value) if isinstance(value, (list, tuple, bool)) or value is None else str(value)
+            flat[name] = text[:MAX_PARAM_LENGTH]
+    return flat
+
+
+def numeric_metrics(values: Mapping[str, Any]) -> dict[str, float]:
+    """Keep finite numbers only: MLflow rejects the rest, and NaN is reported as a failure reason instead."""
+    return {key: float(value) for key, value in values.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+
+
+class Tracker:
+    """One study's view of an MLflow store."""
+
+    def __init__(self, target: TrackingTarget, experiment: str, study: str) -> None:
+        self.target = target
+        self.experiment_name = experiment
+        self.study = study
+        self.client = MlflowClient(tracking_uri=target.uri, registry_uri=target.uri)
+        self._experiment_id: str | None = None
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            found = self.client.get_experiment_by_name(self.experiment_name)
+            if found is not None:
+                self._experiment_id = found.experiment_id
+            else:
+                self._experiment_id = self.client.create_experiment(
+                    self.experiment_name, artifact_location=self.target.artifact_root,
+                    tags={TAG_STUDY: self.study},
+                )
+        return self._experiment_id
+
+    def start_parent(self, stage: str, kind: str, params: Mapping[str, Any], run_id: str | None = None) -> str:
+        """The stage's parent run: reused (set back to RUNNING) when resuming, else created."""
+        if run_id is not None:
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, TAG_STATUS, "resumed")
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=stage, tags={
+            TAG_STUDY: self.study, TAG_STAGE: stage, TAG_KIND: kind, TAG_STATUS: "running"})
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        flat = flatten_params(params)
+        existing = self.client.get_run(run_id).data.params
+        new = [Param(k, v) for k, v in flat.items() if k not in existing]
+        for start in range(0, len(new), 100):
+            self.client.log_batch(run_id, params=new[start:start + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int = 0) -> None:
+        timestamp = int(time.time() * 1000)
+        values = [Metric(k, v, timestamp, step) for k, v in numeric_metrics(metrics).items()]
+        if values:
+            self.client.log_batch(run_id, metrics=values)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def finish(self, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
+        """Close a run for good: FINISHED, FAILED (with the reason as a tag) or KILLED."""
+        tags = {TAG_STATUS: status.lower()}
+        if reason:
+            tags[TAG_REASON] = reason[:5000]
+        self.set_tags(run_id, tags)
+        self.client.set_terminated(run_id, status=status)
+
+    def children(self, parent_run_id: str) -> dict[str, Any]:
+        """Child runs of a parent, by trial id (deleted runs excluded)."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'", max_results=5000)
+        return {run.data.tags.get(TAG_TRIAL): run for run in runs if run.data.tags.get(TAG_TRIAL)}
+
+    def create_child(self, parent_run_id: str, stage: str, trial_id: str, params: Mapping[str, Any]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=f"{stage}-{trial_id}", tags={
+            TAG_PARENT: parent_run_id, TAG_STUDY: self.study, TAG_STAGE: stage, TAG_KIND: "trial",
+            TAG_TRIAL: trial_id, TAG_STATUS: "running"})
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def is_terminal(self, run_id: str) -> bool:
+        return RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(run_id).info.status))
+
+    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
+        if folder.is_dir() and any(folder.iterdir()):
+            self.client.log_artifacts(run_id, str(folder), artifact_path)

@@ -1,0 +1,29 @@
+"""The Ray Tune side of the trainables' `Reporter`: metrics via `tune.report`, checkpoints as folders."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+
+from ray import tune
+
+from trainables.checkpoint import load_checkpoint, save_checkpoint
+from trainables.reporter import CheckpointState, Reporter
+
+
+class TuneReporter(Reporter):
+    def report(self, metrics: Mapping[str, float], checkpoint: CheckpointState | None = None) -> None:
+        if checkpoint is None:
+            tune.report(dict(metrics))
+            return
+        # tune.report persists the folder into the experiment's storage before returning.
+        with tempfile.TemporaryDirectory(prefix="gensearch-ckpt-") as folder:
+            save_checkpoint(checkpoint, folder)
+            tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
+
+    def restore(self) -> CheckpointState | None:
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder:
+            return load_checkpoint(folder)

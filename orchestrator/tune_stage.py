@@ -1,0 +1,246 @@
+"""Run one `tune` stage: a real `ray.tune.Tuner` with Optuna sampling and ASHA early stopping.
+
+The spec's typed search space becomes Tune domains here, the trainable is wrapped so it builds
+its typed config and reports through `TuneReporter`, and on `--resume` the same Tune experiment
+folder is restored: finished trials stay finished, unfinished ones continue from their last
+checkpoint. After the run, MLflow is reconciled with Tune's own record of the trials, so a kill
+at any moment can neither lose a child run nor leave a duplicate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from orchestrator.spec import Choice, Grid, IntRange, LogUniform, SearcherSpec, SpaceEntry, TuneStage, Uniform
+from orchestrator.study_state import BestTrial
+from orchestrator.tracking import Tracker, numeric_metrics
+from orchestrator.trial_logger import MlflowTrialLogger
+from orchestrator.tune_reporter import TuneReporter
+from trainables import catalog
+from trainables.config import build_config
+
+
+class StageFailed(RuntimeError):
+    """Every trial of a stage failed: there is no best result to hand to later stages."""
+
+
+@dataclasses.dataclass
+class TuneOutcome:
+    best: BestTrial
+    trials: int
+    failed_trials: int
+    experiment_dir: Path
+
+
+def tune_domain(entry: SpaceEntry) -> Any:
+    if isinstance(entry, Uniform):
+        return tune.uniform(entry.low, entry.high)
+    if isinstance(entry, LogUniform):
+        return tune.loguniform(entry.low, entry.high)
+    if isinstance(entry, IntRange):  # Tune's upper bound is exclusive, ours inclusive
+        return tune.lograndint(entry.low, entry.high + 1) if entry.log else tune.randint(entry.low, entry.high + 1)
+    if isinstance(entry, Choice):
+        return tune.choice(list(entry.values))
+    if isinstance(entry, Grid):
+        return tune.grid_search(list(entry.values))
+    raise TypeError(entry)
+
+
+def param_space(stage: TuneStage, inputs: Mapping[str, str]) -> dict[str, Any]:
+    """Constants, resolved references and searched domains in one mapping: each trial's full config."""
+    return {**stage.config, **inputs, **{name: tune_domain(entry) for name, entry in stage.space.items()}}
+
+
+def make_searcher(spec: SearcherSpec, total_trials: int) -> OptunaSearch | None:
+    if spec.type == "basic":
+        return None
+    if spec.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=spec.seed)
+    else:
+        # Optuna's default of 10 random start-up trials would leave a small study all random.
+        startup = max(2, min(10, total_trials // 2))
+        sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup)
+    return OptunaSearch(sampler=sampler)
+
+
+def make_scheduler(stage: TuneStage) -> ASHAScheduler | None:
+    if stage.scheduler is None:
+        return None
+    return ASHAScheduler(time_attr="training_iteration", max_t=stage.scheduler.max_t,
+                         grace_period=stage.scheduler.grace_period,
+                         reduction_factor=stage.scheduler.reduction_factor)
+
+
+def make_trial_function(trainable_name: str, cpus: float):
+    """The function Tune runs per trial: typed config in, metrics out through `TuneReporter`."""
+
+    def run_trial(config: dict[str, Any]) -> None:
+        torch.set_num_threads(max(1, int(cpus)))
+        definition = catalog.trainable(trainable_name)
+        definition.run(build_config(definition.config_cls, config), TuneReporter())
+
+    run_trial.__name__ = trainable_name.replace(":", "_").replace(".", "_")
+    return run_trial
+
+
+def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path, tracker: Tracker,
+                   parent_run_id: str, resume: bool) -> TuneOutcome:
+    experiment_dir = storage / stage.name
+    trainable = tune.with_resources(make_trial_function(stage.trainable, stage.resources.cpu),
+                                    {"cpu": stage.resources.cpu, "gpu": stage.resources.gpu})
+    if resume and tune.Tuner.can_restore(str(experiment_dir)):
+        print(f"[{stage.name}] resuming the Tune experiment in {experiment_dir}", flush=True)
+        tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        logger = MlflowTrialLogger(tracker.target, tracker.experiment_name, tracker.study, stage.name,
+                                   parent_run_id, stage.metric, stage.mode, stage.total_trials)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(stage, inputs),
+            tune_config=tune.TuneConfig(
+                metric=stage.metric, mode=stage.mode, num_samples=stage.num_samples,
+                max_concurrent_trials=stage.max_concurrent_trials,
+                search_alg=make_searcher(stage.searcher, stage.total_trials), scheduler=make_scheduler(stage),
+                trial_dirname_creator=trial_folder_name,
+            ),
+            run_config=tune.RunConfig(
+                name=stage.name, storage_path=str(storage), verbose=0, callbacks=[logger],
+                failure_config=tune.FailureConfig(max_failures=stage.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=stage.metric,
+                                                        checkpoint_score_order=stage.mode),
+            ),
+        )
+    results = tuner.fit()
+    outcome = reconcile(stage, results, tracker, parent_run_id, experiment_dir)
+    write_trials_table(results, experiment_dir / "trials.csv")
+    plot_search_history(results, stage, experiment_dir / "search_history.png")
+    return outcome
+
+
+def reconcile(stage: TuneStage, results: Any, tracker: Tracker, parent_run_id: str,
+              experiment_dir: Path) -> TuneOutcome:
+    """Make MLflow agree with Tune: one closed child run per trial, none for trials Tune forgot."""
+    children = tracker.children(parent_run_id)
+    seen, failed = set(), 0
+    best: tuple[float, Any, str] | None = None
+    for result in results:
+        trial_id = trial_id_of(result)
+        seen.add(trial_id)
+        run = children.get(trial_id)
+        run_id = run.info.run_id if run else tracker.create_child(parent_run_id, stage.name, trial_id, result.config)
+        if run is None and result.metrics_dataframe is not None:
+            for _, row in result.metrics_dataframe.iterrows():
+                tracker.log_metrics(run_id, {k: row[k] for k in row.index if k in (result.metrics or {})},
+                                    step=int(row.get("training_iteration", 0)))
+        if result.error is not None:
+            failed += 1
+            if run is None or not tracker.is_terminal(run_id):
+                tracker.finish(run_id, "FAILED", _reason_from_error(result.error))
+            continue
+        if run is None or not tracker.is_terminal(run_id):
+            tracker.finish(run_id, "FINISHED")
+        value = best_value(result, stage.metric, stage.mode)
+        if value is not None and (best is None or (value > best[0] if stage.mode == "max" else value < best[0])):
+            best = (value, result, run_id)
+    for trial_id, run in children.items():
+        if trial_id not in seen:  # a trial the interrupted Tune state never recorded: not a real trial
+            tracker.client.delete_run(run.info.run_id)
+    if best is None:
+        raise StageFailed(f"stage {stage.name!r}: all {len(seen)} trials failed "
+                          f"(first reason: {_first_error(results)}); see the child runs in MLflow")
+    value, result, run_id = best
+    checkpoint = result.get_best_checkpoint(stage.metric, stage.mode) or result.checkpoint
+    config = {k: v for k, v in result.config.items()}
+    return TuneOutcome(
+        best=BestTrial(trial_id=trial_id_of(result), metric=stage.metric, value=value,
+                       checkpoint=checkpoint.path, config=config, child_run_id=run_id),
+        trials=len(seen), failed_trials=failed, experiment_dir=experiment_dir)
+
+
+def trial_folder_name(trial: Any) -> str:
+    """Trial folders named by trial id alone, so a folder always tells which trial it holds."""
+    return f"trial_{trial.trial_id}"
+
+
+def trial_id_of(result: Any) -> str:
+    return Path(result.path).name.removeprefix("trial_")
+
+
+def best_value(result: Any, metric: str, mode: str) -> float | None:
+    """The trial's best reported value of `metric` (ASHA may stop a trial after its best epoch)."""
+    frame = result.metrics_dataframe
+    if frame is None or metric not in frame:
+        value = (result.metrics or {}).get(metric)
+        return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+    column = frame[metric].dropna()
+    column = column[column.map(math.isfinite)]
+    if column.empty:
+        return None
+    return float(column.max() if mode == "max" else column.min())
+
+
+def _reason_from_error(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def _first_error(results: Any) -> str:
+    for result in results:
+        if result.error is not None:
+            return _reason_from_error(result.error)
+    return "no trial reported the metric"
+
+
+def write_trials_table(results: Any, path: Path) -> None:
+    frame = results.get_dataframe()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+
+
+def plot_search_history(results: Any, stage: TuneStage, path: Path) -> None:
+    """Each trial's best value in start order, with the running best: did the search converge?"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for result in results:
+        value = best_value(result, stage.metric, stage.mode) if result.error is None else None
+        started = (result.metrics_dataframe["timestamp"].min()
+                   if result.metrics_dataframe is not None and "timestamp" in result.metrics_dataframe else 0)
+        rows.append((started, value))
+    rows.sort(key=lambda row: row[0])
+    values = [value for _, value in rows]
+    running, best = [], None
+    for value in values:
+        if value is not None and (best is None or (value > best if stage.mode == "max" else value < best)):
+            best = value
+        running.append(best)
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    xs = range(1, len(values) + 1)
+    axis.scatter([x for x, v in zip(xs, values) if v is not None], [v for v in values if v is not None],
+                 label="trial (best epoch)", color="tab:blue")
+    axis.plot([x for x, v in zip(xs, running) if v is not None], [v for v in running if v is not None],
+              label="best so far", color="tab:orange", drawstyle="steps-post")
+    failed = [x for x, v in zip(xs, values) if v is None]
+    if failed:
+        axis.scatter(failed, [min(v for v in values if v is not None)] * len(failed) if any(
+            v is not None for v in values) else [0] * len(failed), marker="x", color="tab:red", label="failed")
+    axis.set_xlabel("trial (in start order)")
+    axis.set_ylabel(f"{stage.metric} ({'higher' if stage.mode == 'max' else 'lower'} is better)")
+    axis.set_title(f"{stage.name}: search history")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

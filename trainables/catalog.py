@@ -1,0 +1,122 @@
+"""The names a study YAML may use for trainables and jobs, mapped to code.
+
+A `TrainableDef` is everything the orchestrator needs to know about a trainable without reading
+its code: its config class, the metrics it reports (and which way is better, so a scheduler's
+mode is never guessed), how to rebuild its model from a checkpoint for the model registry, and a
+cheap `preflight` that fails fast (e.g. a missing dataset) before any trial starts.
+
+Besides the built-in names, a YAML may name `package.module:ATTRIBUTE` for a user's own
+TrainableDef/JobDef, so research code plugs in without editing this file.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from trainables.reporter import CheckpointState, Reporter
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    higher_is_better: bool
+    description: str = ""
+
+    @property
+    def mode(self) -> str:
+        return "max" if self.higher_is_better else "min"
+
+
+@dataclass(frozen=True)
+class TrainableDef:
+    """A searchable unit of training: `run(config, reporter)` returns its final metrics."""
+
+    name: str
+    config_cls: type
+    run: Callable[[Any, Reporter], Mapping[str, float]]
+    metrics: tuple[Metric, ...]
+    description: str
+    build_model: Callable[[CheckpointState], nn.Module] | None = None
+    preflight: Callable[[Any], None] | None = None
+    tiny_config: Mapping[str, Any] = field(default_factory=dict)
+
+    def metric(self, name: str) -> Metric:
+        for metric in self.metrics:
+            if metric.name == name:
+                return metric
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class JobDef:
+    """A one-shot step (evaluation, prototype selection): `run(config, reporter, workdir)`.
+
+    It writes its files (tables, plots) into `workdir`; the orchestrator logs them as artifacts.
+    """
+
+    name: str
+    config_cls: type
+    run: Callable[[Any, Reporter, Path], Mapping[str, float]]
+    metrics: tuple[Metric, ...]
+    description: str
+    preflight: Callable[[Any], None] | None = None
+
+
+class UnknownEntryError(LookupError):
+    pass
+
+
+def _builtin_trainables() -> dict[str, TrainableDef]:
+    from trainables import classifier
+
+    return {entry.name: entry for entry in (classifier.CLASSIFIER,)}
+
+
+def _builtin_jobs() -> dict[str, JobDef]:
+    from trainables import evaluate_classifier
+
+    return {entry.name: entry for entry in (evaluate_classifier.EVALUATE_CLASSIFIER,)}
+
+
+def _import_entry(path: str, kind: type) -> Any:
+    module_name, _, attribute = path.partition(":")
+    try:
+        entry = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise UnknownEntryError(f"cannot import {path!r}: {error}") from error
+    if not isinstance(entry, kind):
+        raise UnknownEntryError(f"{path!r} is a {type(entry).__name__}, not a {kind.__name__}")
+    return entry
+
+
+def _lookup(name: str, builtins: Mapping[str, Any], kind: type) -> Any:
+    if ":" in name:
+        return _import_entry(name, kind)
+    if name not in builtins:
+        raise UnknownEntryError(
+            f"unknown {kind.__name__.removesuffix('Def').lower()} {name!r} "
+            f"(known: {', '.join(sorted(builtins))}; or give 'package.module:NAME')"
+        )
+    return builtins[name]
+
+
+def trainable(name: str) -> TrainableDef:
+    return _lookup(name, _builtin_trainables(), TrainableDef)
+
+
+def job(name: str) -> JobDef:
+    return _lookup(name, _builtin_jobs(), JobDef)
+
+
+def trainable_names() -> list[str]:
+    return sorted(_builtin_trainables())
+
+
+def job_names() -> list[str]:
+    return sorted(_builtin_jobs())

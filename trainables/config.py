@@ -1,0 +1,106 @@
+"""Turning loose values (from YAML, from a sampler) into a trainable's typed, frozen config.
+
+Each trainable declares its settings as a frozen dataclass. `build_config` is the one place that
+fills one from a mapping: an unknown key or a value of the wrong type is an error naming the key,
+never a silent default. Integers are accepted for float fields and lists for tuple fields, because
+that is what YAML and samplers produce.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """Every problem with one config, each as (key, message)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{key}: {message}" for key, message in problems))
+
+
+def field_names(config_cls: type) -> tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(config_cls))
+
+
+def required_fields(config_cls: type) -> tuple[str, ...]:
+    return tuple(
+        field.name
+        for field in dataclasses.fields(config_cls)
+        if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+    )
+
+
+def check_value(key: str, value: Any, annotation: Any) -> tuple[Any, str | None]:
+    """Coerce `value` to `annotation`; return (value, None) or (value, reason it does not fit)."""
+    origin = get_origin(annotation)
+    if annotation is Any:
+        return value, None
+    if origin in (typing.Union, types.UnionType):
+        reasons = []
+        for option in get_args(annotation):
+            coerced, reason = check_value(key, value, option)
+            if reason is None:
+                return coerced, None
+            reasons.append(reason)
+        return value, " or ".join(dict.fromkeys(reasons))
+    if annotation is type(None):
+        return value, None if value is None else "expected null"
+    if origin is Literal:
+        allowed = get_args(annotation)
+        return value, None if value in allowed else f"expected one of {list(allowed)}, got {value!r}"
+    if annotation is bool:
+        return value, None if isinstance(value, bool) else f"expected true/false, got {value!r}"
+    if annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return value, None if ok else f"expected an integer, got {value!r}"
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value), None
+        return value, f"expected a number, got {value!r}"
+    if annotation is str:
+        return value, None if isinstance(value, str) else f"expected a string, got {value!r}"
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return value, f"expected a list, got {value!r}"
+        args = get_args(annotation)
+        item_type = args[0] if args else Any
+        items = []
+        for index, item in enumerate(value):
+            coerced, reason = check_value(f"{key}[{index}]", item, item_type)
+            if reason is not None:
+                return value, f"item {index}: {reason}"
+            items.append(coerced)
+        return tuple(items), None
+    raise TypeError(f"config field {key!r} has an annotation gensearch cannot check: {annotation!r}")
+
+
+def build_config(config_cls: type[C], values: Mapping[str, Any]) -> C:
+    """A `config_cls` instance from `values`; ConfigError lists every problem at once."""
+    hints = get_type_hints(config_cls)
+    known = field_names(config_cls)
+    problems: list[tuple[str, str]] = []
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            problems.append((key, f"unknown setting (known: {', '.join(known)})"))
+            continue
+        coerced, reason = check_value(key, value, hints[key])
+        if reason is not None:
+            problems.append((key, reason))
+        kwargs[key] = coerced
+    for key in required_fields(config_cls):
+        if key not in values:
+            problems.append((key, "required setting is missing"))
+    if not problems:
+        try:
+            return config_cls(**kwargs)
+        except ValueError as error:  # __post_init__ range checks
+            problems.append(("config", str(error)))
+    raise ConfigError(problems)

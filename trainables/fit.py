@@ -1,0 +1,89 @@
+"""The project's one training loop: epochs, checkpoint/resume, divergence guard, reporting.
+
+Every trainable hands `fit` its modules, optimizers and two callables (train one epoch, evaluate)
+instead of writing its own loop, so resume-from-checkpoint and NaN handling behave the same in
+every study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from trainables.reporter import CheckpointState, Reporter
+
+EpochFn = Callable[[int], Mapping[str, float]]
+
+
+class TrainingDiverged(RuntimeError):
+    """A metric became NaN or infinite: the trial is failed with this reason, not silently kept."""
+
+
+def fit(
+    *,
+    trainable: str,
+    config: object,
+    epochs: int,
+    modules: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    train_epoch: EpochFn,
+    evaluate: EpochFn,
+    reporter: Reporter,
+) -> dict[str, float]:
+    """Run epochs `[start, epochs)` where `start` comes from the reporter's checkpoint.
+
+    Each epoch reports `{"epoch": n, **train metrics, **eval metrics}` with a checkpoint that
+    holds everything needed to continue (and to rebuild the model from the folder alone).
+    """
+    state = reporter.restore()
+    start, metrics = 0, {}
+    if state is not None:
+        for name, module in modules.items():
+            module.load_state_dict(state["modules"][name])
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        torch.set_rng_state(state["rng"])
+        start, metrics = state["epoch"], dict(state["metrics"])
+        if start >= epochs:
+            # Finished before the interruption: publish the final result once more so the
+            # runner sees a result from this attempt too.
+            reporter.report(metrics)
+            return metrics
+
+    for epoch in range(start, epochs):
+        for module in modules.values():
+            module.train()
+        train_metrics = train_epoch(epoch)
+        for module in modules.values():
+            module.eval()
+        eval_metrics = evaluate(epoch)
+        metrics = {"epoch": float(epoch + 1), **train_metrics, **eval_metrics}
+        bad = sorted(key for key, value in metrics.items() if not math.isfinite(value))
+        if bad:
+            raise TrainingDiverged(f"{trainable}: epoch {epoch + 1}: non-finite {', '.join(bad)} "
+                                   f"({', '.join(f'{k}={metrics[k]}' for k in bad)}); lower the learning rate")
+        reporter.report(metrics, checkpoint_state(trainable, config, epoch + 1, metrics, modules, optimizers))
+    return metrics
+
+
+def checkpoint_state(
+    trainable: str,
+    config: object,
+    epoch: int,
+    metrics: Mapping[str, float],
+    modules: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+) -> CheckpointState:
+    return {
+        "trainable": trainable,
+        "config": dataclasses.asdict(config),
+        "epoch": epoch,
+        "metrics": dict(metrics),
+        "modules": {name: module.state_dict() for name, module in modules.items()},
+        "optimizers": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
+        "rng": torch.get_rng_state(),
+    }
