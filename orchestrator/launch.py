@@ -132,6 +132,7 @@ def run(spec, output: Path, target, args) -> int:
         return fail(f"{spec.source}: tracking: {error}", 2)
 
     output.mkdir(parents=True, exist_ok=True)
+    (output / "error.log").unlink(missing_ok=True)  # a stale log from an earlier failure would mislead
     state = state or StudyState(study=spec.name, tracking_uri=target.uri)
     tracker = Tracker(target, spec.tracking.experiment, spec.name)
     worker_env = {k: os.environ[k] for k in ("GENSEARCH_DATA", "GENSEARCH_CACHE") if k in os.environ}

@@ -20,11 +20,13 @@ from orchestrator.study_state import StudyState, save_state
 from orchestrator.tracking import Tracker
 
 # Tune saves its experiment state at most this often; small, so a kill loses little bookkeeping.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 # Let Ctrl-C reach us (to mark runs KILLED) instead of Tune swallowing it.
 os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 # Frequent snapshots are what we want (every checkpoint is resumable); Tune warns about them.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# Our own one-line-per-trial progress replaces Tune's tables and banners.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
 class StageError(RuntimeError):

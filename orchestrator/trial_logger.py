@@ -19,6 +19,8 @@ from orchestrator.tracking import Tracker, TrackingTarget
 
 # Tune's bookkeeping keys are not the trainable's metrics; they go to tags or nowhere.
 _NOT_METRICS = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint", "date"}
+# Logged with every result; its history tells which steps a run already has.
+_STEP_MARKER = "time_total_s"
 
 
 def _reason(trial: Any) -> str:
@@ -34,12 +36,14 @@ def _reason(trial: Any) -> str:
 
 class MlflowTrialLogger(Callback):
     def __init__(self, target: TrackingTarget, experiment: str, study: str, stage: str, parent_run_id: str,
-                 metric: str, mode: str, total_trials: int) -> None:
+                 metric: str, mode: str, total_trials: int, max_t: int | None = None) -> None:
         self.target, self.experiment, self.study, self.stage = target, experiment, study, stage
         self.parent_run_id, self.metric, self.mode, self.total_trials = parent_run_id, metric, mode, total_trials
+        self.max_t = max_t  # ASHA's budget: a trial ending before it was stopped early
         self._tracker: Tracker | None = None
         self._runs: dict[str, str] = {}
         self._node_tagged: set[str] = set()
+        self._last_step: dict[str, int] = {}
         self._done = 0
         self._best: float | None = None
         self._started = time.monotonic()
@@ -57,7 +61,7 @@ class MlflowTrialLogger(Callback):
 
     def setup(self, **info: Any) -> None:
         self._started = time.monotonic()
-        self._node_tagged = set()
+        self._node_tagged, self._last_step = set(), {}
         children = self.tracker.children(self.parent_run_id)
         self._runs = {trial_id: run.info.run_id for trial_id, run in children.items()}
         self._done = sum(1 for run in children.values() if run.info.status in ("FINISHED", "FAILED"))
@@ -76,13 +80,24 @@ class MlflowTrialLogger(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         run_id = self._run_id(trial)
-        metrics = {k: v for k, v in result.items() if k not in _NOT_METRICS}
-        metrics["time_total_s"] = result.get("time_total_s", 0.0)
-        self.tracker.log_metrics(run_id, metrics, step=int(result.get("training_iteration", 0)))
+        step = int(result.get("training_iteration", 0))
+        if step > self._logged_through(run_id):
+            metrics = {k: v for k, v in result.items() if k not in _NOT_METRICS}
+            metrics[_STEP_MARKER] = result.get("time_total_s", 0.0)
+            self.tracker.log_metrics(run_id, metrics, step=step)
+            self._last_step[run_id] = step
         if run_id not in self._node_tagged:  # once per attempt: a retried trial may land on another node
             self.tracker.set_tags(run_id, {"gensearch.node_ip": result.get("node_ip", ""),
                                            "gensearch.hostname": result.get("hostname", "")})
             self._node_tagged.add(run_id)
+
+    def _logged_through(self, run_id: str) -> int:
+        """The last step already in MLflow for this run. A trial resumed from a checkpoint older than
+        its last report repeats a few steps; the first record of a step is kept, not doubled."""
+        if run_id not in self._last_step:
+            history = self.tracker.client.get_metric_history(run_id, _STEP_MARKER)
+            self._last_step[run_id] = max((m.step for m in history), default=0)
+        return self._last_step[run_id]
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run_id(trial)
@@ -93,11 +108,12 @@ class MlflowTrialLogger(Callback):
         if isinstance(value, (int, float)):
             better = self._best is None or (value > self._best if self.mode == "max" else value < self._best)
             self._best = value if better else self._best
-        epochs = last.get("training_iteration", "?")
+        steps = last.get("training_iteration", 0)
+        early = " (stopped early by ASHA)" if self.max_t and steps < self.max_t else ""
         shown = f"{self.metric}={value:.4g}" if isinstance(value, (int, float)) else "no metric"
         best = f" (best {self._best:.4g})" if self._best is not None else ""
-        print(f"[{self.stage}] {self._done}/{self.total_trials} done · trial {trial.trial_id} after {epochs} "
-              f"step(s): {shown}{best} · {time.monotonic() - self._started:.0f}s", flush=True)
+        print(f"[{self.stage}] {self._done}/{self.total_trials} done · trial {trial.trial_id} after {steps} "
+              f"step(s){early}: {shown}{best} · {time.monotonic() - self._started:.0f}s", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run_id(trial)

@@ -62,6 +62,7 @@ def param_space(stage: TuneStage, inputs: Mapping[str, str]) -> dict[str, Any]:
 
 
 def make_searcher(spec: SearcherSpec, total_trials: int) -> OptunaSearch | None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if spec.type == "basic":
         return None
     if spec.sampler == "random":
@@ -103,7 +104,8 @@ def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path
         tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True, resume_errored=False)
     else:
         logger = MlflowTrialLogger(tracker.target, tracker.experiment_name, tracker.study, stage.name,
-                                   parent_run_id, stage.metric, stage.mode, stage.total_trials)
+                                   parent_run_id, stage.metric, stage.mode, stage.total_trials,
+                                   max_t=stage.scheduler.max_t if stage.scheduler else None)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(stage, inputs),
@@ -116,8 +118,9 @@ def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path
             run_config=tune.RunConfig(
                 name=stage.name, storage_path=str(storage), verbose=0, callbacks=[logger],
                 failure_config=tune.FailureConfig(max_failures=stage.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=stage.metric,
-                                                        checkpoint_score_order=stage.mode),
+                # Every checkpoint is kept: Tune's experiment snapshot can lag a few reports behind the
+                # trials, and after a kill it must still find the checkpoint that snapshot names.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             ),
         )
     results = tuner.fit()

@@ -1,0 +1,71 @@
+"""Shared pieces of the end-to-end tests: a tiny real study, the launcher as a subprocess, MLflow reads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_study(path: Path, *, num_samples: int = 4, epochs: int = 3, train_size: int = 300,
+               name: str = "tiny") -> Path:
+    """A real two-stage study small enough for CI: classifier search, then test-split evaluation."""
+    study = {
+        "study": name,
+        "stages": [
+            {
+                "name": "classifier", "kind": "tune", "trainable": "classifier",
+                "config": {"classes": [7, 1], "train_size": train_size, "val_size": 100, "epochs": epochs,
+                           "batch_size": 32},
+                "space": {"lr": {"type": "loguniform", "low": 1e-3, "high": 3e-2},
+                          "nf": {"type": "choice", "values": [1, 2]}},
+                "metric": "val_accuracy", "num_samples": num_samples, "max_concurrent_trials": 2,
+                "scheduler": {"type": "asha", "max_t": epochs, "grace_period": 1, "reduction_factor": 2},
+                "searcher": {"type": "optuna", "sampler": "tpe", "seed": 0},
+                "resources": {"cpu": 1},
+            },
+            {"name": "evaluate", "kind": "job", "job": "evaluate_classifier", "config": {"limit": 300},
+             "inputs": {"checkpoint": "classifier.best"}},
+        ],
+    }
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def launcher(*args: str) -> list[str]:
+    return [sys.executable, "-m", "orchestrator.launch", *args]
+
+
+def run_launcher(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(launcher(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def client_for(output: Path) -> MlflowClient:
+    uri = f"sqlite:///{output.resolve() / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def study_runs(client: MlflowClient, experiment: str):
+    """(experiment, parent runs by stage name, child runs by parent run id) of one study."""
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no MLflow experiment {experiment!r}"
+    runs = client.search_runs([found.experiment_id], max_results=1000)
+    parents = {r.data.tags["gensearch.stage"]: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
+    children: dict[str, list] = {}
+    for run in runs:
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if parent:
+            children.setdefault(parent, []).append(run)
+    return found, parents, children
+
+
+def best_history_value(client: MlflowClient, run_id: str, metric: str, mode: str) -> float:
+    values = [m.value for m in client.get_metric_history(run_id, metric)]
+    return max(values) if mode == "max" else min(values)

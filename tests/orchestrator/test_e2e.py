@@ -1,0 +1,122 @@
+"""A real tiny study through Ray Tune + Optuna + ASHA + MLflow, checked in the MLflow store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.orchestrator.study_helpers import best_history_value, client_for, run_launcher, study_runs, tiny_study
+
+NUM_SAMPLES = 4
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("e2e")
+    spec = tiny_study(folder / "tiny.yaml", num_samples=NUM_SAMPLES)
+    output = folder / "out"
+    result = run_launcher(str(spec), "--output", str(output))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return spec, output, result
+
+
+def test_mlflow_holds_one_experiment_with_a_parent_per_stage_and_a_child_per_trial(finished_study):
+    _, output, _ = finished_study
+    client = client_for(output)
+    experiments = [e.name for e in client.search_experiments() if e.name != "Default"]
+    assert experiments == ["tiny"]
+    _, parents, children = study_runs(client, "tiny")
+    assert sorted(parents) == ["classifier", "evaluate"]
+    assert all(run.info.status == "FINISHED" for run in parents.values())
+    trials = children[parents["classifier"].info.run_id]
+    assert len(trials) == NUM_SAMPLES
+    assert len({run.data.tags["gensearch.trial_id"] for run in trials}) == NUM_SAMPLES
+    assert parents["evaluate"].info.run_id not in children  # a job has no trials
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        assert {"lr", "nf", "epochs", "classes"} <= set(run.data.params)
+        assert 1e-3 <= float(run.data.params["lr"]) <= 3e-2
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert 1 <= len(history) <= 3  # ASHA may stop a trial before max_t
+        assert [m.step for m in history] == list(range(1, len(history) + 1))
+        assert run.data.tags["gensearch.node_ip"]
+
+
+def test_champion_alias_points_at_the_best_child_run(finished_study):
+    _, output, _ = finished_study
+    client = client_for(output)
+    _, parents, children = study_runs(client, "tiny")
+    trials = children[parents["classifier"].info.run_id]
+    best_values = {run.info.run_id: best_history_value(client, run.info.run_id, "val_accuracy", "max")
+                   for run in trials}
+    version = client.get_model_version_by_alias("tiny-classifier", "champion")
+    assert version.run_id in best_values
+    assert best_values[version.run_id] == max(best_values.values())
+    assert parents["classifier"].data.tags["gensearch.best_child_run_id"] == version.run_id
+    assert parents["classifier"].data.metrics["best_val_accuracy"] == pytest.approx(max(best_values.values()))
+
+
+def test_the_registered_model_loads_and_classifies(finished_study):
+    import mlflow.pytorch
+    import torch
+
+    from trainables.data import load_images
+
+    _, output, _ = finished_study
+    uri = f"sqlite:///{(output / 'mlflow.db').resolve()}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    model = mlflow.pytorch.load_model("models:/tiny-classifier@champion").eval()
+    test = load_images("mnist", "test", classes=(7, 1), limit=200)
+    with torch.no_grad():
+        accuracy = (model(test.images).argmax(1) == test.labels).float().mean().item()
+    assert accuracy > 0.9
+
+
+def test_job_stage_consumed_the_best_checkpoint_by_reference(finished_study):
+    _, output, _ = finished_study
+    client = client_for(output)
+    _, parents, _ = study_runs(client, "tiny")
+    state = json.loads((output / "study_state.json").read_text())
+    best_checkpoint = state["stages"]["classifier"]["best"]["checkpoint"]
+    evaluate = parents["evaluate"]
+    assert evaluate.data.params["inputs.checkpoint"] == "classifier.best"
+    assert 0.9 < evaluate.data.metrics["test_accuracy"] <= 1.0
+    assert evaluate.data.metrics["test_images"] == 300
+    artifacts = {a.path for a in client.list_artifacts(evaluate.info.run_id)}
+    assert {"confusion_matrix.png", "misclassified.png", "metrics.json"} <= artifacts
+    assert (output / "tune" / "classifier").resolve() in Path(best_checkpoint).parents
+
+
+def test_summary_names_best_trial_registry_and_mlflow_ui_command(finished_study):
+    _, output, result = finished_study
+    summary = (output / "summary.md").read_text()
+    for text in ("classifier", "evaluate", "tiny-classifier v1 @champion", "mlflow ui --backend-store-uri sqlite:///"):
+        assert text in summary
+        assert text in result.stdout
+    assert f"{NUM_SAMPLES}/{NUM_SAMPLES} done" in result.stdout
+
+
+def test_rerun_without_resume_refuses_and_changes_nothing(finished_study):
+    spec, output, _ = finished_study
+    client = client_for(output)
+    before = len(client.search_runs([client.get_experiment_by_name("tiny").experiment_id]))
+    result = run_launcher(str(spec), "--output", str(output))
+    assert result.returncode == 2
+    assert "--resume" in result.stderr and "Traceback" not in result.stderr
+    assert len(client.search_runs([client.get_experiment_by_name("tiny").experiment_id])) == before
+
+
+def test_resume_of_a_finished_study_skips_every_stage(finished_study):
+    spec, output, _ = finished_study
+    client = client_for(output)
+    before = {r.info.run_id for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])}
+    result = run_launcher(str(spec), "--output", str(output), "--resume")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "[classifier] already finished: skipped" in result.stdout
+    assert "[evaluate] already finished: skipped" in result.stdout
+    after = {r.info.run_id for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])}
+    assert after == before
+    assert len(client.search_model_versions("name = 'tiny-classifier'")) == 1
