@@ -165,6 +165,8 @@ class StudyRunner:
             return
         print(f"Starting Ray ({'joining ' + self.address if self.address else 'local'})...", flush=True)
         runtime_env = {"env_vars": self.worker_env} if self.worker_env else None
+        if not self.verbose:  # our per-trial line names the reason and the trial's error file instead
+            logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
         ray.init(address=self.address, include_dashboard=False, log_to_driver=self.verbose,
                  logging_level=logging.INFO if self.verbose else logging.WARNING, runtime_env=runtime_env)
         self._ray_started = True

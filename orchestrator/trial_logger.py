@@ -120,5 +120,6 @@ class MlflowTrialLogger(Callback):
         reason = _reason(trial)
         self.tracker.finish(run_id, "FAILED", reason)
         self._done += 1
-        print(f"[{self.stage}] {self._done}/{self.total_trials} done · trial {trial.trial_id} FAILED: {reason}",
+        where = f" (details: {trial.path}/error.txt)" if getattr(trial, "path", None) else ""
+        print(f"[{self.stage}] {self._done}/{self.total_trials} done · trial {trial.trial_id} FAILED: {reason}{where}",
               flush=True)

@@ -10,6 +10,7 @@ import subprocess
 import time
 
 import psutil
+import pytest
 
 from tests.orchestrator.study_helpers import REPO, client_for, launcher, run_launcher, study_runs, tiny_study
 
@@ -49,6 +50,7 @@ def _pgid(pid: int) -> int | None:
         return None
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_runs_every_trial_once_under_the_same_parent(tmp_path):
     spec = tiny_study(tmp_path / "tiny.yaml", num_samples=NUM_SAMPLES, epochs=3, train_size=1500)
     output = tmp_path / "out"
