@@ -110,7 +110,7 @@ class StudyRunner:
             stage_state.status = "failed"
             stage_state.wall_s += time.monotonic() - started
             self.save()
-            reason = _one_line(error)
+            reason = error.reason if isinstance(error, StageError) else _one_line(error)
             self.tracker.finish(parent, "FAILED", reason)
             raise StageError(stage.name, reason) from error
         stage_state.status = "finished"
@@ -125,6 +125,7 @@ class StudyRunner:
         from trainables import catalog
 
         self.start_ray()
+        self.check_trial_fits(stage)
         stage_state = self.state.stage(stage.name)
         outcome = run_tune_stage(stage=stage, inputs=inputs, storage=self.output / "tune", tracker=self.tracker,
                                  parent_run_id=parent, resume=self.resume)
@@ -170,6 +171,21 @@ class StudyRunner:
         ray.init(address=self.address, include_dashboard=False, log_to_driver=self.verbose,
                  logging_level=logging.INFO if self.verbose else logging.WARNING, runtime_env=runtime_env)
         self._ray_started = True
+
+    def check_trial_fits(self, stage: TuneStage) -> None:
+        """On a fixed local Ray, a trial asking for more than exists would wait forever: say so now.
+        A cluster (--address) may autoscale, so its resources are not judged here."""
+        import ray
+
+        if self.address:
+            return
+        available = ray.cluster_resources()
+        for kind, need in (("CPU", stage.resources.cpu), ("GPU", stage.resources.gpu)):
+            have = available.get(kind, 0.0)
+            if need > have:
+                raise StageError(stage.name, f"resources.{kind.lower()}: each trial asks for {need:g} {kind} but "
+                                             f"this machine's Ray has {have:g}; lower it or join a cluster with "
+                                             f"--address")
 
     def stop_ray(self) -> None:
         if self._ray_started:

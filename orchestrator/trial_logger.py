@@ -19,6 +19,7 @@ from orchestrator.tracking import Tracker, TrackingTarget
 
 # Tune's bookkeeping keys are not the trainable's metrics; they go to tags or nowhere.
 _NOT_METRICS = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint", "date"}
+HEARTBEAT_S = 30.0
 # Logged with every result; its history tells which steps a run already has.
 _STEP_MARKER = "time_total_s"
 
@@ -46,7 +47,7 @@ class MlflowTrialLogger(Callback):
         self._last_step: dict[str, int] = {}
         self._done = 0
         self._best: float | None = None
-        self._started = time.monotonic()
+        self._started = self._last_heartbeat = time.monotonic()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -60,7 +61,7 @@ class MlflowTrialLogger(Callback):
         return self._tracker
 
     def setup(self, **info: Any) -> None:
-        self._started = time.monotonic()
+        self._started = self._last_heartbeat = time.monotonic()
         self._node_tagged, self._last_step = set(), {}
         children = self.tracker.children(self.parent_run_id)
         self._runs = {trial_id: run.info.run_id for trial_id, run in children.items()}
@@ -114,6 +115,19 @@ class MlflowTrialLogger(Callback):
         best = f" (best {self._best:.4g})" if self._best is not None else ""
         print(f"[{self.stage}] {self._done}/{self.total_trials} done · trial {trial.trial_id} after {steps} "
               f"step(s){early}: {shown}{best} · {time.monotonic() - self._started:.0f}s", flush=True)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        """A heartbeat every HEARTBEAT_S while trials run, so long epochs never look like a hang."""
+        now = time.monotonic()
+        if now - self._last_heartbeat < HEARTBEAT_S:
+            return
+        self._last_heartbeat = now
+        running = [t for t in trials if t.status == "RUNNING"]
+        if running:
+            steps = ", ".join(f"{t.trial_id}@{(t.last_result or {}).get('training_iteration', 0)}" for t in running)
+            best = f", best {self.metric}={self._best:.4g}" if self._best is not None else ""
+            print(f"[{self.stage}] {self._done}/{self.total_trials} done, running (trial@step): {steps}{best} · "
+                  f"{now - self._started:.0f}s", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run_id(trial)
