@@ -42,9 +42,16 @@ def launcher(*args: str) -> list[str]:
     return [sys.executable, "-m", "orchestrator.launch", *args]
 
 
+def launcher_env() -> dict[str, str]:
+    """The test process's environment minus MLflow's URI variables (mlflow.set_tracking_uri in one test
+    exports one), so every launched study uses its own embedded store unless a test says otherwise."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    return {**env, "PYTHONUNBUFFERED": "1"}
+
+
 def run_launcher(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(launcher(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          env=launcher_env())
 
 
 def client_for(output: Path) -> MlflowClient:

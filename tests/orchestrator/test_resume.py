@@ -12,7 +12,8 @@ import time
 import psutil
 import pytest
 
-from tests.orchestrator.study_helpers import REPO, client_for, launcher, run_launcher, study_runs, tiny_study
+from tests.orchestrator.study_helpers import (REPO, client_for, launcher, launcher_env, run_launcher, study_runs,
+                                             tiny_study)
 
 NUM_SAMPLES = 6
 
@@ -24,7 +25,7 @@ def run_until_trials_done(spec, output, trials_done: int, grace_s: float, timeou
     the killed pids."""
     process = subprocess.Popen(launcher(str(spec), "--output", str(output)), cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               env=launcher_env())
     lines, deadline = [], time.monotonic() + timeout
     try:
         for line in process.stdout:
