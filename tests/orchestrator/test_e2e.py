@@ -120,3 +120,18 @@ def test_resume_of_a_finished_study_skips_every_stage(finished_study):
     after = {r.info.run_id for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])}
     assert after == before
     assert len(client.search_model_versions("name = 'tiny-classifier'")) == 1
+
+
+def test_promote_lists_versions_and_moves_an_alias(finished_study, capsys):
+    from orchestrator.promote import main as promote
+
+    _, output, _ = finished_study
+    client = client_for(output)
+    champion = client.get_model_version_by_alias("tiny-classifier", "champion")
+    assert promote(["--output", str(output)]) == 0
+    listing = capsys.readouterr().out
+    assert f"v1  run {champion.run_id}  @champion" in listing
+    assert promote(["--output", str(output), "tiny-classifier", "--version", "7"]) == 2
+    assert "has no version 7 (versions: 1)" in capsys.readouterr().err
+    assert promote(["--output", str(output), "tiny-classifier", "--run", champion.run_id, "--alias", "staging"]) == 0
+    assert client.get_model_version_by_alias("tiny-classifier", "staging").version == champion.version
