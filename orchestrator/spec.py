@@ -360,8 +360,12 @@ def _parse_inputs(raw: Any, key: str, earlier: list[str], later: list[str], prob
 
 
 def _check_config(config_cls: type, config: Mapping[str, Any], space: Mapping[str, SpaceEntry],
-                  inputs: Mapping[str, Reference], key: str, what: str, problems: _Problems) -> None:
-    """Check names and types of constants, searched settings and inputs against `config_cls`."""
+                  inputs: Mapping[str, Reference], key: str, what: str, problems: _Problems,
+                  declared_inputs: Any = None) -> None:
+    """Check names and types of constants, searched settings and inputs against `config_cls`.
+
+    `declared_inputs` are the input names as written, valid or not: an input whose reference was
+    already reported as wrong is not reported a second time as a missing setting."""
     count = len(problems.items)
     known = field_names(config_cls)
     hints = get_type_hints(config_cls)
@@ -388,14 +392,14 @@ def _check_config(config_cls: type, config: Mapping[str, Any], space: Mapping[st
             if reason is not None:
                 problems.add(f"{key}.inputs.{name}", f"setting {name!r} does not take a checkpoint folder")
     for name in required_fields(config_cls):
-        if name not in config and name not in space and name not in inputs:
+        if name not in config and name not in space and name not in inputs and name not in (declared_inputs or ()):
             problems.add(f"{key}.config.{name}", f"required by {what} (give it in config, space or inputs)")
     # Build once with representative values so range checks (__post_init__) run now, not mid-study.
     if len(problems.items) > count:
         return
     sample = dict(config)
     sample.update({name: representative_values(entry)[0] for name, entry in space.items()})
-    sample.update({name: "/checkpoint/folder" for name in inputs})
+    sample.update({name: "/checkpoint/folder" for name in {*inputs, *(declared_inputs or ())} if name in known})
     try:
         build_config(config_cls, sample)
     except ConfigError as error:
@@ -429,7 +433,8 @@ def _parse_tune_stage(raw: Mapping[str, Any], key: str, study: str, earlier: lis
     metric = _string(raw, "metric", key, problems, required=True)
     mode = "max"
     if definition is not None:
-        _check_config(definition.config_cls, config, space, inputs, key, f"trainable {trainable_name!r}", problems)
+        _check_config(definition.config_cls, config, space, inputs, key, f"trainable {trainable_name!r}", problems,
+                      declared_inputs=raw.get("inputs"))
         if metric is not None:
             try:
                 mode = definition.metric(metric).mode
@@ -554,7 +559,8 @@ def _parse_job_stage(raw: Mapping[str, Any], key: str, earlier: list[str], later
         except catalog.UnknownEntryError as error:
             problems.add(f"{key}.job", str(error))
         else:
-            _check_config(definition.config_cls, config, {}, inputs, key, f"job {job_name!r}", problems)
+            _check_config(definition.config_cls, config, {}, inputs, key, f"job {job_name!r}", problems,
+                          declared_inputs=raw.get("inputs"))
     return JobStage(name=raw["name"], job=job_name or "", config=dict(config), inputs=inputs)
 
 

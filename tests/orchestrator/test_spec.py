@@ -1,0 +1,198 @@
+"""Study YAML validation: a valid file becomes typed objects; every malformed one is exit 2 with one
+line per problem naming the file and the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from orchestrator.launch import main
+from orchestrator.spec import AshaSpec, JobStage, LogUniform, Reference, TuneStage, load_study
+from tests.orchestrator.study_helpers import REPO
+
+SMOKE = REPO / "search_spaces" / "smoke.yaml"
+
+
+def valid_study() -> dict:
+    return yaml.safe_load(SMOKE.read_text())
+
+
+def test_smoke_yaml_becomes_typed_frozen_objects():
+    spec = load_study(SMOKE)
+    search, evaluate = spec.stages
+    assert isinstance(search, TuneStage) and isinstance(evaluate, JobStage)
+    assert (search.metric, search.mode, search.total_trials) == ("val_accuracy", "max", 8)
+    assert search.space["lr"] == LogUniform(1e-4, 3e-2)  # `1e-4` without a dot is still a float
+    assert search.scheduler == AshaSpec(max_t=4, grace_period=1, reduction_factor=2.0)
+    assert (search.register.name, search.register.alias) == ("smoke-classifier", "champion")
+    assert evaluate.inputs == {"checkpoint": Reference("classifier", "best")}
+    with pytest.raises(AttributeError):
+        search.num_samples = 3
+
+
+def stage0(**changes):
+    def edit(study):
+        study["stages"][0].update(changes)
+    return edit
+
+
+def space(name, entry):
+    def edit(study):
+        study["stages"][0]["space"][name] = entry
+    return edit
+
+
+def drop_key(key):
+    def edit(study):
+        del study[key]
+    return edit
+
+
+def top(**changes):
+    def edit(study):
+        study.update(changes)
+    return edit
+
+
+def second_stage(**changes):
+    def edit(study):
+        study["stages"][1].update(changes)
+    return edit
+
+
+def first_stage_uses_later(study):
+    study["stages"][0]["inputs"] = {"init_from": "evaluate.best"}
+
+
+# (id, edit of the valid study, expected key path, expected message fragment)
+MALFORMED = [
+    ("missing-study", drop_key("study"), "study", "required"),
+    ("unknown-top-key", top(stagse=[]), "stagse", "did you mean 'stages'"),
+    ("empty-stages", top(stages=[]), "stages", "non-empty list"),
+    ("stage-without-name", stage0(name=None), "stages[0].name", "required"),
+    ("duplicate-stage", second_stage(name="classifier"), "stages[1].name", "duplicate stage name"),
+    ("unknown-kind", stage0(kind="sweep"), "stages[0].kind", "must be one of tune, job"),
+    ("unknown-trainable", stage0(trainable="resnet9000"), "stages[0].trainable", "unknown trainable 'resnet9000'"),
+    ("unknown-job", second_stage(job="nope"), "stages[1].job", "unknown job 'nope'"),
+    ("stage-key-typo", stage0(num_sample=8), "stages[0].num_sample", "did you mean 'num_samples'"),
+    ("config-key-unknown", stage0(config={"learning_rate": 0.1}), "stages[0].config.learning_rate",
+     "has no setting 'learning_rate'"),
+    ("config-wrong-type", stage0(config={"epochs": "four"}), "stages[0].config.epochs", "expected an integer"),
+    ("config-range-check", stage0(config={"epochs": 0}), "stages[0].config", "epochs and val_size must be >= 1"),
+    ("uniform-low-high", space("lr", {"type": "uniform", "low": 0.5, "high": 0.1}), "stages[0].space.lr",
+     "low must be < high (0.5 >= 0.1)"),
+    ("loguniform-low-high", space("lr", {"type": "loguniform", "low": 1e-2, "high": 1e-4}), "stages[0].space.lr",
+     "low must be < high (0.01 >= 0.0001)"),
+    ("loguniform-nonpositive", space("lr", {"type": "loguniform", "low": 0, "high": 1}), "stages[0].space.lr.low",
+     "must be > 0 on a log scale"),
+    ("int-low-high", space("epochs", {"type": "int", "low": 5, "high": 2}), "stages[0].space.epochs",
+     "low must be <= high (5 > 2)"),
+    ("choice-empty", space("nf", {"type": "choice", "values": []}), "stages[0].space.nf.values", "non-empty list"),
+    ("space-unknown-type", space("lr", {"type": "normal", "mean": 0}), "stages[0].space.lr.type",
+     "must be one of uniform, loguniform, int, choice, grid"),
+    ("space-type-mismatch", space("nf", {"type": "uniform", "low": 1, "high": 4}), "stages[0].space.nf",
+     "sampled values do not fit the setting: expected an integer"),
+    ("grid-with-optuna", space("nf", {"type": "grid", "values": [1, 2]}), "stages[0].space.nf",
+     "grid needs `searcher: {type: basic}`"),
+    ("unknown-metric", stage0(metric="accuracy"), "stages[0].metric", "does not report 'accuracy'"),
+    ("zero-samples", stage0(num_samples=0), "stages[0].num_samples", "must be >= 1, got 0"),
+    ("asha-grace", stage0(scheduler={"type": "asha", "max_t": 4, "grace_period": 9}), "stages[0].scheduler.grace_period",
+     "must be between 1 and max_t (4)"),
+    ("asha-reduction", stage0(scheduler={"type": "asha", "max_t": 4, "reduction_factor": 1}),
+     "stages[0].scheduler.reduction_factor", "must be > 1"),
+    ("negative-cpu", stage0(resources={"cpu": -1}), "stages[0].resources.cpu", "must be > 0"),
+    ("forward-reference", first_stage_uses_later, "stages[0].inputs.init_from", "refers to a later stage"),
+    ("unknown-reference", second_stage(inputs={"checkpoint": "gan.best"}), "stages[1].inputs.checkpoint",
+     "refers to an unknown stage"),
+    ("bad-reference-syntax", second_stage(inputs={"checkpoint": "runs/smoke/best"}), "stages[1].inputs.checkpoint",
+     "expected a reference like 'stage.best'"),
+    ("unknown-selector", second_stage(inputs={"checkpoint": "classifier.worst"}), "stages[1].inputs.checkpoint",
+     "unknown selector 'worst'"),
+]
+
+
+def run_cli(path, capsys):
+    code = main([str(path), "--dry-run"])
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def assert_clean_problem_lines(err: str, path) -> list[str]:
+    lines = err.strip().splitlines()
+    assert lines, "no problem was reported"
+    assert "Traceback" not in err
+    for line in lines:
+        assert line.startswith(f"{path}: "), line
+    return lines
+
+
+@pytest.mark.parametrize("edit,key,fragment", [case[1:] for case in MALFORMED], ids=[case[0] for case in MALFORMED])
+def test_malformed_spec_is_exit_2_with_a_line_naming_file_and_key(tmp_path, capsys, edit, key, fragment):
+    study = valid_study()
+    edit(study)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    code, err = run_cli(path, capsys)
+    assert code == 2
+    lines = assert_clean_problem_lines(err, path)
+    assert any(line.startswith(f"{path}: {key}: ") and fragment in line for line in lines), err
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("study: x\nstages: [\n", "line 3"),
+    ("- just\n- a list\n", "expected a mapping with keys study, stages"),
+], ids=["yaml-syntax-error", "top-level-list"])
+def test_unparseable_or_wrong_shape_file(tmp_path, capsys, text, fragment):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    code, err = run_cli(path, capsys)
+    assert code == 2
+    lines = assert_clean_problem_lines(err, path)
+    assert len(lines) == 1 and fragment in lines[0], err
+
+
+def test_missing_file_is_exit_2(tmp_path, capsys):
+    code, err = run_cli(tmp_path / "absent.yaml", capsys)
+    assert code == 2
+    assert err.strip() == f"{tmp_path / 'absent.yaml'}: file not found"
+
+
+def test_every_problem_in_a_file_is_reported_at_once(tmp_path, capsys):
+    study = valid_study()
+    study["stages"][0]["num_samples"] = 0
+    study["stages"][0]["space"]["lr"] = {"type": "uniform", "low": 1, "high": 0}
+    study["stages"][0]["metric"] = "loss"
+    study["stages"][1]["inputs"] = {"checkpoint": "nowhere.best"}
+    study["colour"] = "blue"
+    path = tmp_path / "many.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    code, err = run_cli(path, capsys)
+    assert code == 2
+    lines = assert_clean_problem_lines(err, path)
+    keys = sorted(line.split(": ")[1] for line in lines)
+    assert keys == sorted(["colour", "stages[0].num_samples", "stages[0].space.lr", "stages[0].metric",
+                           "stages[1].inputs.checkpoint"])
+
+
+def test_cli_subprocess_bad_spec_prints_exactly_one_line(tmp_path):
+    study = valid_study()
+    study["stages"][0]["space"]["lr"] = {"type": "loguniform", "low": 1e-2, "high": 1e-4}
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    result = subprocess.run([sys.executable, "-m", "orchestrator.launch", str(path), "--dry-run"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"{path}: stages[0].space.lr: low must be < high (0.01 >= 0.0001)"
+
+
+def test_cli_subprocess_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "orchestrator.launch", str(SMOKE), "--dry-run",
+                             "--output", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "trials: 8 (Optuna tpe, seed 0), at most 2 at once; ASHA max_t=4" in result.stdout
+    assert "inputs: checkpoint <- classifier.best" in result.stdout
+    assert "Nothing was run (--dry-run)." in result.stdout
+    assert not (tmp_path / "out").exists()
