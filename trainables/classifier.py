@@ -107,10 +107,9 @@ def train(config: ClassifierConfig, reporter: Reporter) -> dict[str, float]:
     train_set, val_set = split_train_val(load_training_data(config), config)
     model = Classifier(config.nf, len(train_set.classes)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    shuffle = torch.Generator().manual_seed(config.seed)
-
     def train_epoch(epoch: int) -> dict[str, float]:
-        order = torch.randperm(len(train_set), generator=shuffle)
+        # The order is a function of (seed, epoch), so a run resumed at any epoch sees the same batches.
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
         total = 0.0
         for start in range(0, len(order), config.batch_size):
             idx = order[start:start + config.batch_size]
