@@ -73,9 +73,9 @@ class UnknownEntryError(LookupError):
 
 
 def _builtin_trainables() -> dict[str, TrainableDef]:
-    from trainables import classifier
+    from trainables import classifier, dcgan, gasten
 
-    return {entry.name: entry for entry in (classifier.CLASSIFIER,)}
+    return {entry.name: entry for entry in (classifier.CLASSIFIER, dcgan.DCGAN, gasten.GASTEN)}
 
 
 def _builtin_jobs() -> dict[str, JobDef]:
