@@ -200,6 +200,18 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader that also reads `1e-4` as a float (YAML 1.1 insists on `1.0e-4`)."""
 
 
+def _construct_mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (the later one would silently win)", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping_without_duplicates)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -237,7 +249,8 @@ def _mapping(raw: Any, key: str, problems: _Problems) -> Mapping[str, Any] | Non
 
 def _kind(value: Any) -> str:
     return {list: "a list", str: f"the string {value!r}", int: f"the number {value!r}",
-            float: f"the number {value!r}", bool: f"{str(value).lower()}"}.get(type(value), type(value).__name__)
+            float: f"the number {value!r}", bool: f"{str(value).lower()}", type(None): "nothing"}.get(
+        type(value), type(value).__name__)
 
 
 def _unknown_keys(raw: Mapping[str, Any], allowed: tuple[str, ...], key: str, problems: _Problems) -> None:
@@ -265,6 +278,9 @@ def _number(raw: Mapping[str, Any], name: str, key: str, problems: _Problems, *,
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok:
         problems.add(f"{key}.{name}", f"expected {'an integer' if integer else 'a number'}, got {_kind(value)}")
+        return default
+    if not math.isfinite(value):
+        problems.add(f"{key}.{name}", f"expected a finite number, got {value}")
         return default
     return value
 
@@ -367,6 +383,7 @@ def _check_config(config_cls: type, config: Mapping[str, Any], space: Mapping[st
     `declared_inputs` are the input names as written, valid or not: an input whose reference was
     already reported as wrong is not reported a second time as a missing setting."""
     count = len(problems.items)
+    declared = tuple(declared_inputs) if isinstance(declared_inputs, Mapping) else ()
     known = field_names(config_cls)
     hints = get_type_hints(config_cls)
     for group, names in (("config", config), ("space", space), ("inputs", inputs)):
@@ -392,20 +409,29 @@ def _check_config(config_cls: type, config: Mapping[str, Any], space: Mapping[st
             if reason is not None:
                 problems.add(f"{key}.inputs.{name}", f"setting {name!r} does not take a checkpoint folder")
     for name in required_fields(config_cls):
-        if name not in config and name not in space and name not in inputs and name not in (declared_inputs or ()):
+        if name not in config and name not in space and name not in inputs and name not in declared:
             problems.add(f"{key}.config.{name}", f"required by {what} (give it in config, space or inputs)")
     # Build once with representative values so range checks (__post_init__) run now, not mid-study.
     if len(problems.items) > count:
         return
-    sample = dict(config)
-    sample.update({name: representative_values(entry)[0] for name, entry in space.items()})
-    sample.update({name: "/checkpoint/folder" for name in {*inputs, *(declared_inputs or ())} if name in known})
-    try:
-        build_config(config_cls, sample)
-    except ConfigError as error:
-        for name, message in error.problems:
-            group = "space" if name in space else "config"
-            problems.add(f"{key}.{group}.{name}" if name in known else f"{key}.config", message)
+    base = dict(config)
+    base.update({name: representative_values(entry)[0] for name, entry in space.items()})
+    base.update({name: "/checkpoint/folder" for name in {*inputs, *declared} if name in known})
+    # Every value a sampler may produce (bounds, each choice) is checked, one setting at a time.
+    samples = [(None, base)] + [(name, {**base, name: value}) for name, entry in space.items()
+                                for value in representative_values(entry)[1:]]
+    for searched, sample in samples:
+        try:
+            build_config(config_cls, sample)
+        except ConfigError as error:
+            for name, message in error.problems:
+                if searched is not None:
+                    problems.add(f"{key}.space.{searched}", f"the value {sample[searched]!r} fails: {message}")
+                else:
+                    group = "space" if name in space else "config"
+                    problems.add(f"{key}.{group}.{name}" if name in known else f"{key}.config", message)
+            if searched is None:
+                return
 
 
 def _parse_tune_stage(raw: Mapping[str, Any], key: str, study: str, earlier: list[str], later: list[str],

@@ -9,6 +9,7 @@ that is what YAML and samplers produce.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -62,6 +63,8 @@ def check_value(key: str, value: Any, annotation: Any) -> tuple[Any, str | None]
         return value, None if ok else f"expected an integer, got {value!r}"
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                return value, f"expected a finite number, got {value}"
             return float(value), None
         return value, f"expected a number, got {value!r}"
     if annotation is str:

@@ -10,25 +10,30 @@ import pytest
 import yaml
 
 from orchestrator.launch import main
-from orchestrator.spec import AshaSpec, JobStage, LogUniform, Reference, TuneStage, load_study
+from orchestrator.spec import AshaSpec, JobStage, LogUniform, Reference, TuneStage, load_study, load_yaml
 from tests.orchestrator.study_helpers import REPO
 
 SMOKE = REPO / "search_spaces" / "smoke.yaml"
 
 
 def valid_study() -> dict:
-    return yaml.safe_load(SMOKE.read_text())
+    # Read with the spec's own loader: plain yaml.safe_load keeps `1e-4` as a string, and every edited
+    # copy would then carry two extra problems (space.lr.low/high) besides the one under test.
+    return load_yaml(SMOKE, str(SMOKE))
 
 
 def test_smoke_yaml_becomes_typed_frozen_objects():
     spec = load_study(SMOKE)
+    assert (spec.name, spec.source, len(spec.stages)) == ("smoke", str(SMOKE), 2)
     search, evaluate = spec.stages
     assert isinstance(search, TuneStage) and isinstance(evaluate, JobStage)
+    assert (search.name, search.trainable) == ("classifier", "classifier")
     assert (search.metric, search.mode, search.total_trials) == ("val_accuracy", "max", 8)
     assert search.space["lr"] == LogUniform(1e-4, 3e-2)  # `1e-4` without a dot is still a float
+    assert type(search.space["lr"].low) is float and search.space["lr"].low == 0.0001
     assert search.scheduler == AshaSpec(max_t=4, grace_period=1, reduction_factor=2.0)
     assert (search.register.name, search.register.alias) == ("smoke-classifier", "champion")
-    assert evaluate.inputs == {"checkpoint": Reference("classifier", "best")}
+    assert (evaluate.job, evaluate.inputs) == ("evaluate_classifier", {"checkpoint": Reference("classifier", "best")})
     with pytest.raises(AttributeError):
         search.num_samples = 3
 
@@ -64,7 +69,14 @@ def second_stage(**changes):
 
 
 def first_stage_uses_later(study):
-    study["stages"][0]["inputs"] = {"init_from": "evaluate.best"}
+    study["stages"][0]["inputs"] = {"checkpoint": "evaluate.best"}
+
+
+def constant_lr(value):
+    def edit(study):
+        del study["stages"][0]["space"]["lr"]
+        study["stages"][0]["config"]["lr"] = value
+    return edit
 
 
 # (id, edit of the valid study, expected key path, expected message fragment)
@@ -82,6 +94,7 @@ MALFORMED = [
      "has no setting 'learning_rate'"),
     ("config-wrong-type", stage0(config={"epochs": "four"}), "stages[0].config.epochs", "expected an integer"),
     ("config-range-check", stage0(config={"epochs": 0}), "stages[0].config", "epochs and val_size must be >= 1"),
+    ("config-post-init-lr", constant_lr(-1), "stages[0].config", "lr must be > 0, got -1.0"),
     ("uniform-low-high", space("lr", {"type": "uniform", "low": 0.5, "high": 0.1}), "stages[0].space.lr",
      "low must be < high (0.5 >= 0.1)"),
     ("loguniform-low-high", space("lr", {"type": "loguniform", "low": 1e-2, "high": 1e-4}), "stages[0].space.lr",
@@ -104,14 +117,23 @@ MALFORMED = [
     ("asha-reduction", stage0(scheduler={"type": "asha", "max_t": 4, "reduction_factor": 1}),
      "stages[0].scheduler.reduction_factor", "must be > 1"),
     ("negative-cpu", stage0(resources={"cpu": -1}), "stages[0].resources.cpu", "must be > 0"),
-    ("forward-reference", first_stage_uses_later, "stages[0].inputs.init_from", "refers to a later stage"),
+    ("forward-reference", first_stage_uses_later, "stages[0].inputs.checkpoint",
+     "'evaluate.best' refers to a later stage"),
     ("unknown-reference", second_stage(inputs={"checkpoint": "gan.best"}), "stages[1].inputs.checkpoint",
      "refers to an unknown stage"),
     ("bad-reference-syntax", second_stage(inputs={"checkpoint": "runs/smoke/best"}), "stages[1].inputs.checkpoint",
      "expected a reference like 'stage.best'"),
     ("unknown-selector", second_stage(inputs={"checkpoint": "classifier.worst"}), "stages[1].inputs.checkpoint",
      "unknown selector 'worst'"),
+    ("asha-max-t-zero", stage0(scheduler={"type": "asha", "max_t": 0}), "stages[0].scheduler.max_t",
+     "must be >= 1, got 0"),
+    ("choice-duplicates", space("nf", {"type": "choice", "values": [1, 1]}), "stages[0].space.nf.values",
+     "has duplicates"),
+    ("job-config-typo", second_stage(config={"limt": 5}), "stages[1].config.limt", "did you mean 'limit'"),
 ]
+
+# A stage that cannot be parsed takes its name with it, so a later reference to it is reported too.
+EXTRA_LINES = {"stage-without-name": 1}
 
 
 def run_cli(path, capsys):
@@ -130,7 +152,8 @@ def assert_clean_problem_lines(err: str, path) -> list[str]:
 
 
 @pytest.mark.parametrize("edit,key,fragment", [case[1:] for case in MALFORMED], ids=[case[0] for case in MALFORMED])
-def test_malformed_spec_is_exit_2_with_a_line_naming_file_and_key(tmp_path, capsys, edit, key, fragment):
+def test_malformed_spec_is_exit_2_with_a_line_naming_file_and_key(tmp_path, capsys, request, edit, key,
+                                                                  fragment):
     study = valid_study()
     edit(study)
     path = tmp_path / "bad.yaml"
@@ -139,10 +162,21 @@ def test_malformed_spec_is_exit_2_with_a_line_naming_file_and_key(tmp_path, caps
     assert code == 2
     lines = assert_clean_problem_lines(err, path)
     assert any(line.startswith(f"{path}: {key}: ") and fragment in line for line in lines), err
+    assert len(lines) == 1 + EXTRA_LINES.get(request.node.callspec.id, 0), err
+
+
+def test_the_unedited_fixture_is_valid(tmp_path, capsys):
+    """Guards the cases above: each edit of this study must be the file's only problem."""
+    path = tmp_path / "good.yaml"
+    path.write_text(yaml.safe_dump(valid_study(), sort_keys=False))
+    code = main([str(path), "--dry-run", "--output", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert (code, captured.err) == (0, "")
+    assert "trials: 8 (Optuna tpe, seed 0)" in captured.out
 
 
 @pytest.mark.parametrize("text,fragment", [
-    ("study: x\nstages: [\n", "line 3"),
+    ("study: x\nstages: [\n", "line 3, column 1: YAML syntax error"),
     ("- just\n- a list\n", "expected a mapping with keys study, stages"),
 ], ids=["yaml-syntax-error", "top-level-list"])
 def test_unparseable_or_wrong_shape_file(tmp_path, capsys, text, fragment):
@@ -172,6 +206,7 @@ def test_every_problem_in_a_file_is_reported_at_once(tmp_path, capsys):
     code, err = run_cli(path, capsys)
     assert code == 2
     lines = assert_clean_problem_lines(err, path)
+    assert len(lines) == 5, err
     keys = sorted(line.split(": ")[1] for line in lines)
     assert keys == sorted(["colour", "stages[0].num_samples", "stages[0].space.lr", "stages[0].metric",
                            "stages[1].inputs.checkpoint"])
@@ -196,3 +231,23 @@ def test_cli_subprocess_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
     assert "inputs: checkpoint <- classifier.best" in result.stdout
     assert "Nothing was run (--dry-run)." in result.stdout
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text_edit,key,fragment", [
+    (("nf: {type: choice, values: [1, 2]}", "nf: {type: choice, values: [2, 0]}"), "stages[0].space.nf",
+     "the value 0 fails: nf must be >= 1"),
+    (("high: 3e-2}", "high: .inf}"), "stages[0].space.lr.high", "expected a finite number, got inf"),
+    (("lr: {type: loguniform, low: 1e-4, high: 3e-2}", "lr: {type: choice, values: [0.001, .nan]}"),
+     "stages[0].space.lr", "expected a finite number, got nan"),
+    (("study: smoke", "study: smoke\nstudy: other"), "", "duplicate key 'study'"),
+], ids=["every-choice-is-range-checked", "infinite-bound", "nan-choice", "duplicate-yaml-key"])
+def test_values_a_sampler_could_draw_and_yaml_pitfalls_are_caught(tmp_path, capsys, text_edit, key, fragment):
+    old, new = text_edit
+    text = SMOKE.read_text()
+    assert old in text
+    path = tmp_path / "bad.yaml"
+    path.write_text(text.replace(old, new, 1))
+    code, err = run_cli(path, capsys)
+    assert code == 2
+    lines = assert_clean_problem_lines(err, path)
+    assert any(line.startswith(f"{path}: {key}: " if key else f"{path}: ") and fragment in line for line in lines), err

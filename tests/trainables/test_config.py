@@ -7,6 +7,7 @@ from typing import Literal
 
 import pytest
 
+from trainables.classifier import ClassifierConfig
 from trainables.config import ConfigError, build_config
 
 
@@ -48,3 +49,30 @@ def test_every_problem_is_named_by_key():
 
 def test_booleans_are_not_numbers():
     assert problems({"checkpoint": "/c", "epochs": True}) == {"epochs": "expected an integer, got True"}
+
+
+def test_a_union_takes_any_of_its_members_and_literals_only_their_values():
+    config = build_config(Example, {"checkpoint": "/c", "note": "seed sweep", "dataset": "fashion_mnist"})
+    assert (config.note, config.dataset) == ("seed sweep", "fashion_mnist")
+    assert build_config(Example, {"checkpoint": "/c", "note": None}).note is None
+    assert problems({"checkpoint": "/c", "dataset": "MNIST"}) == {
+        "dataset": "expected one of ['mnist', 'fashion_mnist'], got 'MNIST'"}
+
+
+def test_a_tuple_field_checks_and_converts_each_item():
+    assert build_config(Example, {"checkpoint": "/c", "classes": []}).classes == ()
+    assert problems({"checkpoint": "/c", "classes": 7}) == {"classes": "expected a list, got 7"}
+    assert problems({"checkpoint": "/c", "classes": [7, 1.0]}) == {"classes": "item 1: expected an integer, got 1.0"}
+
+
+def test_a_missing_required_setting_alone_is_one_problem():
+    with pytest.raises(ConfigError) as error:
+        build_config(Example, {})
+    assert error.value.problems == [("checkpoint", "required setting is missing")]
+    assert str(error.value) == "checkpoint: required setting is missing"
+
+
+def test_range_checks_of_the_config_class_become_a_config_problem():
+    with pytest.raises(ConfigError) as error:
+        build_config(ClassifierConfig, {"lr": -1})
+    assert error.value.problems == [("config", "lr must be > 0, got -1.0")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import math
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import torch
 
 from trainables import catalog
 from trainables.checkpoint import save_checkpoint
-from trainables.classifier import CLASSIFIER
+from trainables.classifier import CLASSIFIER, Classifier
 from trainables.config import build_config, required_fields
 from trainables.reporter import ListReporter
 
@@ -32,20 +33,39 @@ def test_trainable_reports_every_declared_metric_and_a_rebuildable_checkpoint(na
     if required_fields(definition.config_cls):
         pytest.skip(f"{name} needs inputs from earlier stages; covered by its own tests")
     reporter = tiny_run(definition)
+    declared = {metric.name for metric in definition.metrics}
+    assert declared <= reporter.keys(), f"never reported: {sorted(declared - reporter.keys())}"
     for metric in definition.metrics:
         assert math.isfinite(reporter.last(metric.name)), metric.name
     state = reporter.last_checkpoint
-    assert state is not None and state["trainable"] == name
+    assert state is not None
+    assert (state["trainable"], state["epoch"]) == (name, definition.tiny_config.get("epochs", state["epoch"]))
+    assert build_config(definition.config_cls, state["config"]) == build_config(definition.config_cls,
+                                                                               dict(definition.tiny_config))
     if definition.build_model is not None:
-        model = definition.build_model(state)
-        for key, tensor in state["modules"][next(iter(state["modules"]))].items():
-            assert torch.equal(model.state_dict()[key], tensor), key
+        rebuilt = definition.build_model(state).state_dict()
+        # The rebuilt model is one of the checkpointed modules, tensor for tensor.
+        source = [module for module, tensors in state["modules"].items() if set(tensors) == set(rebuilt)]
+        assert len(source) == 1, f"no single module of {sorted(state['modules'])} matches the rebuilt model"
+        for key, tensor in state["modules"][source[0]].items():
+            assert torch.equal(rebuilt[key], tensor), key
 
 
-def test_classifier_model_rebuilt_from_checkpoint_gives_logits_per_class():
-    reporter = tiny_run(CLASSIFIER)
-    model = CLASSIFIER.build_model(reporter.last_checkpoint)
-    assert model(torch.rand(4, 1, 28, 28)).shape == (4, 2)
+@pytest.mark.parametrize("classes,num_classes", [((7, 1), 2), ((), 10)], ids=["7-vs-1", "all-ten"])
+def test_classifier_model_rebuilt_from_checkpoint_gives_logits_per_class(classes, num_classes):
+    reporter = ListReporter()
+    CLASSIFIER.run(build_config(CLASSIFIER.config_cls, {**CLASSIFIER.tiny_config, "classes": list(classes)}),
+                   reporter)
+    state = reporter.last_checkpoint
+    model = CLASSIFIER.build_model(state)
+    assert not model.training
+    assert isinstance(model, Classifier)
+    images = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        logits = model(images)
+    assert logits.shape == (4, num_classes)
+    for key, tensor in state["modules"]["model"].items():
+        assert torch.equal(model.state_dict()[key], tensor), key
 
 
 @pytest.mark.parametrize("name", catalog.job_names())
@@ -61,6 +81,11 @@ def test_job_writes_its_files_and_reports_its_metrics(name, tmp_path):
     assert {"confusion_matrix.png", "misclassified.png", "metrics.json"} <= {p.name for p in workdir.iterdir()}
     assert 0.0 <= reporter.last("test_accuracy") <= 1.0
     assert reporter.last("test_images") == 200
+    written = json.loads((workdir / "metrics.json").read_text())
+    assert written["test_images"] == 200 and written["test_accuracy"] == reporter.last("test_accuracy")
+    assert {"test_accuracy_class_7", "test_accuracy_class_1"} <= set(written)
+    for picture in ("confusion_matrix.png", "misclassified.png"):
+        assert (workdir / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", picture
     for metric in definition.metrics:
         assert math.isfinite(reporter.last(metric.name))
 
@@ -93,7 +118,13 @@ def test_catalog_resolves_module_paths_and_names_what_it_knows():
     assert catalog.trainable("trainables.classifier:CLASSIFIER") is catalog.trainable("classifier")
     with pytest.raises(catalog.UnknownEntryError, match="is a type, not a TrainableDef"):
         catalog.trainable("trainables.classifier:ClassifierConfig")
-    with pytest.raises(catalog.UnknownEntryError, match=r"unknown trainable 'gan9'.*known: classifier"):
+    with pytest.raises(catalog.UnknownEntryError) as error:
         catalog.trainable("gan9")
+    assert f"unknown trainable 'gan9' (known: {', '.join(catalog.trainable_names())};" in str(error.value)
+    assert "classifier" in catalog.trainable_names()
+    with pytest.raises(catalog.UnknownEntryError, match=r"unknown job 'score' \(known: evaluate_classifier;"):
+        catalog.job("score")
+    with pytest.raises(catalog.UnknownEntryError, match="is a TrainableDef, not a JobDef"):
+        catalog.job("trainables.classifier:CLASSIFIER")
     with pytest.raises(catalog.UnknownEntryError, match="cannot import"):
         catalog.job("no.such.module:JOB")

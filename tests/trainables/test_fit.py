@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from trainables.classifier import ClassifierConfig, train
+from trainables.config import build_config
 from trainables.fit import TrainingDiverged, fit
 from trainables.reporter import ListReporter
 
@@ -19,37 +22,73 @@ def run(reporter=None, **changes) -> ListReporter:
     return reporter
 
 
-def test_reports_every_epoch_with_a_self_describing_checkpoint():
-    reporter = run()
-    assert [r["epoch"] for r in reporter.results] == [1.0, 2.0, 3.0]
-    assert {"epoch", "train_loss", "val_loss", "val_accuracy"} <= set(reporter.results[-1])
-    state = reporter.last_checkpoint
-    assert state["epoch"] == 3
-    assert ClassifierConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()}) == \
-        ClassifierConfig(**TINY)
+@pytest.fixture(scope="module")
+def straight() -> ListReporter:
+    """Three epochs without interruption (shared: training is the slow part of this file)."""
+    return run()
 
 
-def test_resume_from_a_checkpoint_gives_the_same_model_as_an_uninterrupted_run():
-    straight = run().last_checkpoint["modules"]["model"]
-    interrupted = run(epochs=2).last_checkpoint
-    resumed = run(ListReporter(resume_from=interrupted))
+def test_reports_every_epoch_with_a_self_describing_checkpoint(straight):
+    assert [r["epoch"] for r in straight.results] == [1.0, 2.0, 3.0]
+    for result in straight.results:
+        assert set(result) == {"epoch", "train_loss", "val_loss", "val_accuracy"}
+        assert all(math.isfinite(value) for value in result.values()), result
+        assert 0.0 <= result["val_accuracy"] <= 1.0
+    state = straight.last_checkpoint
+    assert (state["trainable"], state["epoch"]) == ("classifier", 3)
+    assert state["metrics"] == straight.results[-1]
+    assert set(state["modules"]) == set(state["optimizers"]) == {"model"}
+    # The stored config (lists where the dataclass has tuples) rebuilds the very same config.
+    assert build_config(ClassifierConfig, state["config"]) == ClassifierConfig(**TINY)
+
+
+def test_resume_from_a_checkpoint_gives_the_same_model_as_an_uninterrupted_run(straight):
+    interrupted = run(epochs=2)
+    assert [r["epoch"] for r in interrupted.results] == [1.0, 2.0]
+    assert interrupted.last_checkpoint["epoch"] == 2
+    resumed = run(ListReporter(resume_from=interrupted.last_checkpoint))
     assert [r["epoch"] for r in resumed.results] == [3.0]
+    expected = straight.last_checkpoint["modules"]["model"]
     final = resumed.last_checkpoint["modules"]["model"]
-    for key in straight:
-        assert torch.allclose(straight[key].float(), final[key].float()), key
+    assert set(final) == set(expected)
+    for key in expected:
+        assert torch.allclose(expected[key].float(), final[key].float()), key
+    for metric in ("train_loss", "val_loss", "val_accuracy"):
+        assert resumed.results[0][metric] == pytest.approx(straight.results[-1][metric]), metric
 
 
-def test_resuming_a_finished_run_reports_its_final_metrics_once_without_training():
-    finished = run(epochs=2)
-    again = run(ListReporter(resume_from=finished.last_checkpoint), epochs=2)
-    assert again.results == [finished.results[-1]]
-    assert again.last_checkpoint is None
+def test_resuming_a_finished_run_reports_its_final_metrics_once_without_training(straight):
+    again = run(ListReporter(resume_from=straight.last_checkpoint))
+    assert again.results == [straight.results[-1]]
+    assert again.last_checkpoint is None  # no epoch ran, so no new checkpoint
 
 
-def test_a_non_finite_metric_stops_training_with_the_reason():
-    model = nn.Linear(2, 1)
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(2))
+
+
+def fit_tiny(train_epoch, evaluate, reporter=None):
+    model = Tiny()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(TrainingDiverged, match=r"toy: epoch 1: non-finite train_loss \(train_loss=nan\)"):
-        fit(trainable="toy", config=ClassifierConfig(), epochs=2, modules={"model": model},
-            optimizers={"model": optimizer}, train_epoch=lambda epoch: {"train_loss": float("nan")},
-            evaluate=lambda epoch: {"val_loss": 1.0}, reporter=ListReporter())
+    return fit(trainable="toy", config=ClassifierConfig(), epochs=3, modules={"model": model},
+               optimizers={"model": optimizer}, train_epoch=train_epoch, evaluate=evaluate,
+               reporter=reporter or ListReporter())
+
+
+def test_a_nan_training_metric_stops_training_with_the_reason():
+    reporter = ListReporter()
+    with pytest.raises(TrainingDiverged, match=r"^toy: epoch 1: non-finite train_loss \(train_loss=nan\); "
+                                               r"lower the learning rate$"):
+        fit_tiny(lambda epoch: {"train_loss": float("nan")}, lambda epoch: {"val_loss": 1.0}, reporter)
+    assert reporter.results == [] and reporter.last_checkpoint is None
+
+
+def test_an_infinite_metric_in_a_later_epoch_is_named_and_earlier_epochs_are_kept():
+    reporter = ListReporter()
+    with pytest.raises(TrainingDiverged, match=r"^toy: epoch 2: non-finite val_loss \(val_loss=inf\)"):
+        fit_tiny(lambda epoch: {"train_loss": 1.0},
+                 lambda epoch: {"val_loss": float("inf") if epoch == 1 else 0.5}, reporter)
+    assert reporter.results == [{"epoch": 1.0, "train_loss": 1.0, "val_loss": 0.5}]
+    assert reporter.last_checkpoint["epoch"] == 1
