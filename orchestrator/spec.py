@@ -201,9 +201,14 @@ class _Loader(yaml.SafeLoader):
 
 
 def _construct_mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)  # resolve `<<: *anchor` merges first: a merged key is no duplicate
     seen = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            continue  # an unhashable key is reported by PyYAML itself below
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r} (the later one would silently win)", key_node.start_mark)
@@ -224,6 +229,8 @@ def load_yaml(path: Path, source: str) -> Any:
         text = path.read_text()
     except FileNotFoundError:
         raise SpecError(source, [("", "file not found")]) from None
+    except UnicodeDecodeError as error:
+        raise SpecError(source, [("", f"not UTF-8 text (byte {error.start}): save the file as UTF-8")]) from None
     except OSError as error:
         raise SpecError(source, [("", f"cannot read: {error.strerror}")]) from None
     try:
@@ -249,7 +256,7 @@ def _mapping(raw: Any, key: str, problems: _Problems) -> Mapping[str, Any] | Non
 
 def _kind(value: Any) -> str:
     return {list: "a list", str: f"the string {value!r}", int: f"the number {value!r}",
-            float: f"the number {value!r}", bool: f"{str(value).lower()}", type(None): "nothing"}.get(
+            float: f"the number {value!r}", bool: f"{str(value).lower()}", type(None): "nothing", dict: "a mapping"}.get(
         type(value), type(value).__name__)
 
 
@@ -279,8 +286,12 @@ def _number(raw: Mapping[str, Any], name: str, key: str, problems: _Problems, *,
     if isinstance(value, bool) or not ok:
         problems.add(f"{key}.{name}", f"expected {'an integer' if integer else 'a number'}, got {_kind(value)}")
         return default
-    if not math.isfinite(value):
-        problems.add(f"{key}.{name}", f"expected a finite number, got {value}")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
+        problems.add(f"{key}.{name}", f"expected a finite number, got {str(value)[:20]}")
         return default
     return value
 
@@ -309,7 +320,7 @@ def _parse_space_entry(raw: Any, key: str, problems: _Problems) -> SpaceEntry | 
         problems.add(key, f"expected a mapping like {{type: uniform, low: 0.1, high: 1}}, got {_kind(raw)}")
         return None
     kind = raw.get("type")
-    if kind not in SPACE_TYPES:
+    if not isinstance(kind, str) or kind not in SPACE_TYPES:
         problems.add(f"{key}.type", f"must be one of {', '.join(SPACE_TYPES)}, got {kind!r}")
         return None
     if kind in ("choice", "grid"):

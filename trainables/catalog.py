@@ -88,8 +88,8 @@ def _import_entry(path: str, kind: type) -> Any:
     module_name, _, attribute = path.partition(":")
     try:
         entry = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
-        raise UnknownEntryError(f"cannot import {path!r}: {error}") from error
+    except Exception as error:  # noqa: BLE001 - a user's module may fail in any way; say so in one line
+        raise UnknownEntryError(f"cannot import {path!r}: {type(error).__name__}: {error}") from error
     if not isinstance(entry, kind):
         raise UnknownEntryError(f"{path!r} is a {type(entry).__name__}, not a {kind.__name__}")
     return entry

@@ -63,9 +63,10 @@ def check_value(key: str, value: Any, annotation: Any) -> tuple[Any, str | None]
         return value, None if ok else f"expected an integer, got {value!r}"
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                return value, f"expected a finite number, got {value}"
-            return float(value), None
+            try:
+                return (float(value), None) if math.isfinite(value) else (value, f"expected a finite number, got {value}")
+            except OverflowError:
+                return value, f"expected a finite number, got an integer of {len(str(value))} digits"
         return value, f"expected a number, got {value!r}"
     if annotation is str:
         return value, None if isinstance(value, str) else f"expected a string, got {value!r}"

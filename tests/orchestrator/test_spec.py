@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from orchestrator.launch import main
-from orchestrator.spec import AshaSpec, JobStage, LogUniform, Reference, TuneStage, load_study, load_yaml
-from tests.orchestrator.study_helpers import REPO
+from orchestrator.spec import (AshaSpec, Choice, JobStage, LogUniform, Reference, RegisterSpec, ResourcesSpec,
+                               SearcherSpec, SpecError, TuneStage, load_study, load_yaml, parse_study)
 
+REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "search_spaces" / "smoke.yaml"
 
 
@@ -31,11 +33,38 @@ def test_smoke_yaml_becomes_typed_frozen_objects():
     assert (search.metric, search.mode, search.total_trials) == ("val_accuracy", "max", 8)
     assert search.space["lr"] == LogUniform(1e-4, 3e-2)  # `1e-4` without a dot is still a float
     assert type(search.space["lr"].low) is float and search.space["lr"].low == 0.0001
+    assert search.space["batch_size"] == Choice((32, 64, 128)) and search.space["nf"] == Choice((1, 2))
     assert search.scheduler == AshaSpec(max_t=4, grace_period=1, reduction_factor=2.0)
+    assert search.searcher == SearcherSpec("optuna", "tpe", 0)
+    assert search.resources == ResourcesSpec(cpu=1.0, gpu=0.0)
+    assert (search.num_samples, search.max_concurrent_trials, search.max_failures) == (8, 2, 1)
+    assert search.config["classes"] == [7, 1] and search.config["epochs"] == 4
+    assert search.register == RegisterSpec("smoke-classifier", "champion")
+    assert spec.output == Path("runs/smoke")
     assert (search.register.name, search.register.alias) == ("smoke-classifier", "champion")
     assert (evaluate.job, evaluate.inputs) == ("evaluate_classifier", {"checkpoint": Reference("classifier", "best")})
     with pytest.raises(AttributeError):
         search.num_samples = 3
+
+
+@pytest.mark.parametrize("metric,mode", [("val_accuracy", "max"), ("val_loss", "min"), ("train_loss", "min")])
+def test_the_mode_comes_from_the_trainables_declaration_of_its_metric(metric, mode):
+    study = valid_study()
+    study["stages"][0]["metric"] = metric
+    stage = parse_study(study, "edited.yaml").stages[0]
+    assert (stage.metric, stage.mode) == (metric, mode)
+
+
+def test_problems_are_collected_as_key_message_pairs():
+    study = valid_study()
+    study["stages"][0]["num_samples"] = 0
+    study["stages"][0]["resources"] = {"cpu": -1}
+    with pytest.raises(SpecError) as error:
+        parse_study(study, "edited.yaml")
+    assert error.value.problems == [("stages[0].num_samples", "must be >= 1, got 0"),
+                                    ("stages[0].resources.cpu", "must be > 0, got -1")]
+    assert str(error.value) == ("edited.yaml: stages[0].num_samples: must be >= 1, got 0\n"
+                                "edited.yaml: stages[0].resources.cpu: must be > 0, got -1")
 
 
 def stage0(**changes):
@@ -251,3 +280,35 @@ def test_values_a_sampler_could_draw_and_yaml_pitfalls_are_caught(tmp_path, caps
     assert code == 2
     lines = assert_clean_problem_lines(err, path)
     assert any(line.startswith(f"{path}: {key}: " if key else f"{path}: ") and fragment in line for line in lines), err
+
+
+STAGE = "stages:\n  - {name: c, kind: tune, trainable: classifier, metric: val_accuracy, %s}\n"
+
+
+@pytest.mark.parametrize("data,fragment", [
+    (b"study: x\n" + (STAGE % "space: {lr: {type: [uniform], low: 0.1, high: 1}}").encode(),
+     "stages[0].space.lr.type: must be one of uniform"),
+    (b"study: x\n? [a]\n: 1\nstages: []\n", ""),
+    (b"study: x\xff\nstages: []\n", "not UTF-8 text"),
+    (b"study: x\n" + (STAGE % ("space: {lr: {type: uniform, low: 0.1, high: 1" + "0" * 400 + "}}")).encode(),
+     "stages[0].space.lr.high: expected a finite number"),
+    (b"study: x\n" + (STAGE % ("config: {lr: 1" + "0" * 400 + "}")).encode(),
+     "stages[0].config.lr: expected a finite number, got an integer of 401 digits"),
+    (b"study: x\n" + (STAGE % "").replace("trainable: classifier", "trainable: ':X'").encode(),
+     "stages[0].trainable: cannot import ':X'"),
+], ids=["list-as-space-type", "complex-yaml-key", "not-utf8", "huge-int-bound", "huge-int-constant", "empty-module"])
+def test_odd_input_never_crashes_the_launcher(tmp_path, capsys, data, fragment):
+    path = tmp_path / "odd.yaml"
+    path.write_bytes(data)
+    code, err = run_cli(path, capsys)
+    assert code == 2
+    lines = assert_clean_problem_lines(err, path)
+    assert any(fragment in line for line in lines), err
+
+
+def test_yaml_merge_keys_are_not_taken_for_duplicates(tmp_path, capsys):
+    text = SMOKE.read_text().replace("      dataset: mnist\n", "      <<: {dataset: mnist}\n")
+    assert "<<:" in text
+    path = tmp_path / "merge.yaml"
+    path.write_text(text)
+    assert main([str(path), "--dry-run"]) == 0, capsys.readouterr().err

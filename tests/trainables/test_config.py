@@ -76,3 +76,26 @@ def test_range_checks_of_the_config_class_become_a_config_problem():
     with pytest.raises(ConfigError) as error:
         build_config(ClassifierConfig, {"lr": -1})
     assert error.value.problems == [("config", "lr must be > 0, got -1.0")]
+
+
+def test_floats_reject_booleans_and_non_finite_numbers():
+    assert problems({"checkpoint": "/c", "lr": True}) == {"lr": "expected a number, got True"}
+    assert problems({"checkpoint": "/c", "lr": float("nan")}) == {"lr": "expected a finite number, got nan"}
+    assert problems({"checkpoint": "/c", "lr": float("inf")}) == {"lr": "expected a finite number, got inf"}
+
+
+def test_range_checks_wait_until_every_type_is_right():
+    """__post_init__ would crash on a wrongly typed value, so it only runs on a well-typed config."""
+    with pytest.raises(ConfigError) as error:
+        build_config(ClassifierConfig, {"lr": -1, "epochs": "four"})
+    assert error.value.problems == [("epochs", "expected an integer, got 'four'")]
+
+
+def test_the_real_classifier_config_is_filled_from_yaml_values():
+    config = build_config(ClassifierConfig, {"classes": [3, 8], "lr": 1, "dataset": "fashion_mnist"})
+    assert (config.classes, config.lr, config.dataset) == ((3, 8), 1.0, "fashion_mnist")
+    assert type(config.lr) is float
+    with pytest.raises(ConfigError) as error:
+        build_config(ClassifierConfig, {"dataset": "cifar10", "nf": "2"})
+    assert error.value.problems == [("dataset", "expected one of ['mnist', 'fashion_mnist'], got 'cifar10'"),
+                                    ("nf", "expected an integer, got '2'")]

@@ -13,7 +13,7 @@ from trainables.config import build_config
 from trainables.fit import TrainingDiverged, fit
 from trainables.reporter import ListReporter
 
-TINY = dict(train_size=128, val_size=64, epochs=3, batch_size=32)
+TINY = dict(train_size=128, val_size=64, epochs=3, batch_size=32, allow_fallback=False)
 
 
 def run(reporter=None, **changes) -> ListReporter:
@@ -55,6 +55,13 @@ def test_resume_from_a_checkpoint_gives_the_same_model_as_an_uninterrupted_run(s
         assert torch.allclose(expected[key].float(), final[key].float()), key
     for metric in ("train_loss", "val_loss", "val_accuracy"):
         assert resumed.results[0][metric] == pytest.approx(straight.results[-1][metric]), metric
+    # Adam's moments continue from the checkpoint too (a fresh optimizer would give other weights later).
+    expected_adam = straight.last_checkpoint["optimizers"]["model"]["state"]
+    final_adam = resumed.last_checkpoint["optimizers"]["model"]["state"]
+    assert set(final_adam) == set(expected_adam)
+    for index, moments in expected_adam.items():
+        for name, tensor in moments.items():
+            assert torch.allclose(tensor.float(), final_adam[index][name].float()), (index, name)
 
 
 def test_resuming_a_finished_run_reports_its_final_metrics_once_without_training(straight):
@@ -92,3 +99,37 @@ def test_an_infinite_metric_in_a_later_epoch_is_named_and_earlier_epochs_are_kep
                  lambda epoch: {"val_loss": float("inf") if epoch == 1 else 0.5}, reporter)
     assert reporter.results == [{"epoch": 1.0, "train_loss": 1.0, "val_loss": 0.5}]
     assert reporter.last_checkpoint["epoch"] == 1
+
+
+def test_a_classifier_whose_learning_rate_explodes_fails_with_the_non_finite_metric():
+    # lr=1e6 stays finite on this tiny net (losses ~1e20); 1e10 overflows float32 in the first steps.
+    reporter = ListReporter()
+    with pytest.raises(TrainingDiverged, match=r"^classifier: epoch \d: non-finite .*train_loss.*=nan"
+                                               r".*; lower the learning rate$"):
+        run(reporter, lr=1e10)
+    assert all(math.isfinite(value) for result in reporter.results for value in result.values())
+
+
+def test_resume_restores_the_global_random_stream():
+    """A trainable that draws from torch's global RNG (dropout, noise) continues the same stream."""
+    def draw(epoch):
+        return {"train_loss": float(torch.rand(()))}
+
+    def evaluate(epoch):
+        return {"val_loss": 1.0}
+
+    torch.manual_seed(7)
+    straight = ListReporter()
+    fit_tiny(draw, evaluate, straight)
+    torch.manual_seed(7)
+    first_two = ListReporter()
+    model = Tiny()
+    fit(trainable="toy", config=ClassifierConfig(), epochs=2, modules={"model": model},
+        optimizers={"model": torch.optim.SGD(model.parameters(), lr=0.1)}, train_epoch=draw, evaluate=evaluate,
+        reporter=first_two)
+    assert first_two.results == straight.results[:2]
+    torch.manual_seed(12345)  # a restarted process starts from some other random state
+    resumed = ListReporter(resume_from=first_two.last_checkpoint)
+    fit_tiny(draw, evaluate, resumed)
+    assert [r["epoch"] for r in resumed.results] == [3.0]
+    assert resumed.results[0]["train_loss"] == straight.results[2]["train_loss"]
