@@ -18,7 +18,7 @@ from typing import Any
 
 from orchestrator.spec import JobStage, Stage, StudySpec, TuneStage
 from orchestrator.study_state import StudyState, save_state
-from orchestrator.tracking import Tracker
+from orchestrator.tracking import Tracker, last_line
 
 # Tune saves its experiment state at most this often; small, so a kill loses little bookkeeping.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
@@ -207,6 +207,5 @@ class StudyRunner:
 
 
 def _one_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = lines[-1] if lines else ""
+    text = last_line(error, "")
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -84,6 +84,12 @@ def check_reachable(target: TrackingTarget, timeout_s: float = 5.0) -> None:
     )
 
 
+def last_line(text: object, default: str) -> str:
+    """The last non-empty line of an error text: where Python and Ray put the actual reason."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1] if lines else default
+
+
 def flatten_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """MLflow params are flat strings; nested mappings become dotted keys."""
     flat: dict[str, str] = {}

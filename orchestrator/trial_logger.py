@@ -15,7 +15,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from orchestrator.tracking import Tracker, TrackingTarget
+from orchestrator.tracking import Tracker, TrackingTarget, last_line
 
 # Tune's bookkeeping keys are not the trainable's metrics; they go to tags or nowhere.
 _NOT_METRICS = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint", "date"}
@@ -31,8 +31,7 @@ def _reason(trial: Any) -> str:
             message = open(trial.error_file).read()
         except OSError:
             message = ""
-    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "trial raised an error (see the Tune error file)"
+    return last_line(message, "trial raised an error (see the Tune error file)")
 
 
 class MlflowTrialLogger(Callback):

@@ -23,7 +23,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.spec import Choice, Grid, IntRange, LogUniform, SearcherSpec, SpaceEntry, TuneStage, Uniform
 from orchestrator.study_state import BestTrial
-from orchestrator.tracking import Tracker, numeric_metrics
+from orchestrator.tracking import Tracker, last_line, numeric_metrics
 from orchestrator.trial_logger import MlflowTrialLogger
 from orchestrator.tune_reporter import TuneReporter
 from trainables import catalog
@@ -163,7 +163,7 @@ def reconcile(stage: TuneStage, results: Any, tracker: Tracker, parent_run_id: s
                           f"(first reason: {_first_error(results)}); see the child runs in MLflow")
     value, result, run_id = best
     checkpoint = result.get_best_checkpoint(stage.metric, stage.mode) or result.checkpoint
-    config = {k: v for k, v in result.config.items()}
+    config = dict(result.config)
     return TuneOutcome(
         best=BestTrial(trial_id=trial_id_of(result), metric=stage.metric, value=value,
                        checkpoint=checkpoint.path, config=config, child_run_id=run_id),
@@ -193,8 +193,7 @@ def best_value(result: Any, metric: str, mode: str) -> float | None:
 
 
 def _reason_from_error(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+    return last_line(error, type(error).__name__)
 
 
 def _first_error(results: Any) -> str:
