@@ -19,6 +19,7 @@ EXAMPLE = textwrap.dedent("""\
       python -m orchestrator.launch search_spaces/smoke.yaml --dry-run   # check the file, print the plan
       python -m orchestrator.launch search_spaces/smoke.yaml             # run it (local Ray, embedded MLflow)
       python -m orchestrator.launch search_spaces/smoke.yaml --resume    # continue after a crash or Ctrl-C
+      python -m orchestrator.launch search_spaces/gasten_mnist.yaml --profile paper   # the GPU-sized profile
       python -m orchestrator.launch study.yaml --address auto --tracking-uri http://HEAD:5000   # on a cluster
 
     A study YAML lists stages run in order. A `tune` stage searches a trainable's settings with
@@ -26,6 +27,7 @@ EXAMPLE = textwrap.dedent("""\
     A stage uses an earlier stage's result by name (`inputs: {checkpoint: classifier.best}`).
     Every stage is a parent run in MLflow (experiment = study name), every trial a child run;
     the best model of a stage is registered as <study>-<stage> with the alias `champion`.
+    A file may offer profiles (quick CPU settings, paper-sized GPU settings): --profile picks one.
     Results go to --output (default: the study's `output`, else runs/<study>); the summary at the
     end prints the exact `mlflow ui` command for this study.
 
@@ -39,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", help="the study YAML file (see search_spaces/)")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; start nothing")
+    parser.add_argument("--profile", metavar="NAME",
+                        help="apply one of the study's named profiles (e.g. `paper` in gasten_mnist.yaml: long GPU "
+                             "runs); default: the file's own `profile:`, usually the quick CPU one")
     parser.add_argument("--resume", action="store_true",
                         help="continue the study already in the output folder: finished stages and trials are kept")
     parser.add_argument("--tracking-uri", metavar="URI",
@@ -64,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.spec import SpecError, load_study
 
     try:
-        spec = load_study(args.study)
+        spec = load_study(args.study, profile=args.profile)
     except SpecError as error:
         for line in error.lines():
             print(line, file=sys.stderr)

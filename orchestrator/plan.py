@@ -24,6 +24,10 @@ def plan_lines(spec: StudySpec, output: str, target: TrackingTarget) -> list[str
     lines = [f"Study {spec.name!r} from {spec.source}: {len(spec.stages)} stage(s), output {output}"]
     if spec.description:
         lines.append(f"  {spec.description}")
+    if spec.profiles:
+        others = [name for name in spec.profiles if name != spec.profile]
+        lines.append(f"  profile: {spec.profile}" + (f" (also offered: {', '.join(others)}; pick with --profile)"
+                                                      if others else ""))
     for number, stage in enumerate(spec.stages, 1):
         if isinstance(stage, TuneStage):
             searcher = ("Optuna " + stage.searcher.sampler) if stage.searcher.type == "optuna" else "basic (random/grid)"
