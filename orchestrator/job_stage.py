@@ -13,7 +13,7 @@ from orchestrator.spec import JobStage
 from orchestrator.tracking import Tracker
 from trainables import catalog
 from trainables.config import build_config
-from trainables.reporter import CheckpointState, Reporter
+from trainables.reporter import CheckpointState, Reporter, StepFiles
 
 
 class MlflowRunReporter(Reporter):
@@ -23,10 +23,13 @@ class MlflowRunReporter(Reporter):
         self.tracker, self.run_id, self.step = tracker, run_id, 0
         self.last: dict[str, float] = {}
 
-    def report(self, metrics: Mapping[str, float], checkpoint: CheckpointState | None = None) -> None:
+    def report(self, metrics: Mapping[str, float], checkpoint: CheckpointState | None = None,
+               files: StepFiles | None = None) -> None:
         self.step += 1
         self.last.update(metrics)
         self.tracker.log_metrics(self.run_id, metrics, step=self.step)
+        if files:
+            self.tracker.log_files(self.run_id, files)
 
     def restore(self) -> CheckpointState | None:
         return None  # a job restarts from scratch on resume

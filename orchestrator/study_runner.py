@@ -100,7 +100,8 @@ class StudyRunner:
         stage_state = self.state.stage(stage.name)
         resuming = stage_state.parent_run_id is not None
         inputs = resolve_inputs(stage, self.state)
-        parent = self.tracker.start_parent(stage.name, stage.kind, stage_params(stage), stage_state.parent_run_id)
+        params = {**stage_params(stage), **({"profile": self.spec.profile} if self.spec.profile else {})}
+        parent = self.tracker.start_parent(stage.name, stage.kind, params, stage_state.parent_run_id)
         stage_state.parent_run_id, stage_state.status = parent, "running"
         self.save()
         spec_path = Path(self.spec.source)
@@ -148,7 +149,7 @@ class StudyRunner:
                                           "failed_trials": outcome.failed_trials})
         self.tracker.set_tags(parent, {"gensearch.best_trial_id": best.trial_id,
                                        "gensearch.best_child_run_id": best.child_run_id})
-        for name in ("trials.csv", "search_history.png"):
+        for name in ("trials.csv", "search_history.png", "pareto.png"):
             path = outcome.experiment_dir / name
             if path.is_file():
                 self.tracker.client.log_artifact(parent, str(path))

@@ -24,6 +24,8 @@ class BestTrial:
     checkpoint: str  # folder; for a job stage, its output folder
     config: dict[str, Any]
     child_run_id: str | None = None
+    epoch: int | None = None  # the reported step of the chosen checkpoint
+    metrics: dict[str, float] = field(default_factory=dict)  # everything reported at that step
 
 
 @dataclass

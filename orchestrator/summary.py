@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.spec import StudySpec
+from orchestrator.spec import JobStage, StudySpec, TuneStage
 from orchestrator.study_state import StudyState
 from orchestrator.tracking import TrackingTarget
 
@@ -33,6 +33,7 @@ def summary_lines(spec: StudySpec, state: StudyState, output: Path, target: Trac
     lines.append("  ".join("-" * width for width in widths))
     lines += ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.append("")
+    lines += detail_lines(spec, state)
     for stage in spec.stages:
         s = state.stage(stage.name)
         if s.output:
@@ -43,6 +44,34 @@ def summary_lines(spec: StudySpec, state: StudyState, output: Path, target: Trac
     if target.embedded:
         lines.append(f"  then browse http://127.0.0.1:5000 and pick the experiment {spec.tracking.experiment!r}")
     return lines
+
+
+def detail_lines(spec: StudySpec, state: StudyState) -> list[str]:
+    """What the table has no room for: a job's metrics, and how a best trial compares with its
+    baselines (GASTeN: fid_mnist and acd of the fine-tuned generator vs the step-1 generator)."""
+    from trainables import catalog
+
+    lines = []
+    for stage in spec.stages:
+        s = state.stage(stage.name)
+        if isinstance(stage, JobStage) and s.metrics:
+            lines.append(f"  {stage.name}: " + ", ".join(f"{k}={v:.4g}" for k, v in s.metrics.items()))
+        if not isinstance(stage, TuneStage) or s.best is None or not s.best.metrics:
+            continue
+        try:
+            baselines = catalog.trainable(stage.trainable).baselines
+        except catalog.UnknownEntryError:
+            continue
+        pairs = []
+        for metric, baseline in baselines.items():
+            value, start = s.best.metrics.get(metric), s.best.metrics.get(baseline)
+            if value is not None and start is not None:
+                ratio = f" ({value / start:.2f}x)" if start else ""
+                pairs.append(f"{metric} {value:.4g} vs {baseline} {start:.4g}{ratio}")
+        if pairs:
+            epoch = f", epoch {s.best.epoch}" if s.best.epoch else ""
+            lines.append(f"  {stage.name} best (trial {s.best.trial_id}{epoch}): " + "; ".join(pairs))
+    return lines + ([""] if lines else [])
 
 
 def write_summary(lines: list[str], output: Path) -> Path:

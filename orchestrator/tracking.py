@@ -183,6 +183,16 @@ class Tracker:
     def is_terminal(self, run_id: str) -> bool:
         return RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(run_id).info.status))
 
+    def log_files(self, run_id: str, files: Mapping[str, bytes], artifact_path: str | None = None) -> None:
+        """In-memory files as artifacts of a run (written to a scratch folder first: MLflow logs paths)."""
+        import tempfile
+
+        from trainables.checkpoint import save_step_files
+
+        with tempfile.TemporaryDirectory(prefix="gensearch-files-") as folder:
+            for path in save_step_files(files, folder):
+                self.client.log_artifact(run_id, str(path), artifact_path)
+
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
         if folder.is_dir() and any(folder.iterdir()):
             self.client.log_artifacts(run_id, str(folder), artifact_path)

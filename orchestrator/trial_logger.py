@@ -99,6 +99,20 @@ class MlflowTrialLogger(Callback):
             self._last_step[run_id] = max((m.step for m in history), default=0)
         return self._last_step[run_id]
 
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        """Publish the step's files (e.g. samples.png) while the trial runs: watch it in the MLflow UI."""
+        from trainables.checkpoint import step_files
+
+        path = getattr(checkpoint, "path", None)
+        if not path:
+            return
+        run_id = self._run_id(trial)
+        try:
+            for file in step_files(path):
+                self.tracker.client.log_artifact(run_id, str(file))
+        except OSError:  # storage not mounted on this node: published after the stage instead
+            pass
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run_id(trial)
         self.tracker.finish(run_id, "FINISHED")

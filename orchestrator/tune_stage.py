@@ -40,6 +40,7 @@ class TuneOutcome:
     trials: int
     failed_trials: int
     experiment_dir: Path
+    child_runs: dict[str, str] = dataclasses.field(default_factory=dict)  # trial id -> MLflow run id
 
 
 def tune_domain(entry: SpaceEntry) -> Any:
@@ -112,7 +113,8 @@ def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path
             tune_config=tune.TuneConfig(
                 metric=stage.metric, mode=stage.mode, num_samples=stage.num_samples,
                 max_concurrent_trials=stage.max_concurrent_trials,
-                search_alg=make_searcher(stage.searcher, stage.total_trials), scheduler=make_scheduler(stage),
+                # Nothing to search (every setting a constant): Optuna would refuse an empty space.
+                search_alg=make_searcher(stage.searcher, stage.total_trials) if stage.space else None, scheduler=make_scheduler(stage),
                 trial_dirname_creator=trial_folder_name,
             ),
             run_config=tune.RunConfig(
@@ -126,7 +128,8 @@ def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path
     results = tuner.fit()
     outcome = reconcile(stage, results, tracker, parent_run_id, experiment_dir)
     write_trials_table(results, experiment_dir / "trials.csv")
-    plot_search_history(results, stage, experiment_dir / "search_history.png")
+    publish_trial_files(stage, results, tracker, outcome.child_runs)
+    draw_stage_plots(stage, results, experiment_dir, outcome.best.trial_id)
     return outcome
 
 
@@ -134,13 +137,14 @@ def reconcile(stage: TuneStage, results: Any, tracker: Tracker, parent_run_id: s
               experiment_dir: Path) -> TuneOutcome:
     """Make MLflow agree with Tune: one closed child run per trial, none for trials Tune forgot."""
     children = tracker.children(parent_run_id)
-    seen, failed = set(), 0
+    seen, failed, runs = set(), 0, {}
     best: tuple[float, Any, str] | None = None
     for result in results:
         trial_id = trial_id_of(result)
         seen.add(trial_id)
         run = children.get(trial_id)
         run_id = run.info.run_id if run else tracker.create_child(parent_run_id, stage.name, trial_id, result.config)
+        runs[trial_id] = run_id
         if run is None and result.metrics_dataframe is not None:
             for _, row in result.metrics_dataframe.iterrows():
                 tracker.log_metrics(run_id, {k: row[k] for k in row.index if k in (result.metrics or {})},
@@ -164,10 +168,26 @@ def reconcile(stage: TuneStage, results: Any, tracker: Tracker, parent_run_id: s
     value, result, run_id = best
     checkpoint = result.get_best_checkpoint(stage.metric, stage.mode) or result.checkpoint
     config = dict(result.config)
+    epoch, metrics = metrics_at_best(result, stage.metric, value)
     return TuneOutcome(
         best=BestTrial(trial_id=trial_id_of(result), metric=stage.metric, value=value,
-                       checkpoint=checkpoint.path, config=config, child_run_id=run_id),
-        trials=len(seen), failed_trials=failed, experiment_dir=experiment_dir)
+                       checkpoint=checkpoint.path, config=config, child_run_id=run_id, epoch=epoch, metrics=metrics),
+        trials=len(seen), failed_trials=failed, experiment_dir=experiment_dir, child_runs=runs)
+
+
+def metrics_at_best(result: Any, metric: str, value: float) -> tuple[int | None, dict[str, float]]:
+    """The step at which the trial reported its best `value`, and every metric it reported then."""
+    frame = result.metrics_dataframe
+    if frame is None or metric not in frame:
+        return None, {}
+    rows = frame[frame[metric] == value]
+    if rows.empty:
+        return None, {}
+    row = rows.iloc[0]
+    names = set(result.metrics or {}) - {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp"}
+    metrics = {name: float(row[name]) for name in sorted(names)
+               if name in row.index and isinstance(row[name], (int, float)) and math.isfinite(row[name])}
+    return int(row.get("training_iteration", 0)) or None, metrics
 
 
 def trial_folder_name(trial: Any) -> str:
@@ -209,40 +229,42 @@ def write_trials_table(results: Any, path: Path) -> None:
     frame.to_csv(path, index=False)
 
 
-def plot_search_history(results: Any, stage: TuneStage, path: Path) -> None:
-    """Each trial's best value in start order, with the running best: did the search converge?"""
-    import matplotlib
+def publish_trial_files(stage: TuneStage, results: Any, tracker: Tracker, runs: Mapping[str, str]) -> None:
+    """Each trial's run gets its last step files (e.g. samples.png) and, when the trainable names
+    curve metrics, curves.png. Done after the stage as well as live (the callback), so a trial
+    resumed or recreated after a kill still ends with them."""
+    from orchestrator.stage_plots import trial_curves_png
+    from trainables.checkpoint import step_files
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = []
+    definition = catalog.trainable(stage.trainable)
     for result in results:
+        run_id = runs.get(trial_id_of(result))
+        if run_id is None:
+            continue
+        if result.checkpoint is not None:
+            for path in step_files(result.checkpoint.path):
+                tracker.client.log_artifact(run_id, str(path))
+        if definition.curves and result.metrics_dataframe is not None:
+            png = trial_curves_png(result.metrics_dataframe, definition.curves,
+                                   f"{stage.name} trial {trial_id_of(result)}", definition.baselines)
+            if png is not None:
+                tracker.log_files(run_id, {"curves.png": png})
+
+
+def draw_stage_plots(stage: TuneStage, results: Any, experiment_dir: Path, best_trial: str) -> None:
+    """search_history.png for every stage; pareto.png when the trainable names two rival metrics."""
+    from orchestrator.stage_plots import plot_pareto, plot_search_history
+
+    started = []
+    for result in results:
+        frame = result.metrics_dataframe
         value = best_value(result, stage.metric, stage.mode) if result.error is None else None
-        started = (result.metrics_dataframe["timestamp"].min()
-                   if result.metrics_dataframe is not None and "timestamp" in result.metrics_dataframe else 0)
-        rows.append((started, value))
-    rows.sort(key=lambda row: row[0])
-    values = [value for _, value in rows]
-    running, best = [], None
-    for value in values:
-        if value is not None and (best is None or (value > best if stage.mode == "max" else value < best)):
-            best = value
-        running.append(best)
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    xs = range(1, len(values) + 1)
-    axis.scatter([x for x, v in zip(xs, values) if v is not None], [v for v in values if v is not None],
-                 label="trial (best epoch)", color="tab:blue")
-    axis.plot([x for x, v in zip(xs, running) if v is not None], [v for v in running if v is not None],
-              label="best so far", color="tab:orange", drawstyle="steps-post")
-    failed = [x for x, v in zip(xs, values) if v is None]
-    if failed:
-        axis.scatter(failed, [min(v for v in values if v is not None)] * len(failed) if any(
-            v is not None for v in values) else [0] * len(failed), marker="x", color="tab:red", label="failed")
-    axis.set_xlabel("trial (in start order)")
-    axis.set_ylabel(f"{stage.metric} ({'higher' if stage.mode == 'max' else 'lower'} is better)")
-    axis.set_title(f"{stage.name}: search history")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+        started.append((frame["timestamp"].min() if frame is not None and "timestamp" in frame else 0, value))
+    started.sort(key=lambda row: row[0])
+    plot_search_history([value for _, value in started], stage.metric, stage.mode, stage.name,
+                        experiment_dir / "search_history.png")
+    definition = catalog.trainable(stage.trainable)
+    if definition.pareto:
+        x, y = definition.pareto
+        plot_pareto({trial_id_of(r): r.metrics_dataframe for r in results}, x, y, stage.name,
+                    experiment_dir / "pareto.png", best_trial=best_trial, baselines=definition.baselines)

@@ -45,6 +45,13 @@ class TrainableDef:
     build_model: Callable[[CheckpointState], nn.Module] | None = None
     preflight: Callable[[Any], None] | None = None
     tiny_config: Mapping[str, Any] = field(default_factory=dict)
+    # Two metrics that pull against each other (GASTeN: fid_mnist vs acd): each stage of this
+    # trainable gets a Pareto plot of them across its trials.
+    pareto: tuple[str, str] | None = None
+    # Metrics drawn per trial against the epoch (curves.png in the trial's run), and the metric
+    # each is compared with (e.g. acd -> acd_step1: where fine-tuning started).
+    curves: tuple[str, ...] = ()
+    baselines: Mapping[str, str] = field(default_factory=dict)
 
     def metric(self, name: str) -> Metric:
         for metric in self.metrics:

@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from trainables.reporter import CheckpointState, Reporter
+from trainables.reporter import CheckpointState, Reporter, StepFiles
 
 EpochFn = Callable[[int], Mapping[str, float]]
+FilesFn = Callable[[int], StepFiles]
 
 
 class TrainingDiverged(RuntimeError):
@@ -33,11 +34,13 @@ def fit(
     train_epoch: EpochFn,
     evaluate: EpochFn,
     reporter: Reporter,
+    files: FilesFn | None = None,
 ) -> dict[str, float]:
     """Run epochs `[start, epochs)` where `start` comes from the reporter's checkpoint.
 
     Each epoch reports `{"epoch": n, **train metrics, **eval metrics}` with a checkpoint that
-    holds everything needed to continue (and to rebuild the model from the folder alone).
+    holds everything needed to continue (and to rebuild the model from the folder alone), and
+    `files(epoch)` (sample grids and the like, made with the modules in eval mode) when given.
     """
     state = reporter.restore()
     start, metrics = 0, {}
@@ -66,7 +69,9 @@ def fit(
         if bad:
             raise TrainingDiverged(f"{trainable}: epoch {epoch + 1}: non-finite {', '.join(bad)} "
                                    f"({', '.join(f'{k}={metrics[k]}' for k in bad)}); lower the learning rate")
-        reporter.report(metrics, checkpoint_state(trainable, config, epoch + 1, metrics, modules, optimizers))
+        step_files = files(epoch) if files is not None else None
+        reporter.report(metrics, checkpoint_state(trainable, config, epoch + 1, metrics, modules, optimizers),
+                        step_files)
     return metrics
 
 

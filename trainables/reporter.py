@@ -17,14 +17,19 @@ from typing import Any
 import torch
 
 CheckpointState = dict[str, Any]
+# Small files that show the model at a step (a sample grid, say), by file name. They travel with
+# the checkpoint, so whoever runs the trainable can publish them (as MLflow artifacts under Tune).
+StepFiles = Mapping[str, bytes]
 
 
 class Reporter(ABC):
     """Receives one result per step; may hold the checkpoint a trainable resumes from."""
 
     @abstractmethod
-    def report(self, metrics: Mapping[str, float], checkpoint: CheckpointState | None = None) -> None:
-        """Publish the metrics of one step, with the state needed to resume after it."""
+    def report(self, metrics: Mapping[str, float], checkpoint: CheckpointState | None = None,
+               files: StepFiles | None = None) -> None:
+        """Publish the metrics of one step, with the state needed to resume after it and the
+        step's files (kept next to the checkpoint; a later step's file of the same name wins)."""
 
     @abstractmethod
     def restore(self) -> CheckpointState | None:
@@ -49,12 +54,15 @@ class ListReporter(Reporter):
     def __init__(self, resume_from: CheckpointState | None = None) -> None:
         self.results: list[dict[str, float]] = []
         self.last_checkpoint: CheckpointState | None = None
+        self.files: dict[str, bytes] = {}
         self._resume_from = clone_state(resume_from) if resume_from is not None else None
 
-    def report(self, metrics: Mapping[str, float], checkpoint: CheckpointState | None = None) -> None:
+    def report(self, metrics: Mapping[str, float], checkpoint: CheckpointState | None = None,
+               files: StepFiles | None = None) -> None:
         self.results.append(copy.deepcopy(dict(metrics)))
         if checkpoint is not None:
             self.last_checkpoint = clone_state(checkpoint)
+        self.files.update(files or {})
 
     def restore(self) -> CheckpointState | None:
         return self._resume_from

@@ -1,0 +1,135 @@
+"""The pictures a researcher looks at instead of tables: search history, per-trial curves, Pareto front.
+
+Each function takes plain data (values, pandas frames of reported metrics) and writes or returns
+a PNG; Tune's result objects stay in `tune_stage.py`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _better(a: float, b: float, mode: str) -> bool:
+    return a > b if mode == "max" else a < b
+
+
+def plot_search_history(values: Sequence[float | None], metric: str, mode: str, stage: str, path: Path) -> None:
+    """Each trial's best value in start order (None: failed), with the running best: did the search converge?"""
+    plt = _pyplot()
+    running, best = [], None
+    for value in values:
+        if value is not None and (best is None or _better(value, best, mode)):
+            best = value
+        running.append(best)
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    xs = range(1, len(values) + 1)
+    axis.scatter([x for x, v in zip(xs, values) if v is not None], [v for v in values if v is not None],
+                 label="trial (best epoch)", color="tab:blue")
+    axis.plot([x for x, v in zip(xs, running) if v is not None], [v for v in running if v is not None],
+              label="best so far", color="tab:orange", drawstyle="steps-post")
+    failed = [x for x, v in zip(xs, values) if v is None]
+    if failed:
+        finite = [v for v in values if v is not None]
+        axis.scatter(failed, [min(finite) if finite else 0] * len(failed), marker="x", color="tab:red",
+                     label="failed")
+    axis.set_xlabel("trial (in start order)")
+    axis.set_ylabel(f"{metric} ({'higher' if mode == 'max' else 'lower'} is better)")
+    axis.set_title(f"{stage}: search history")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def trial_curves_png(frame: Any, metrics: Sequence[str], title: str,
+                     baselines: Mapping[str, str] | None = None) -> bytes | None:
+    """One small panel per metric against the epoch, with the metric's baseline as a dashed line.
+
+    `frame` is the trial's reported results (a pandas frame with `training_iteration`); metrics it
+    never reported are left out. None when there is nothing to draw.
+    """
+    shown = [m for m in metrics if m in frame and frame[m].notna().any()]
+    if not shown:
+        return None
+    plt = _pyplot()
+    steps = frame["training_iteration"] if "training_iteration" in frame else range(1, len(frame) + 1)
+    figure, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 2.6), squeeze=False)
+    for axis, metric in zip(axes[0], shown):
+        axis.plot(steps, frame[metric], marker="o", markersize=3)
+        baseline = (baselines or {}).get(metric)
+        if baseline and baseline in frame and frame[baseline].notna().any():
+            axis.axhline(float(frame[baseline].dropna().iloc[0]), color="grey", linestyle="--", linewidth=1,
+                         label=baseline)
+            axis.legend(fontsize=7)
+        axis.set_xlabel("epoch")
+        axis.set_title(metric, fontsize=9)
+        axis.grid(alpha=0.3)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both coordinates (both lower-is-better), by x."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(points):
+        if not front or y < front[-1][1]:
+            front.append((x, y))
+    return front
+
+
+def plot_pareto(trials: Mapping[str, Any], x: str, y: str, stage: str, path: Path, *,
+                best_trial: str | None = None, baselines: Mapping[str, str] | None = None) -> bool:
+    """Every (trial, epoch) in the plane of two lower-is-better metrics, the Pareto front through
+    them, each trial's last epoch bold, the chosen best trial circled, and the baseline (e.g. the
+    step-1 generator) as a star. `trials` maps trial id -> its results frame. False: nothing to draw."""
+    points = {trial: [(float(a), float(b)) for a, b in zip(frame[x], frame[y]) if math.isfinite(a) and math.isfinite(b)]
+              for trial, frame in trials.items() if frame is not None and x in frame and y in frame}
+    points = {trial: values for trial, values in points.items() if values}
+    if not points:
+        return False
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    colours = plt.get_cmap("tab10")
+    for index, (trial, values) in enumerate(sorted(points.items())):
+        colour = colours(index % 10)
+        axis.plot(*zip(*values), color=colour, alpha=0.35, linewidth=0.8, marker=".", markersize=4)
+        axis.scatter(*values[-1], color=colour, s=30, label=trial if len(points) <= 12 else None, zorder=3)
+        if trial == best_trial:
+            axis.scatter(*values[-1], s=160, facecolors="none", edgecolors="black", linewidths=1.5, zorder=4,
+                         label=f"best ({trial})")
+    front = pareto_front([p for values in points.values() for p in values])
+    axis.plot(*zip(*front), color="black", drawstyle="steps-post", linewidth=1, label="Pareto front (all epochs)")
+    base_x, base_y = (baselines or {}).get(x), (baselines or {}).get(y)
+    if base_x and base_y:
+        for frame in trials.values():
+            if frame is not None and base_x in frame and base_y in frame and frame[base_x].notna().any():
+                axis.scatter(float(frame[base_x].dropna().iloc[0]), float(frame[base_y].dropna().iloc[0]),
+                             marker="*", s=200, color="gold", edgecolors="black", zorder=5, label="baseline (start)")
+                break
+    axis.set_xlabel(f"{x} (lower is better)")
+    axis.set_ylabel(f"{y} (lower is better)")
+    axis.set_title(f"{stage}: {y} vs {x}, every trial and epoch (dots), last epoch bold")
+    axis.title.set_fontsize(9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
