@@ -24,8 +24,10 @@ from trainables.fit import fit
 from trainables.metrics.acd import fixed_noise
 from trainables.metrics.fid import FrechetDistance
 from trainables.reporter import CheckpointState, Reporter
+from trainables.sample_grid import sample_grid_png
 
 FID_NOISE_SEED = 1  # the latents behind every per-epoch FID: the same in every trial
+GRID_IMAGES = 64  # samples.png: the first latents of the FID noise
 
 
 @dataclass(frozen=True)
@@ -141,10 +143,12 @@ def train_gan_epoch(
     passes its confusion term here. Latents are drawn on the CPU from the global generator (whose
     state `fit` checkpoints) and the batch order is a function of `order_seed`, so a resumed run
     repeats an uninterrupted one. Returns mean d_loss, g_loss (GAN part) and, when given,
-    extra_loss (unweighted).
+    extra_loss (unweighted). The sums stay on the device until the epoch ends: a `.item()` per
+    batch would make the CPU wait for a GPU three times a batch.
     """
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(order_seed))
-    totals = {"d_loss": 0.0, "g_loss": 0.0, **({"extra_loss": 0.0} if extra_loss else {})}
+    names = ("d_loss", "g_loss", *(("extra_loss",) if extra_loss else ()))
+    totals = {name: torch.zeros((), device=device) for name in names}
     for start in range(0, len(order), batch_size):
         real = images[order[start:start + batch_size]].to(device)
         z = torch.randn(len(real), generator.z_dim).to(device)
@@ -160,13 +164,13 @@ def train_gan_epoch(
         if extra_loss is not None:
             extra = extra_loss(fake)
             total = g_loss + extra_weight * extra
-            totals["extra_loss"] += extra.item() * len(real)
+            totals["extra_loss"] += extra.detach() * len(real)
         g_optimizer.zero_grad(set_to_none=True)
         total.backward()
         g_optimizer.step()
-        totals["d_loss"] += d_loss.item() * len(real)
-        totals["g_loss"] += g_loss.item() * len(real)
-    return {name: value / len(order) for name, value in totals.items()}
+        totals["d_loss"] += d_loss.detach() * len(real)
+        totals["g_loss"] += g_loss.detach() * len(real)
+    return {name: value.item() / len(order) for name, value in totals.items()}
 
 
 @torch.no_grad()
@@ -226,10 +230,14 @@ def train(config: DCGANConfig, reporter: Reporter) -> dict[str, float]:
     def evaluate(epoch: int) -> dict[str, float]:
         return {"fid_mnist": fid(generator)}
 
+    def files(epoch: int) -> dict[str, bytes]:
+        images = generate(generator, fid.noise[:GRID_IMAGES], device)
+        return {"samples.png": sample_grid_png(images, title=f"DCGAN epoch {epoch + 1}, lr={config.lr:.3g}")}
+
     return fit(trainable="dcgan", config=config, epochs=config.epochs,
                modules={"generator": generator, "discriminator": discriminator},
                optimizers={"generator": g_optimizer, "discriminator": d_optimizer},
-               train_epoch=train_epoch, evaluate=evaluate, reporter=reporter)
+               train_epoch=train_epoch, evaluate=evaluate, reporter=reporter, files=files)
 
 
 def build_model(state: CheckpointState) -> Generator:
@@ -256,6 +264,7 @@ DCGAN = TrainableDef(
         Metric("d_loss", higher_is_better=False, description="mean discriminator loss of the epoch"),
     ),
     description="DCGAN for 28x28 grayscale images (GASTeN step 1)",
+    curves=("fid_mnist", "g_loss", "d_loss"),
     build_model=build_model,
     preflight=preflight,
     tiny_config={"train_size": 128, "epochs": 1, "batch_size": 32, "fid_images": 64},

@@ -10,7 +10,17 @@ second entry of the classifier checkpoint's `classes` (for the default `classes:
 The discriminator keeps training as usual, which keeps the images realistic. Real images (for D
 and for FID) are the classifier's own dataset and classes, so the GAN is stressed on its task.
 Metrics per epoch: fid_mnist (realism, lower is better) and acd (mean |0.5 - p| on a fixed noise
-set shared by every trial, lower is better), plus the loss terms.
+set shared by every trial, lower is better), plus the loss terms. The step-1 generator is scored
+on the same noise before fine-tuning starts (`fid_mnist_step1`, `acd_step1`), so every epoch also
+reports how far it moved: `acd_ratio`, `fid_ratio` and their trade-off
+
+    tradeoff = acd / acd_step1 + max(0, fid_mnist / fid_mnist_step1 - fid_budget)
+
+the default search objective: the share of the step-1 confidence left, plus a penalty once the
+realism lost exceeds the budget (fid_budget 1.5: FID may grow by half for free). Lower is better;
+the step-1 generator itself scores 1.0. Without the budget a search rewards images that fool the
+classifier by no longer looking like digits; with it, "the lowest ACD at an affordable FID". Each epoch also writes
+`samples.png`: 64 generated images from fixed latents with C(x) under each.
 
 Both inputs are checkpoint folders given by reference in a study
 (`inputs: {generator: gan.best, classifier: classifier.best}`), so they are required settings.
@@ -33,8 +43,10 @@ from trainables.device import resolve_device
 from trainables.fit import fit
 from trainables.metrics.acd import average_confusion_distance, confusion_distance, fixed_noise
 from trainables.reporter import CheckpointState, Reporter
+from trainables.sample_grid import sample_grid_png
 
 ACD_NOISE_SEED = 0  # the latents behind every acd value: the same in every trial of every study
+GRID_IMAGES = 64  # the first latents of the ACD noise, drawn with their scores in samples.png
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,7 @@ class GastenConfig:
     generator: str  # a dcgan checkpoint folder: `inputs: {generator: gan.best}`
     classifier: str  # a binary classifier checkpoint folder: `inputs: {classifier: classifier.best}`
     alpha: float = 25.0  # weight of the confusion term; the paper explores 5..30
+    fid_budget: float = 1.5  # fid_mnist / fid_mnist_step1 allowed before `tradeoff` is penalised
     train_size: int = 0  # real training images per epoch; 0 keeps every image of the classifier's classes
     lr: float = 2e-4
     beta1: float = 0.5
@@ -60,6 +73,8 @@ class GastenConfig:
                                  f"checkpoint folder, normally by reference (inputs: {{{name}: STAGE.best}})")
         if self.alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+        if self.fid_budget < 1:
+            raise ValueError(f"fid_budget must be >= 1 (a ratio to the step-1 FID), got {self.fid_budget}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.beta1 < 1:
@@ -102,12 +117,26 @@ def load_gan(folder: str, device: torch.device) -> tuple[Generator, Discriminato
 
 
 @torch.no_grad()
-def measure_acd(generator: Generator, classifier: nn.Module, noise: torch.Tensor, device: torch.device) -> float:
-    """ACD of `generator` (in its current mode) on the latents `noise`."""
+def scored_samples(generator: Generator, classifier: nn.Module, noise: torch.Tensor,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images for `noise` (generator in its current mode) and C(x) of each, both on the CPU."""
     images = generate(generator, noise, device)
     probabilities = torch.cat([positive_probability(classifier, images[start:start + 512].to(device)).cpu()
                                for start in range(0, len(images), 512)])
-    return average_confusion_distance(probabilities)
+    return images, probabilities
+
+
+def measure_acd(generator: Generator, classifier: nn.Module, noise: torch.Tensor, device: torch.device) -> float:
+    """ACD of `generator` (in its current mode) on the latents `noise`."""
+    return average_confusion_distance(scored_samples(generator, classifier, noise, device)[1])
+
+
+def tradeoff(acd: float, fid: float, acd_step1: float, fid_step1: float, fid_budget: float = 1.5) -> dict[str, float]:
+    """How far fine-tuning moved from the step-1 generator: ratios and the search objective."""
+    acd_ratio = acd / max(acd_step1, 1e-12)
+    fid_ratio = fid / max(fid_step1, 1e-12)
+    return {"acd_ratio": acd_ratio, "fid_ratio": fid_ratio,
+            "tradeoff": acd_ratio + max(0.0, fid_ratio - fid_budget)}
 
 
 def train(config: GastenConfig, reporter: Reporter) -> dict[str, float]:
@@ -122,6 +151,10 @@ def train(config: GastenConfig, reporter: Reporter) -> dict[str, float]:
     fid = FidScorer(load_fid_reference(dataset, classes, config.fid_images, config.allow_fallback),
                     config.fid_images, generator.z_dim, device, config.allow_fallback)
     acd_noise = fixed_noise(config.acd_images, generator.z_dim, ACD_NOISE_SEED)
+    generator.eval()  # scored like every epoch: BatchNorm on its running statistics
+    step1 = {"fid_mnist_step1": fid(generator), "acd_step1": measure_acd(generator, classifier, acd_noise, device)}
+    grid_noise = acd_noise[:GRID_IMAGES]
+    names = "/".join(str(c) for c in classes)
     betas = (config.beta1, 0.999)
     g_optimizer = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=betas)
     d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=betas)
@@ -137,12 +170,20 @@ def train(config: GastenConfig, reporter: Reporter) -> dict[str, float]:
         return {"g_loss": metrics["g_loss"], "d_loss": metrics["d_loss"], "confusion_loss": metrics["extra_loss"]}
 
     def evaluate(epoch: int) -> dict[str, float]:
-        return {"fid_mnist": fid(generator), "acd": measure_acd(generator, classifier, acd_noise, device)}
+        scores = {"fid_mnist": fid(generator), "acd": measure_acd(generator, classifier, acd_noise, device)}
+        return {**scores, **step1,
+                **tradeoff(scores["acd"], scores["fid_mnist"], step1["acd_step1"], step1["fid_mnist_step1"],
+                           config.fid_budget)}
+
+    def files(epoch: int) -> dict[str, bytes]:
+        images, probabilities = scored_samples(generator, classifier, grid_noise, device)
+        title = f"GASTeN epoch {epoch + 1}, alpha={config.alpha:.3g}: C = P(class {classes[1]}) of {names}"
+        return {"samples.png": sample_grid_png(images, probabilities, title)}
 
     return fit(trainable="gasten", config=config, epochs=config.epochs,
                modules={"generator": generator, "discriminator": discriminator},
                optimizers={"generator": g_optimizer, "discriminator": d_optimizer},
-               train_epoch=train_epoch, evaluate=evaluate, reporter=reporter)
+               train_epoch=train_epoch, evaluate=evaluate, reporter=reporter, files=files)
 
 
 def preflight(config: GastenConfig) -> None:
@@ -159,6 +200,9 @@ GASTEN = TrainableDef(
     config_cls=GastenConfig,
     run=train,
     metrics=(
+        Metric("tradeoff", higher_is_better=False,
+               description="acd_ratio + max(0, fid_ratio - fid_budget): confidence left, penalised past the "
+                           "FID budget"),
         Metric("fid_mnist", higher_is_better=False,
                description="Fréchet distance to the classifier's real test images, on MNIST-classifier features"),
         Metric("acd", higher_is_better=False,
@@ -166,7 +210,14 @@ GASTEN = TrainableDef(
         Metric("confusion_loss", higher_is_better=False, description="mean |0.5 - C(G(z))| over the epoch's batches"),
         Metric("g_loss", higher_is_better=False, description="mean non-saturating generator loss (GAN part)"),
         Metric("d_loss", higher_is_better=False, description="mean discriminator loss of the epoch"),
+        Metric("acd_ratio", higher_is_better=False, description="acd / acd_step1 (step 1 = the generator fine-tuned)"),
+        Metric("fid_ratio", higher_is_better=False, description="fid_mnist / fid_mnist_step1"),
+        Metric("acd_step1", higher_is_better=False, description="acd of the step-1 generator on the same latents"),
+        Metric("fid_mnist_step1", higher_is_better=False, description="fid_mnist of the step-1 generator"),
     ),
+    pareto=("fid_mnist", "acd"),
+    curves=("fid_mnist", "acd", "tradeoff"),
+    baselines={"fid_mnist": "fid_mnist_step1", "acd": "acd_step1"},
     description="GASTeN: fine-tune a DCGAN generator towards a frozen binary classifier's decision boundary",
     build_model=build_model,
     preflight=preflight,

@@ -20,10 +20,12 @@ from trainables.config import ConfigError, build_config, required_fields
 from trainables.dcgan import DCGAN, DCGANConfig, Discriminator, Generator
 from trainables.dcgan import train as train_dcgan
 from trainables.gasten import (ACD_NOISE_SEED, GASTEN, GastenConfig, load_frozen_classifier, load_gan,
-                               measure_acd, positive_probability)
+                               measure_acd, positive_probability, tradeoff)
 from trainables.gasten import train as train_gasten
 from trainables.metrics.acd import fixed_noise
 from trainables.reporter import ListReporter
+
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +73,7 @@ def test_dcgan_tiny_run_reports_finite_metrics_and_a_rebuildable_generator(dcgan
     assert reporter.last("fid_mnist") > 0
     state = reporter.last_checkpoint
     assert state["trainable"] == "dcgan" and list(state["modules"]) == ["generator", "discriminator"]
+    assert reporter.files["samples.png"].startswith(PNG)
     generator = DCGAN.build_model(state)
     images = generator(torch.randn(3, 64))
     assert images.shape == (3, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
@@ -111,8 +114,25 @@ def test_gasten_fine_tuning_moves_the_generator_towards_the_decision_boundary(dc
     assert isinstance(tuned, Generator)
     after = measure_acd(tuned, classifier, noise, torch.device("cpu"))
     assert after == pytest.approx(reporter.last("acd"))
+    # The step-1 generator is scored once, on the same latents, before any fine-tuning.
+    assert [r["acd_step1"] for r in reporter.results] == pytest.approx([before, before])
+    assert len({r["fid_mnist_step1"] for r in reporter.results}) == 1
+    for r in reporter.results:
+        assert r["acd_ratio"] == pytest.approx(r["acd"] / r["acd_step1"])
+        assert r["tradeoff"] == pytest.approx(r["acd_ratio"] + max(0.0, r["fid_ratio"] - config.fid_budget))
+    assert reporter.files["samples.png"].startswith(PNG)
     # Seeded: about 0.30 before and 0.24 after on this setting; the margin is wide.
     assert after < before - 0.02, (before, after)
+
+
+def test_tradeoff_is_confidence_left_plus_realism_lost_beyond_the_budget():
+    # ACD halved, FID 20% worse: within a 1.5x budget only the ACD counts; with no budget, 0.5 + 0.2.
+    assert tradeoff(acd=0.1, fid=12.0, acd_step1=0.2, fid_step1=10.0) == pytest.approx(
+        {"acd_ratio": 0.5, "fid_ratio": 1.2, "tradeoff": 0.5})
+    assert tradeoff(acd=0.1, fid=12.0, acd_step1=0.2, fid_step1=10.0, fid_budget=1.0)["tradeoff"] == pytest.approx(0.7)
+    # FID tripled: 1.5 over the budget on top of the ACD ratio; the step-1 generator itself scores 1.
+    assert tradeoff(acd=0.1, fid=30.0, acd_step1=0.2, fid_step1=10.0)["tradeoff"] == pytest.approx(2.0)
+    assert tradeoff(acd=0.2, fid=10.0, acd_step1=0.2, fid_step1=10.0)["tradeoff"] == pytest.approx(1.0)
 
 
 def test_positive_class_is_label_index_one():
