@@ -27,6 +27,7 @@ class Metric:
     name: str
     higher_is_better: bool
     description: str = ""
+    optional: bool = False  # reported only where the machine allows (fid_inception: the weights are here)
 
     @property
     def mode(self) -> str:

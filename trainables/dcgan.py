@@ -23,10 +23,14 @@ from trainables.feature_net import embed_images, feature_net
 from trainables.fit import fit
 from trainables.metrics.acd import fixed_noise
 from trainables.metrics.fid import FrechetDistance
+from trainables.metrics.inception_fid import InceptionFid, find_inception_weights
 from trainables.reporter import CheckpointState, Reporter
 from trainables.sample_grid import sample_grid_png
 
 FID_NOISE_SEED = 1  # the latents behind every per-epoch FID: the same in every trial
+FID_INCEPTION = Metric("fid_inception", higher_is_better=False, optional=True,
+                       description="standard Inception FID (torchmetrics); reported only where the Inception "
+                                   "weights file is on the machine")
 GRID_IMAGES = 64  # samples.png: the first latents of the FID noise
 
 
@@ -43,6 +47,7 @@ class DCGANConfig:
     batch_size: int = 64
     epochs: int = 10
     fid_images: int = 1000  # generated and real test images compared by the per-epoch fid_mnist
+    inception_weights: str = ""  # torch-fidelity's Inception file; "" searches $GENSEARCH_INCEPTION_WEIGHTS, caches
     seed: int = 0
     device: str = "auto"
     allow_fallback: bool = False  # scikit-learn digits when MNIST is nowhere to be found
@@ -185,20 +190,31 @@ class FidScorer:
 
     The real statistics are computed once; each call embeds the generator's images for the
     same `fid_images` latents (seed FID_NOISE_SEED), so epochs and trials are scored alike.
+    With Inception weights on this machine (`inception_weights`), `scores` adds the standard
+    `fid_inception` from torchmetrics on the same images.
     """
 
     def __init__(self, real: ImageSet, fid_images: int, z_dim: int, device: torch.device,
-                 allow_fallback: bool = False) -> None:
+                 allow_fallback: bool = False, inception_weights: str = "") -> None:
         self.device = device
         self.net = feature_net(device, allow_fallback)
         self.noise = fixed_noise(fid_images, z_dim, FID_NOISE_SEED)
         self.metric = FrechetDistance()
         self.metric.update(embed_images(self.net, real.images), real=True)
+        weights = find_inception_weights(inception_weights)
+        self.inception = InceptionFid(real.images, device, weights) if weights is not None else None
 
     def __call__(self, generator: Generator) -> float:
+        return self.scores(generator)["fid_mnist"]
+
+    def scores(self, generator: Generator) -> dict[str, float]:
+        images = generate(generator, self.noise, self.device)
         self.metric.reset(keep_real=True)
-        self.metric.update(embed_images(self.net, generate(generator, self.noise, self.device)), real=False)
-        return self.metric.compute()
+        self.metric.update(embed_images(self.net, images), real=False)
+        scores = {"fid_mnist": self.metric.compute()}
+        if self.inception is not None:
+            scores["fid_inception"] = self.inception(images)
+        return scores
 
 
 def load_fid_reference(dataset: str, classes: tuple[int, ...], fid_images: int, allow_fallback: bool,
@@ -215,7 +231,7 @@ def train(config: DCGANConfig, reporter: Reporter) -> dict[str, float]:
     data = load_images(config.dataset, "train", classes=config.classes or None, limit=config.train_size or None,
                        allow_fallback=config.allow_fallback, seed=config.seed)
     fid = FidScorer(load_fid_reference(config.dataset, config.classes, config.fid_images, config.allow_fallback),
-                    config.fid_images, config.z_dim, device, config.allow_fallback)
+                    config.fid_images, config.z_dim, device, config.allow_fallback, config.inception_weights)
     generator = Generator(config.z_dim, config.ngf).to(device)
     discriminator = Discriminator(config.ndf).to(device)
     betas = (config.beta1, 0.999)
@@ -228,7 +244,7 @@ def train(config: DCGANConfig, reporter: Reporter) -> dict[str, float]:
                                order_seed=config.seed * 100_003 + epoch, device=device)
 
     def evaluate(epoch: int) -> dict[str, float]:
-        return {"fid_mnist": fid(generator)}
+        return fid.scores(generator)
 
     def files(epoch: int) -> dict[str, bytes]:
         images = generate(generator, fid.noise[:GRID_IMAGES], device)
@@ -262,6 +278,7 @@ DCGAN = TrainableDef(
                description="Fréchet distance to real test images, on MNIST-classifier features (not Inception)"),
         Metric("g_loss", higher_is_better=False, description="mean non-saturating generator loss of the epoch"),
         Metric("d_loss", higher_is_better=False, description="mean discriminator loss of the epoch"),
+        FID_INCEPTION,
     ),
     description="DCGAN for 28x28 grayscale images (GASTeN step 1)",
     curves=("fid_mnist", "g_loss", "d_loss"),

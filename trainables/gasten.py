@@ -37,8 +37,8 @@ from trainables import classifier as classifier_module
 from trainables.catalog import Metric, TrainableDef
 from trainables.checkpoint import load_checkpoint
 from trainables.data import load_images, locate
-from trainables.dcgan import (Discriminator, FidScorer, Generator, build_model, generate, load_fid_reference,
-                              train_gan_epoch)
+from trainables.dcgan import (FID_INCEPTION, Discriminator, FidScorer, Generator, build_model, generate,
+                              load_fid_reference, train_gan_epoch)
 from trainables.device import resolve_device
 from trainables.fit import fit
 from trainables.metrics.acd import average_confusion_distance, confusion_distance, fixed_noise
@@ -61,6 +61,7 @@ class GastenConfig:
     batch_size: int = 64
     epochs: int = 40
     fid_images: int = 1000
+    inception_weights: str = ""  # as in dcgan: when found, fid_inception is reported too
     acd_images: int = 2048
     seed: int = 0
     device: str = "auto"
@@ -149,7 +150,7 @@ def train(config: GastenConfig, reporter: Reporter) -> dict[str, float]:
     data = load_images(dataset, "train", classes=classes, limit=config.train_size or None,
                        allow_fallback=config.allow_fallback, seed=config.seed)
     fid = FidScorer(load_fid_reference(dataset, classes, config.fid_images, config.allow_fallback),
-                    config.fid_images, generator.z_dim, device, config.allow_fallback)
+                    config.fid_images, generator.z_dim, device, config.allow_fallback, config.inception_weights)
     acd_noise = fixed_noise(config.acd_images, generator.z_dim, ACD_NOISE_SEED)
     generator.eval()  # scored like every epoch: BatchNorm on its running statistics
     step1 = {"fid_mnist_step1": fid(generator), "acd_step1": measure_acd(generator, classifier, acd_noise, device)}
@@ -170,7 +171,7 @@ def train(config: GastenConfig, reporter: Reporter) -> dict[str, float]:
         return {"g_loss": metrics["g_loss"], "d_loss": metrics["d_loss"], "confusion_loss": metrics["extra_loss"]}
 
     def evaluate(epoch: int) -> dict[str, float]:
-        scores = {"fid_mnist": fid(generator), "acd": measure_acd(generator, classifier, acd_noise, device)}
+        scores = {**fid.scores(generator), "acd": measure_acd(generator, classifier, acd_noise, device)}
         return {**scores, **step1,
                 **tradeoff(scores["acd"], scores["fid_mnist"], step1["acd_step1"], step1["fid_mnist_step1"],
                            config.fid_budget)}
@@ -214,6 +215,7 @@ GASTEN = TrainableDef(
         Metric("fid_ratio", higher_is_better=False, description="fid_mnist / fid_mnist_step1"),
         Metric("acd_step1", higher_is_better=False, description="acd of the step-1 generator on the same latents"),
         Metric("fid_mnist_step1", higher_is_better=False, description="fid_mnist of the step-1 generator"),
+        FID_INCEPTION,
     ),
     pareto=("fid_mnist", "acd"),
     curves=("fid_mnist", "acd", "tradeoff"),
