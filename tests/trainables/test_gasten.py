@@ -19,8 +19,8 @@ from trainables.classifier import train as train_classifier
 from trainables.config import ConfigError, build_config, required_fields
 from trainables.dcgan import DCGAN, DCGANConfig, Discriminator, Generator
 from trainables.dcgan import train as train_dcgan
-from trainables.gasten import (ACD_NOISE_SEED, GASTEN, GastenConfig, load_frozen_classifier, load_gan,
-                               measure_acd, positive_probability, tradeoff)
+from trainables.gasten import (ACD_NOISE_SEED, GASTEN, GastenConfig, continue_step1_optimizers,
+                               load_frozen_classifier, load_gan, measure_acd, positive_probability, tradeoff)
 from trainables.gasten import train as train_gasten
 from trainables.metrics.acd import fixed_noise
 from trainables.reporter import ListReporter
@@ -134,6 +134,18 @@ def test_tradeoff_is_confidence_left_plus_realism_lost_beyond_the_budget():
     # FID tripled: 1.5 over the budget on top of the ACD ratio; the step-1 generator itself scores 1.
     assert tradeoff(acd=0.1, fid=30.0, acd_step1=0.2, fid_step1=10.0)["tradeoff"] == pytest.approx(2.0)
     assert tradeoff(acd=0.2, fid=10.0, acd_step1=0.2, fid_step1=10.0)["tradeoff"] == pytest.approx(1.0)
+
+
+def test_continuing_step1_optimizers_keeps_their_moments_but_this_configs_lr(dcgan_run):
+    reporter, gan_checkpoint = dcgan_run
+    generator, discriminator = load_gan(str(gan_checkpoint), torch.device("cpu"))
+    g_optimizer = torch.optim.Adam(generator.parameters(), lr=1e-5, betas=(0.3, 0.99))
+    d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=1e-5, betas=(0.3, 0.99))
+    continue_step1_optimizers(str(gan_checkpoint), g_optimizer, d_optimizer)
+    saved = reporter.last_checkpoint["optimizers"]["generator"]["state"]
+    assert saved and torch.equal(g_optimizer.state_dict()["state"][0]["exp_avg_sq"], saved[0]["exp_avg_sq"])
+    for optimizer in (g_optimizer, d_optimizer):
+        assert [(g["lr"], g["betas"]) for g in optimizer.param_groups] == [(1e-5, (0.3, 0.99))]
 
 
 def test_positive_class_is_label_index_one():
