@@ -161,5 +161,22 @@ def run(spec, output: Path, target, args) -> int:
     return code
 
 
+def exit_now(code: int) -> None:
+    """End the process once everything is written, skipping Python's own teardown.
+
+    After a Ray run the interpreter spends about two seconds finalising native modules (measured:
+    1.9 s between main() returning and the process ending, of which atexit handlers take 0.01 s),
+    with every result already on disk. The atexit handlers still run and the streams are flushed.
+    """
+    import atexit
+    import logging
+
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

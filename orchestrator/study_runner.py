@@ -77,8 +77,9 @@ class StudyRunner:
     def run(self) -> None:
         pending = [s for s in self.spec.stages if self.state.stage(s.name).status != "finished"]
         if any(isinstance(stage, TuneStage) for stage in pending):
-            # Creating an embedded MLflow store (~1.5 s of schema migrations) and booting Ray (~3 s)
-            # are independent: do them side by side.
+            # Importing MLflow (~1 s), creating an embedded store (~1.5 s of schema migrations) and
+            # booting Ray (~3 s, mostly waiting for its processes) are independent: side by side. If
+            # the thread fails in any way, the line after the join does the same work again and raises.
             store = threading.Thread(target=lambda: self.tracker.experiment_id, name="mlflow-store")
             store.start()
             try:

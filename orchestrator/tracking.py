@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
-from mlflow.tracking import MlflowClient
 
 TAG_STUDY = "gensearch.study"
 TAG_STAGE = "gensearch.stage"
@@ -116,8 +114,18 @@ class Tracker:
         self.target = target
         self.experiment_name = experiment
         self.study = study
-        self.client = MlflowClient(tracking_uri=target.uri, registry_uri=target.uri)
+        self._client = None
         self._experiment_id: str | None = None
+
+    @property
+    def client(self):
+        """The MlflowClient, made on first use: importing MLflow takes about a second, which the
+        launcher spends in a thread while Ray boots rather than before it (see StudyRunner.run)."""
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.target.uri, registry_uri=self.target.uri)
+        return self._client
 
     @property
     def experiment_id(self) -> str:
@@ -144,6 +152,8 @@ class Tracker:
         return run.info.run_id
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
         flat = flatten_params(params)
         existing = self.client.get_run(run_id).data.params
         new = [Param(k, v) for k, v in flat.items() if k not in existing]
@@ -151,12 +161,16 @@ class Tracker:
             self.client.log_batch(run_id, params=new[start:start + 100])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
         timestamp = int(time.time() * 1000)
         values = [Metric(k, v, timestamp, step) for k, v in numeric_metrics(metrics).items()]
         if values:
             self.client.log_batch(run_id, metrics=values)
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def finish(self, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
@@ -181,6 +195,8 @@ class Tracker:
         return run.info.run_id
 
     def is_terminal(self, run_id: str) -> bool:
+        from mlflow.entities import RunStatus
+
         return RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(run_id).info.status))
 
     def log_files(self, run_id: str, files: Mapping[str, bytes], artifact_path: str | None = None) -> None:

@@ -10,19 +10,25 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from sklearn.metrics import confusion_matrix  # noqa: E402
+from trainables.catalog import JobDef, Metric
+from trainables.checkpoint import load_checkpoint
+from trainables.classifier import build_model, evaluate
+from trainables.data import load_images
+from trainables.device import resolve_device
+from trainables.reporter import Reporter
 
-from trainables.catalog import JobDef, Metric  # noqa: E402
-from trainables.checkpoint import load_checkpoint  # noqa: E402
-from trainables.classifier import build_model, evaluate  # noqa: E402
-from trainables.data import load_images  # noqa: E402
-from trainables.device import resolve_device  # noqa: E402
-from trainables.reporter import Reporter  # noqa: E402
+
+def _pyplot():
+    """matplotlib (and scikit-learn below) load when the job runs, not when a study file is validated:
+    the catalog imports this module for every `--dry-run`, and they cost a second of imports."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,8 @@ def run(config: EvaluateClassifierConfig, reporter: Reporter, workdir: Path) -> 
     with torch.no_grad():
         predicted = torch.cat([model(test.images[i:i + 1024].to(device)).argmax(1).cpu()
                                for i in range(0, len(test), 1024)])
+    from sklearn.metrics import confusion_matrix
+
     matrix = confusion_matrix(test.labels.numpy(), predicted.numpy(), labels=range(len(test.classes)))
     metrics = {"test_accuracy": scores["accuracy"], "test_loss": scores["loss"], "test_images": float(len(test))}
     for index, cls in enumerate(test.classes):
@@ -58,6 +66,7 @@ def run(config: EvaluateClassifierConfig, reporter: Reporter, workdir: Path) -> 
 
 
 def plot_confusion(matrix, classes: tuple[int, ...], path: Path) -> None:
+    plt = _pyplot()
     figure, axis = plt.subplots(figsize=(1.2 + 0.6 * len(classes), 1 + 0.6 * len(classes)))
     axis.imshow(matrix, cmap="Blues")
     axis.set_xticks(range(len(classes)), classes)
@@ -74,6 +83,7 @@ def plot_confusion(matrix, classes: tuple[int, ...], path: Path) -> None:
 
 def plot_images(images: torch.Tensor, titles: list[str], path: Path, columns: int = 8) -> None:
     rows = max(1, -(-len(images) // columns))
+    plt = _pyplot()
     figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.25), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
