@@ -12,14 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from trainables.plotting import pyplot
 
 
 def _better(a: float, b: float, mode: str) -> bool:
@@ -28,7 +21,7 @@ def _better(a: float, b: float, mode: str) -> bool:
 
 def plot_search_history(values: Sequence[float | None], metric: str, mode: str, stage: str, path: Path) -> None:
     """Each trial's best value in start order (None: failed), with the running best: did the search converge?"""
-    plt = _pyplot()
+    plt = pyplot()
     running, best = [], None
     for value in values:
         if value is not None and (best is None or _better(value, best, mode)):
@@ -64,7 +57,7 @@ def trial_curves_png(frame: Any, metrics: Sequence[str], title: str,
     shown = [m for m in metrics if m in frame and frame[m].notna().any()]
     if not shown:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     steps = frame["training_iteration"] if "training_iteration" in frame else range(1, len(frame) + 1)
     figure, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 2.6), squeeze=False)
     for axis, metric in zip(axes[0], shown):
@@ -104,7 +97,7 @@ def plot_pareto(trials: Mapping[str, Any], x: str, y: str, stage: str, path: Pat
     points = {trial: values for trial, values in points.items() if values}
     if not points:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 4.5))
     colours = plt.get_cmap("tab10")
     for index, (trial, values) in enumerate(sorted(points.items())):

@@ -17,18 +17,9 @@ from trainables.checkpoint import load_checkpoint
 from trainables.classifier import build_model, evaluate
 from trainables.data import load_images
 from trainables.device import resolve_device
+from trainables.plotting import pyplot
 from trainables.reporter import Reporter
 
-
-def _pyplot():
-    """matplotlib (and scikit-learn below) load when the job runs, not when a study file is validated:
-    the catalog imports this module for every `--dry-run`, and they cost a second of imports."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 @dataclass(frozen=True)
@@ -49,6 +40,8 @@ def run(config: EvaluateClassifierConfig, reporter: Reporter, workdir: Path) -> 
     with torch.no_grad():
         predicted = torch.cat([model(test.images[i:i + 1024].to(device)).argmax(1).cpu()
                                for i in range(0, len(test), 1024)])
+    # Imported here: the catalog imports this module for every `--dry-run`, and scikit-learn
+    # (like matplotlib, see trainables/plotting.py) costs most of a second to import.
     from sklearn.metrics import confusion_matrix
 
     matrix = confusion_matrix(test.labels.numpy(), predicted.numpy(), labels=range(len(test.classes)))
@@ -66,7 +59,7 @@ def run(config: EvaluateClassifierConfig, reporter: Reporter, workdir: Path) -> 
 
 
 def plot_confusion(matrix, classes: tuple[int, ...], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(1.2 + 0.6 * len(classes), 1 + 0.6 * len(classes)))
     axis.imshow(matrix, cmap="Blues")
     axis.set_xticks(range(len(classes)), classes)
@@ -83,7 +76,7 @@ def plot_confusion(matrix, classes: tuple[int, ...], path: Path) -> None:
 
 def plot_images(images: torch.Tensor, titles: list[str], path: Path, columns: int = 8) -> None:
     rows = max(1, -(-len(images) // columns))
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.25), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")

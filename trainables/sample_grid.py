@@ -11,15 +11,13 @@ import io
 
 import torch
 
+from trainables.plotting import pyplot
+
 
 def sample_grid_png(images: torch.Tensor, scores: torch.Tensor | None = None, title: str = "",
                     columns: int = 8, score_label: str = "C") -> bytes:
     """PNG bytes of (N, 1, H, W) images in [0, 1], laid out `columns` wide."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     images = images.detach().float().cpu().clamp(0, 1)
     count = len(images)
     if count == 0:
