@@ -199,15 +199,22 @@ class Tracker:
 
         return RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(run_id).info.status))
 
-    def log_files(self, run_id: str, files: Mapping[str, bytes], artifact_path: str | None = None) -> None:
-        """In-memory files as artifacts of a run (written to a scratch folder first: MLflow logs paths)."""
+    def log_files(self, run_id: str, files: Mapping[str, bytes]) -> None:
+        """In-memory files as artifacts of a run (MLflow logs paths: they go through a scratch folder)."""
         import tempfile
 
         from trainables.checkpoint import save_step_files
 
         with tempfile.TemporaryDirectory(prefix="gensearch-files-") as folder:
-            for path in save_step_files(files, folder):
-                self.client.log_artifact(run_id, str(path), artifact_path)
+            save_step_files(files, folder)
+            self.log_step_files(run_id, folder)
+
+    def log_step_files(self, run_id: str, checkpoint_folder: str | Path) -> None:
+        """A checkpoint's step files (e.g. samples.png) as artifacts; a later step's file replaces its namesake."""
+        from trainables.checkpoint import step_files
+
+        for path in step_files(checkpoint_folder):
+            self.client.log_artifact(run_id, str(path))
 
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
         if folder.is_dir() and any(folder.iterdir()):

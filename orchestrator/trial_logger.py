@@ -18,7 +18,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from orchestrator.tracking import Tracker, TrackingTarget, last_line
 
 # Tune's bookkeeping keys are not the trainable's metrics; they go to tags or nowhere.
-_NOT_METRICS = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint", "date"}
+TUNE_BOOKKEEPING = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint", "date"}
 HEARTBEAT_S = 30.0
 # Logged with every result; its history tells which steps a run already has.
 _STEP_MARKER = "time_total_s"
@@ -82,7 +82,7 @@ class MlflowTrialLogger(Callback):
         run_id = self._run_id(trial)
         step = int(result.get("training_iteration", 0))
         if step > self._logged_through(run_id):
-            metrics = {k: v for k, v in result.items() if k not in _NOT_METRICS}
+            metrics = {k: v for k, v in result.items() if k not in TUNE_BOOKKEEPING}
             metrics[_STEP_MARKER] = result.get("time_total_s", 0.0)
             self.tracker.log_metrics(run_id, metrics, step=step)
             self._last_step[run_id] = step
@@ -101,15 +101,12 @@ class MlflowTrialLogger(Callback):
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         """Publish the step's files (e.g. samples.png) while the trial runs: watch it in the MLflow UI."""
-        from trainables.checkpoint import step_files
-
         path = getattr(checkpoint, "path", None)
         if not path:
             return
         run_id = self._run_id(trial)
         try:
-            for file in step_files(path):
-                self.tracker.client.log_artifact(run_id, str(file))
+            self.tracker.log_step_files(run_id, path)
         except OSError:  # storage not mounted on this node: published after the stage instead
             pass
 

@@ -21,10 +21,10 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator.spec import Choice, Grid, IntRange, LogUniform, SearcherSpec, SpaceEntry, TuneStage, Uniform
+from orchestrator.spec import Choice, Grid, IntRange, LogUniform, SpaceEntry, TuneStage, Uniform
 from orchestrator.study_state import BestTrial
 from orchestrator.tracking import Tracker, last_line, numeric_metrics
-from orchestrator.trial_logger import MlflowTrialLogger
+from orchestrator.trial_logger import TUNE_BOOKKEEPING, MlflowTrialLogger
 from orchestrator.tune_reporter import TuneReporter
 from trainables import catalog
 from trainables.config import build_config
@@ -62,9 +62,12 @@ def param_space(stage: TuneStage, inputs: Mapping[str, str]) -> dict[str, Any]:
     return {**stage.config, **inputs, **{name: tune_domain(entry) for name, entry in stage.space.items()}}
 
 
-def make_searcher(spec: SearcherSpec, total_trials: int) -> OptunaSearch | None:
+def make_searcher(stage: TuneStage) -> OptunaSearch | None:
+    """Optuna for a stage with something to search; None (Tune's own grid/random) otherwise, since
+    OptunaSearch refuses an empty space (every setting a constant)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if spec.type == "basic":
+    spec, total_trials = stage.searcher, stage.total_trials
+    if spec.type == "basic" or not stage.space:
         return None
     if spec.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=spec.seed)
@@ -113,8 +116,7 @@ def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path
             tune_config=tune.TuneConfig(
                 metric=stage.metric, mode=stage.mode, num_samples=stage.num_samples,
                 max_concurrent_trials=stage.max_concurrent_trials,
-                # Nothing to search (every setting a constant): Optuna would refuse an empty space.
-                search_alg=make_searcher(stage.searcher, stage.total_trials) if stage.space else None, scheduler=make_scheduler(stage),
+                search_alg=make_searcher(stage), scheduler=make_scheduler(stage),
                 trial_dirname_creator=trial_folder_name,
             ),
             run_config=tune.RunConfig(
@@ -184,7 +186,7 @@ def metrics_at_best(result: Any, metric: str, value: float) -> tuple[int | None,
     if rows.empty:
         return None, {}
     row = rows.iloc[0]
-    names = set(result.metrics or {}) - {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp"}
+    names = set(result.metrics or {}) - TUNE_BOOKKEEPING
     metrics = {name: float(row[name]) for name in sorted(names)
                if name in row.index and isinstance(row[name], (int, float)) and math.isfinite(row[name])}
     return int(row.get("training_iteration", 0)) or None, metrics
@@ -234,7 +236,6 @@ def publish_trial_files(stage: TuneStage, results: Any, tracker: Tracker, runs: 
     curve metrics, curves.png. Done after the stage as well as live (the callback), so a trial
     resumed or recreated after a kill still ends with them."""
     from orchestrator.stage_plots import trial_curves_png
-    from trainables.checkpoint import step_files
 
     definition = catalog.trainable(stage.trainable)
     for result in results:
@@ -242,8 +243,7 @@ def publish_trial_files(stage: TuneStage, results: Any, tracker: Tracker, runs: 
         if run_id is None:
             continue
         if result.checkpoint is not None:
-            for path in step_files(result.checkpoint.path):
-                tracker.client.log_artifact(run_id, str(path))
+            tracker.log_step_files(run_id, result.checkpoint.path)
         if definition.curves and result.metrics_dataframe is not None:
             png = trial_curves_png(result.metrics_dataframe, definition.curves,
                                    f"{stage.name} trial {trial_id_of(result)}", definition.baselines)
