@@ -57,12 +57,17 @@ class DCGANConfig:
             raise ValueError("z_dim, ngf, ndf, batch_size and epochs must be >= 1")
         if self.train_size < 0:
             raise ValueError(f"train_size must be >= 0, got {self.train_size}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.beta1 < 1:
-            raise ValueError(f"beta1 must be in [0, 1), got {self.beta1}")
-        if self.fid_images < 2:
-            raise ValueError(f"fid_images must be >= 2, got {self.fid_images}")
+        check_gan_training(self.lr, self.beta1, self.fid_images)
+
+
+def check_gan_training(lr: float, beta1: float, fid_images: int) -> None:
+    """The Adam and FID settings DCGAN and GASTeN share, checked the same way in both configs."""
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if not 0 <= beta1 < 1:
+        raise ValueError(f"beta1 must be in [0, 1), got {beta1}")
+    if fid_images < 2:
+        raise ValueError(f"fid_images must be >= 2, got {fid_images}")
 
 
 class Generator(nn.Module):

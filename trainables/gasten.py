@@ -37,8 +37,8 @@ from trainables import classifier as classifier_module
 from trainables.catalog import Metric, TrainableDef
 from trainables.checkpoint import load_checkpoint
 from trainables.data import load_images, locate
-from trainables.dcgan import (FID_INCEPTION, Discriminator, FidScorer, Generator, build_model, generate,
-                              load_fid_reference, train_gan_epoch)
+from trainables.dcgan import (FID_INCEPTION, Discriminator, FidScorer, Generator, build_model, check_gan_training,
+                              generate, load_fid_reference, train_gan_epoch)
 from trainables.device import resolve_device
 from trainables.fit import fit
 from trainables.metrics.acd import average_confusion_distance, confusion_distance, fixed_noise
@@ -77,14 +77,9 @@ class GastenConfig:
             raise ValueError(f"alpha must be >= 0, got {self.alpha}")
         if self.fid_budget < 1:
             raise ValueError(f"fid_budget must be >= 1 (a ratio to the step-1 FID), got {self.fid_budget}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.beta1 < 1:
-            raise ValueError(f"beta1 must be in [0, 1), got {self.beta1}")
+        check_gan_training(self.lr, self.beta1, self.fid_images)
         if min(self.batch_size, self.epochs, self.acd_images) < 1 or self.train_size < 0:
             raise ValueError("batch_size, epochs and acd_images must be >= 1 and train_size >= 0")
-        if self.fid_images < 2:
-            raise ValueError(f"fid_images must be >= 2, got {self.fid_images}")
 
 
 def positive_probability(classifier: nn.Module, images: torch.Tensor) -> torch.Tensor:
