@@ -180,6 +180,13 @@ def assert_clean_problem_lines(err: str, path) -> list[str]:
     return lines
 
 
+def rejected_lines(path, capsys) -> tuple[list[str], str]:
+    """`--dry-run` of a bad file: exit 2 and only clean one-line problems naming it; (lines, stderr)."""
+    code, err = run_cli(path, capsys)
+    assert code == 2
+    return assert_clean_problem_lines(err, path), err
+
+
 @pytest.mark.parametrize("edit,key,fragment", [case[1:] for case in MALFORMED], ids=[case[0] for case in MALFORMED])
 def test_malformed_spec_is_exit_2_with_a_line_naming_file_and_key(tmp_path, capsys, request, edit, key,
                                                                   fragment):
@@ -187,9 +194,7 @@ def test_malformed_spec_is_exit_2_with_a_line_naming_file_and_key(tmp_path, caps
     edit(study)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
-    code, err = run_cli(path, capsys)
-    assert code == 2
-    lines = assert_clean_problem_lines(err, path)
+    lines, err = rejected_lines(path, capsys)
     assert any(line.startswith(f"{path}: {key}: ") and fragment in line for line in lines), err
     assert len(lines) == 1 + EXTRA_LINES.get(request.node.callspec.id, 0), err
 
@@ -211,9 +216,7 @@ def test_the_unedited_fixture_is_valid(tmp_path, capsys):
 def test_unparseable_or_wrong_shape_file(tmp_path, capsys, text, fragment):
     path = tmp_path / "broken.yaml"
     path.write_text(text)
-    code, err = run_cli(path, capsys)
-    assert code == 2
-    lines = assert_clean_problem_lines(err, path)
+    lines, err = rejected_lines(path, capsys)
     assert len(lines) == 1 and fragment in lines[0], err
 
 
@@ -232,9 +235,7 @@ def test_every_problem_in_a_file_is_reported_at_once(tmp_path, capsys):
     study["colour"] = "blue"
     path = tmp_path / "many.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
-    code, err = run_cli(path, capsys)
-    assert code == 2
-    lines = assert_clean_problem_lines(err, path)
+    lines, err = rejected_lines(path, capsys)
     assert len(lines) == 5, err
     keys = sorted(line.split(": ")[1] for line in lines)
     assert keys == sorted(["colour", "stages[0].num_samples", "stages[0].space.lr", "stages[0].metric",
@@ -276,9 +277,7 @@ def test_values_a_sampler_could_draw_and_yaml_pitfalls_are_caught(tmp_path, caps
     assert old in text
     path = tmp_path / "bad.yaml"
     path.write_text(text.replace(old, new, 1))
-    code, err = run_cli(path, capsys)
-    assert code == 2
-    lines = assert_clean_problem_lines(err, path)
+    lines, err = rejected_lines(path, capsys)
     assert any(line.startswith(f"{path}: {key}: " if key else f"{path}: ") and fragment in line for line in lines), err
 
 
@@ -300,9 +299,7 @@ STAGE = "stages:\n  - {name: c, kind: tune, trainable: classifier, metric: val_a
 def test_odd_input_never_crashes_the_launcher(tmp_path, capsys, data, fragment):
     path = tmp_path / "odd.yaml"
     path.write_bytes(data)
-    code, err = run_cli(path, capsys)
-    assert code == 2
-    lines = assert_clean_problem_lines(err, path)
+    lines, err = rejected_lines(path, capsys)
     assert any(fragment in line for line in lines), err
 
 
