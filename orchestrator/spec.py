@@ -659,9 +659,9 @@ def apply_profile(raw: Any, source: str, profile: str | None) -> tuple[Any, str,
     if chosen not in names:
         problems.add("profiles", f"no profile {chosen!r} (this file has: {', '.join(names)})")
     document = {k: v for k, v in raw.items() if k not in ("profile", "profiles")}
-    if problems.items or chosen == names[0]:
-        if problems.items:
-            raise SpecError(source, problems.items)
+    if problems.items:
+        raise SpecError(source, problems.items)
+    if chosen == names[0]:
         return document, chosen, names
     chain = _profile_chain(chosen, patches, names[0], problems)  # `extends` first, `chosen` last
     stages = document.get("stages")
