@@ -90,19 +90,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def preflight_problems(spec) -> list[str]:
     """Cheap checks that would otherwise fail inside every trial (a missing dataset, say)."""
-    from orchestrator.spec import TuneStage, representative_values
+    from orchestrator.spec import OptunaStage, TuneStage, representative_values
     from trainables import catalog
     from trainables.config import ConfigError, build_config
 
     problems = []
     for index, stage in enumerate(spec.stages):
-        if not isinstance(stage, TuneStage):
+        if isinstance(stage, TuneStage):
+            definition = catalog.trainable(stage.trainable)
+            space = {k: representative_values(v)[0] for k, v in stage.space.items()}
+        elif isinstance(stage, OptunaStage):
+            definition, space = catalog.objective(stage.objective), {}
+        else:
             continue
-        definition = catalog.trainable(stage.trainable)
         if definition.preflight is None:
             continue
-        values = {**stage.config, **{k: representative_values(v)[0] for k, v in stage.space.items()},
-                  **{k: "/unresolved" for k in stage.inputs}}
+        values = {**stage.config, **space, **{k: "/unresolved" for k in stage.inputs}}
         try:
             definition.preflight(build_config(definition.config_cls, values))
         except (ConfigError, OSError, RuntimeError, ValueError) as error:

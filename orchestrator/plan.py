@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from orchestrator.spec import Choice, Grid, IntRange, JobStage, LogUniform, SpaceEntry, StudySpec, TuneStage, Uniform
+from collections.abc import Mapping
+
+from orchestrator.spec import (BranchOption, Choice, Grid, IntRange, JobStage, LogUniform, OptunaStage, SpaceEntry,
+                               StudySpec, TuneStage, Uniform)
 from orchestrator.tracking import TrackingTarget
 
 
@@ -18,6 +21,19 @@ def describe_entry(entry: SpaceEntry) -> str:
     if isinstance(entry, Grid):
         return f"grid{list(entry.values)}"
     raise TypeError(entry)
+
+
+def describe_branches(branches: Mapping[str, Mapping[str, BranchOption]]) -> str:
+    """`reducer: umap(n_neighbors int[5, 50], metric=cosine) | pca(...) | none`, one branch after another."""
+    parts = []
+    for branch, options in branches.items():
+        described = []
+        for option, settings in options.items():
+            inner = [f"{k} {describe_entry(v)}" for k, v in settings.space.items()]
+            inner += [f"{k}={v}" for k, v in settings.fixed.items()]
+            described.append(f"{option}({', '.join(inner)})" if inner else option)
+        parts.append(f"{branch}: {' | '.join(described)}")
+    return "; ".join(parts)
 
 
 def plan_lines(spec: StudySpec, output: str, target: TrackingTarget) -> list[str]:
@@ -45,6 +61,14 @@ def plan_lines(spec: StudySpec, output: str, target: TrackingTarget) -> list[str
                 lines.append("       space: " + "; ".join(f"{k} {describe_entry(v)}" for k, v in stage.space.items()))
             if stage.register:
                 lines.append(f"       registers the best model as {stage.register.name} @{stage.register.alias}")
+        elif isinstance(stage, OptunaStage):
+            seed = f", seed {stage.sampler.seed}" if stage.sampler.seed is not None else ""
+            lines += [
+                f"  {number}. {stage.name}  optuna  objective={stage.objective}  metric={stage.metric} ({stage.mode})",
+                f"       trials: {stage.n_trials} (Optuna {stage.sampler.type}{seed}), {stage.n_jobs} at a time in "
+                f"this process; constraints: {'; '.join(map(str, stage.constraints)) or 'none'}",
+                f"       space: {describe_branches(stage.branches)}",
+            ]
         elif isinstance(stage, JobStage):
             lines.append(f"  {number}. {stage.name}  job   job={stage.job}")
         if stage.inputs:

@@ -7,6 +7,7 @@ the whole file in one pass. Nothing here starts Ray or touches MLflow.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -168,7 +169,62 @@ class JobStage:
     kind: Literal["job"] = "job"
 
 
-Stage = TuneStage | JobStage
+@dataclass(frozen=True)
+class BranchOption:
+    """One option of a conditional choice (`umap` under `reducer`): its searched and fixed settings."""
+
+    space: Mapping[str, SpaceEntry] = field(default_factory=dict)
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A bound a trial's metric must meet to count (`n_clusters: {min: 2}`), so degenerate answers
+    (one cluster, everything noise) cannot win however good their objective looks."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+    def violation(self, value: float | None) -> float:
+        """<= 0 when met (Optuna's convention for constraints); a missing or NaN value violates."""
+        if value is None or math.isnan(value):
+            return 1.0
+        over_min = self.min - value if self.min is not None else -math.inf
+        over_max = value - self.max if self.max is not None else -math.inf
+        return max(over_min, over_max)
+
+    def __str__(self) -> str:
+        bounds = [f"{self.metric} >= {self.min:g}" if self.min is not None else "",
+                  f"{self.metric} <= {self.max:g}" if self.max is not None else ""]
+        return " and ".join(b for b in bounds if b)
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    type: Literal["tpe", "random"] = "tpe"
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class OptunaStage:
+    """A search run by an Optuna study in the launcher process, over an objective's conditional space."""
+
+    name: str
+    objective: str
+    metric: str
+    mode: Literal["max", "min"]
+    config: Mapping[str, Any] = field(default_factory=dict)
+    inputs: Mapping[str, Reference] = field(default_factory=dict)
+    branches: Mapping[str, Mapping[str, BranchOption]] = field(default_factory=dict)
+    constraints: tuple[Constraint, ...] = ()
+    n_trials: int = 20
+    n_jobs: int = 1
+    sampler: SamplerSpec = SamplerSpec()
+    kind: Literal["optuna"] = "optuna"
+
+
+Stage = TuneStage | JobStage | OptunaStage
 
 
 @dataclass(frozen=True)
@@ -390,11 +446,17 @@ def _parse_inputs(raw: Any, key: str, earlier: list[str], later: list[str], prob
 
 def _check_config(config_cls: type, config: Mapping[str, Any], space: Mapping[str, SpaceEntry],
                   inputs: Mapping[str, Reference], key: str, what: str, problems: _Problems,
-                  declared_inputs: Any = None) -> None:
+                  declared_inputs: Any = None, flat: bool = False) -> None:
     """Check names and types of constants, searched settings and inputs against `config_cls`.
 
     `declared_inputs` are the input names as written, valid or not: an input whose reference was
-    already reported as wrong is not reported a second time as a missing setting."""
+    already reported as wrong is not reported a second time as a missing setting. `flat` is for
+    settings written side by side in one mapping (a branch option: `umap: {n_neighbors: ..., metric:
+    cosine}`): problems are keyed `KEY.NAME` rather than `KEY.config.NAME` / `KEY.space.NAME`."""
+
+    def where(group: str, name: str) -> str:
+        return f"{key}.{name}" if flat else f"{key}.{group}.{name}"
+
     count = len(problems.items)
     declared = tuple(declared_inputs) if isinstance(declared_inputs, Mapping) else ()
     known = field_names(config_cls)
@@ -403,27 +465,27 @@ def _check_config(config_cls: type, config: Mapping[str, Any], space: Mapping[st
         for name in names:
             if name not in known:
                 hint = _closest(str(name), known)
-                problems.add(f"{key}.{group}.{name}", f"{what} has no setting {name!r}"
+                problems.add(where(group, name), f"{what} has no setting {name!r}"
                              f"{f' (did you mean {hint!r}?)' if hint else ''}; settings: {', '.join(known)}")
     for name in set(config) & set(space):
-        problems.add(f"{key}.space.{name}", "is also set in config; keep it in one place")
+        problems.add(where("space", name), "is also set in config; keep it in one place")
     for name in set(inputs) & (set(config) | set(space)):
-        problems.add(f"{key}.inputs.{name}", "is also set in config or space; keep it in one place")
+        problems.add(where("inputs", name), "is also set in config or space; keep it in one place")
     for name, entry in space.items():
         if name in known:
             for value in representative_values(entry):
                 _, reason = check_value(name, value, hints[name])
                 if reason is not None:
-                    problems.add(f"{key}.space.{name}", f"sampled values do not fit the setting: {reason}")
+                    problems.add(where("space", name), f"sampled values do not fit the setting: {reason}")
                     break
     for name in inputs:
         if name in known:
             _, reason = check_value(name, "/checkpoint/folder", hints[name])
             if reason is not None:
-                problems.add(f"{key}.inputs.{name}", f"setting {name!r} does not take a checkpoint folder")
+                problems.add(where("inputs", name), f"setting {name!r} does not take a checkpoint folder")
     for name in required_fields(config_cls):
         if name not in config and name not in space and name not in inputs and name not in declared:
-            problems.add(f"{key}.config.{name}", f"required by {what} (give it in config, space or inputs)")
+            problems.add(where("config", name), f"required by {what} (give it in config, space or inputs)")
     # Build once with representative values so range checks (__post_init__) run now, not mid-study.
     if len(problems.items) > count:
         return
@@ -439,12 +501,28 @@ def _check_config(config_cls: type, config: Mapping[str, Any], space: Mapping[st
         except ConfigError as error:
             for name, message in error.problems:
                 if searched is not None:
-                    problems.add(f"{key}.space.{searched}", f"the value {sample[searched]!r} fails: {message}")
-                else:
-                    group = "space" if name in space else "config"
-                    problems.add(f"{key}.{group}.{name}" if name in known else f"{key}.config", message)
+                    problems.add(where("space", searched), f"the value {sample[searched]!r} fails: {message}")
+                elif name in known:
+                    problems.add(where("space" if name in space else "config", name), message)
+                else:  # a range check in __post_init__: name the searched setting whose first value breaks it
+                    culprit = _first_breaking_entry(config_cls, sample, space)
+                    problems.add(where("space", culprit) if culprit else (key if flat else f"{key}.config"), message)
             if searched is None:
                 return
+
+
+def _first_breaking_entry(config_cls: type, sample: Mapping[str, Any], space: Mapping[str, SpaceEntry]) -> str | None:
+    """The searched setting whose sampled value makes `sample` fail, if leaving it at its default fixes it."""
+    defaults = {f.name for f in dataclasses.fields(config_cls)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    for name in space:
+        if name in defaults:
+            try:
+                build_config(config_cls, {k: v for k, v in sample.items() if k != name})
+            except ConfigError:
+                continue
+            return name
+    return None
 
 
 def _parse_tune_stage(raw: Mapping[str, Any], key: str, study: str, earlier: list[str], later: list[str],
@@ -603,7 +681,121 @@ def _parse_job_stage(raw: Mapping[str, Any], key: str, earlier: list[str], later
     return JobStage(name=raw["name"], job=job_name or "", config=dict(config), inputs=inputs)
 
 
-# ---------------------------------------------------------------- entry point
+def _parse_branch_option(raw: Any, option_cls: type, key: str, what: str, problems: _Problems) -> BranchOption | None:
+    """`umap: {n_neighbors: {type: int, low: 5, high: 50}, metric: cosine}`: a mapping is searched, the rest fixed."""
+    raw = _mapping(raw, key, problems)
+    if raw is None:
+        return None
+    space, fixed = {}, {}
+    for name, value in raw.items():
+        if isinstance(value, Mapping):
+            entry = _parse_space_entry(value, f"{key}.{name}", problems)
+            if isinstance(entry, Grid):
+                problems.add(f"{key}.{name}", "grid is for Tune's basic searcher; Optuna samples: use `type: choice`")
+            elif entry is not None:
+                space[str(name)] = entry
+        else:
+            fixed[str(name)] = value
+    _check_config(option_cls, fixed, space, {}, key, what, problems, flat=True)
+    return BranchOption(space=space, fixed=fixed)
+
+
+def _parse_constraints(raw: Any, key: str, definition: catalog.ObjectiveDef | None,
+                       problems: _Problems) -> tuple[Constraint, ...]:
+    raw = _mapping(raw, key, problems) or {}
+    constraints = []
+    for metric, bounds in raw.items():
+        where = f"{key}.{metric}"
+        if definition is not None and metric not in {m.name for m in definition.metrics}:
+            problems.add(where, f"objective {definition.name!r} does not report {metric!r} "
+                         f"(it reports: {', '.join(m.name for m in definition.metrics)})")
+            continue
+        bounds = _mapping(bounds, where, problems)
+        if bounds is None:
+            continue
+        _unknown_keys(bounds, ("min", "max"), where, problems)
+        low, high = _number(bounds, "min", where, problems), _number(bounds, "max", where, problems)
+        if low is None and high is None:
+            problems.add(where, "give min, max or both, like {min: 2}")
+        elif low is not None and high is not None and low > high:
+            problems.add(where, f"min must be <= max ({low} > {high})")
+        else:
+            constraints.append(Constraint(str(metric), low, high))
+    return tuple(constraints)
+
+
+def _parse_optuna_stage(raw: Mapping[str, Any], key: str, earlier: list[str], later: list[str],
+                        problems: _Problems) -> OptunaStage | None:
+    allowed = ("name", "kind", "objective", "config", "space", "inputs", "metric", "constraints", "n_trials",
+               "n_jobs", "sampler")
+    _unknown_keys(raw, allowed, key, problems)
+    objective_name = _string(raw, "objective", key, problems, required=True)
+    definition = None
+    if objective_name is not None:
+        try:
+            definition = catalog.objective(objective_name)
+        except catalog.UnknownEntryError as error:
+            problems.add(f"{key}.objective", str(error))
+    config = _mapping(raw.get("config"), f"{key}.config", problems) or {}
+    inputs = _parse_inputs(raw.get("inputs"), f"{key}.inputs", earlier, later, problems)
+    space_raw = _mapping(raw.get("space"), f"{key}.space", problems) or {}
+    branches: dict[str, dict[str, BranchOption]] = {}
+    mode = "max"
+    metric = _string(raw, "metric", key, problems, required=True)
+    if definition is not None:
+        what = f"objective {objective_name!r}"
+        _check_config(definition.config_cls, config, {}, inputs, key, what, problems,
+                      declared_inputs=raw.get("inputs"))
+        for branch, options_raw in space_raw.items():
+            where = f"{key}.space.{branch}"
+            known = definition.branches.get(branch)
+            if known is None:
+                names = ", ".join(definition.branches) or "none"
+                problems.add(where, f"{what} searches no {branch!r} (its branches: {names}); fixed settings go "
+                             f"in config")
+                continue
+            options_raw = _mapping(options_raw, where, problems)
+            if options_raw is None:
+                continue
+            if not options_raw:
+                problems.add(where, f"name at least one {branch} to try ({', '.join(known)})")
+            options = {}
+            for option, settings in options_raw.items():
+                if option not in known:
+                    hint = _closest(str(option), tuple(known))
+                    problems.add(f"{where}.{option}", f"unknown {branch} {option!r}"
+                                 f"{f' (did you mean {hint!r}?)' if hint else ''}; known: {', '.join(known)}")
+                    continue
+                parsed = _parse_branch_option(settings, known[option], f"{where}.{option}",
+                                              f"{branch} {option!r}", problems)
+                if parsed is not None:
+                    options[str(option)] = parsed
+            branches[str(branch)] = options
+        for branch in definition.branches:
+            if branch not in space_raw:
+                problems.add(f"{key}.space.{branch}", f"required: the {branch} options to search "
+                             f"(from: {', '.join(definition.branches[branch])})")
+        if metric is not None:
+            try:
+                mode = definition.metric(metric).mode
+            except KeyError:
+                problems.add(f"{key}.metric", f"objective {objective_name!r} does not report {metric!r} "
+                             f"(it reports: {', '.join(m.name for m in definition.metrics)})")
+    constraints = _parse_constraints(raw.get("constraints"), f"{key}.constraints", definition, problems)
+    n_trials = _number(raw, "n_trials", key, problems, integer=True, default=20)
+    if n_trials is not None and n_trials < 1:
+        problems.add(f"{key}.n_trials", f"must be >= 1, got {n_trials}")
+    n_jobs = _number(raw, "n_jobs", key, problems, integer=True, default=1)
+    if n_jobs is not None and n_jobs < 1:
+        problems.add(f"{key}.n_jobs", f"must be >= 1 (trials run in that many threads), got {n_jobs}")
+    sampler_raw = _mapping(raw.get("sampler"), f"{key}.sampler", problems) or {}
+    _unknown_keys(sampler_raw, ("type", "seed"), f"{key}.sampler", problems)
+    sampler = SamplerSpec(_string(sampler_raw, "type", f"{key}.sampler", problems, default="tpe",
+                                  choices=("tpe", "random")) or "tpe",
+                          _number(sampler_raw, "seed", f"{key}.sampler", problems, integer=True))
+    return OptunaStage(name=raw["name"], objective=objective_name or "", metric=metric or "", mode=mode,
+                       config=dict(config), inputs=inputs, branches=branches, constraints=constraints,
+                       n_trials=n_trials or 20, n_jobs=n_jobs or 1, sampler=sampler)
 
 
 # ---------------------------------------------------------------- profiles
@@ -768,8 +960,10 @@ def parse_study(raw: Any, source: str, default_output: Path | None = None, profi
             stage = _parse_tune_stage(stage_raw, key, study or "study", earlier, later, problems)
         elif kind == "job":
             stage = _parse_job_stage(stage_raw, key, earlier, later, problems)
+        elif kind == "optuna":
+            stage = _parse_optuna_stage(stage_raw, key, earlier, later, problems)
         else:
-            problems.add(f"{key}.kind", f"must be one of tune, job, got {kind!r}")
+            problems.add(f"{key}.kind", f"must be one of tune, optuna, job, got {kind!r}")
             continue
         if stage is not None:
             stages.append(stage)

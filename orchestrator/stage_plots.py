@@ -19,8 +19,10 @@ def _better(a: float, b: float, mode: str) -> bool:
     return a > b if mode == "max" else a < b
 
 
-def plot_search_history(values: Sequence[float | None], metric: str, mode: str, stage: str, path: Path) -> None:
-    """Each trial's best value in start order (None: failed), with the running best: did the search converge?"""
+def plot_search_history(values: Sequence[float | None], metric: str, mode: str, stage: str, path: Path,
+                        missing_label: str = "failed") -> None:
+    """Each trial's best value in start order (None: failed, or `missing_label`), with the running best:
+    did the search converge?"""
     plt = pyplot()
     running, best = [], None
     for value in values:
@@ -37,7 +39,7 @@ def plot_search_history(values: Sequence[float | None], metric: str, mode: str, 
     if failed:
         finite = [v for v in values if v is not None]
         axis.scatter(failed, [min(finite) if finite else 0] * len(failed), marker="x", color="tab:red",
-                     label="failed")
+                     label=missing_label)
     axis.set_xlabel("trial (in start order)")
     axis.set_ylabel(f"{metric} ({'higher' if mode == 'max' else 'lower'} is better)")
     axis.set_title(f"{stage}: search history")

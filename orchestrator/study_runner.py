@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.spec import JobStage, Stage, StudySpec, TuneStage
+from orchestrator.spec import JobStage, OptunaStage, Stage, StudySpec, TuneStage
 from orchestrator.study_state import StudyState, save_state
 from orchestrator.tracking import Tracker, last_line
 
@@ -51,6 +51,14 @@ def stage_params(stage: Stage) -> dict[str, Any]:
     """What the parent run records about how its stage was set up."""
     if isinstance(stage, JobStage):
         return {"job": stage.job, "config": dict(stage.config),
+                "inputs": {k: str(v) for k, v in stage.inputs.items()}}
+    if isinstance(stage, OptunaStage):
+        from orchestrator.plan import describe_branches
+
+        return {"objective": stage.objective, "metric": stage.metric, "mode": stage.mode, "n_trials": stage.n_trials,
+                "n_jobs": stage.n_jobs, "sampler": stage.sampler.type, "seed": stage.sampler.seed,
+                "constraints": "; ".join(map(str, stage.constraints)) or "none", "config": dict(stage.config),
+                "space": {branch: describe_branches({branch: options}) for branch, options in stage.branches.items()},
                 "inputs": {k: str(v) for k, v in stage.inputs.items()}}
     return {
         "trainable": stage.trainable, "metric": stage.metric, "mode": stage.mode, "num_samples": stage.num_samples,
@@ -112,6 +120,8 @@ class StudyRunner:
         try:
             if isinstance(stage, TuneStage):
                 self.run_tune(stage, inputs, parent)
+            elif isinstance(stage, OptunaStage):
+                self.run_optuna(stage, inputs, parent)
             else:
                 self.run_job(stage, inputs, parent)
         except KeyboardInterrupt:
@@ -162,6 +172,29 @@ class StudyRunner:
             stage_state.registered = registered
             self.tracker.set_tags(parent, {"gensearch.registered": f"{registered.name} v{registered.version}"})
         print(f"[{stage.name}] best trial {best.trial_id}: {best.metric}={best.value:.4g}", flush=True)
+
+    def run_optuna(self, stage: OptunaStage, inputs: dict[str, str], parent: str) -> None:
+        from orchestrator.optuna_stage import run_optuna_stage
+
+        outcome = run_optuna_stage(stage=stage, inputs=inputs, workdir=self.output / "optuna" / stage.name,
+                                   tracker=self.tracker, parent_run_id=parent,
+                                   study_name=f"{self.spec.name}.{stage.name}")
+        best = outcome.best
+        stage_state = self.state.stage(stage.name)
+        stage_state.best, stage_state.output = best, str(outcome.workdir)
+        stage_state.trials, stage_state.failed_trials = outcome.trials, outcome.infeasible
+        self.save()
+        self.tracker.log_metrics(parent, {**{f"best_{k}": v for k, v in best.metrics.items()},
+                                          "trials": outcome.trials, "infeasible_trials": outcome.infeasible})
+        self.tracker.set_tags(parent, {"gensearch.best_trial_id": best.trial_id,
+                                       "gensearch.best_child_run_id": best.child_run_id or ""})
+        for name in ("trials.csv", "search_history.png"):
+            path = outcome.workdir / name
+            if path.is_file():
+                self.tracker.client.log_artifact(parent, str(path))
+        self.tracker.log_artifacts(parent, Path(best.checkpoint), "best")
+        others = ", ".join(f"{k}={v:.3g}" for k, v in best.metrics.items() if k != best.metric and not k.endswith("_s"))
+        print(f"[{stage.name}] best trial {best.trial_id}: {best.metric}={best.value:.4g} ({others})", flush=True)
 
     def run_job(self, stage: JobStage, inputs: dict[str, str], parent: str) -> None:
         from orchestrator.job_stage import run_job_stage

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.spec import JobStage, StudySpec, TuneStage
+from orchestrator.spec import JobStage, OptunaStage, StudySpec, TuneStage
 from orchestrator.study_state import StudyState
 from orchestrator.tracking import TrackingTarget
 
@@ -56,6 +56,10 @@ def detail_lines(spec: StudySpec, state: StudyState) -> list[str]:
         s = state.stage(stage.name)
         if isinstance(stage, JobStage) and s.metrics:
             lines.append(f"  {stage.name}: " + ", ".join(f"{k}={v:.4g}" for k, v in s.metrics.items()))
+        if isinstance(stage, OptunaStage) and s.best is not None:
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in s.best.metrics.items() if not k.endswith("_s"))
+            lines.append(f"  {stage.name} best (trial {s.best.trial_id}): {shown}")
+            lines.append(f"  {stage.name} best settings: " + ", ".join(f"{k}={v}" for k, v in s.best.config.items()))
         if not isinstance(stage, TuneStage) or s.best is None or not s.best.metrics:
             continue
         try:

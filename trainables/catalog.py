@@ -76,6 +76,44 @@ class JobDef:
     preflight: Callable[[Any], None] | None = None
 
 
+# A trial's pick in one branch of a conditional space: the option's name and its built config,
+# e.g. ("umap", UmapConfig(n_neighbors=12, ...)).
+BranchPick = tuple[str, Any]
+
+
+@dataclass(frozen=True)
+class ObjectiveDef:
+    """An objective an Optuna study searches in the launcher process (stage kind `optuna`).
+
+    Its trials are cheap functions of data prepared once (clustering the embeddings of generated
+    images takes seconds), so they need no Ray scheduling: `prepare(config, workdir)` runs once per
+    stage and may cache in `workdir` (a resumed stage does not redo it), `evaluate(config, picks,
+    data)` runs once per trial, and `finalize(config, picks, data, folder)` writes the best trial's
+    result folder, which later stages receive by reference (`clustering.best`).
+
+    `branches` declare the conditional space: {"reducer": {"umap": UmapConfig, "pca": PcaConfig}}.
+    The YAML picks which options to search and each option's settings; a trial receives one
+    BranchPick per branch.
+    """
+
+    name: str
+    config_cls: type
+    branches: Mapping[str, Mapping[str, type]]
+    prepare: Callable[[Any, Path], Any]
+    evaluate: Callable[[Any, Mapping[str, BranchPick], Any], Mapping[str, float]]
+    finalize: Callable[[Any, Mapping[str, BranchPick], Any, Path], None]
+    metrics: tuple[Metric, ...]
+    description: str
+    preflight: Callable[[Any], None] | None = None
+    describe_data: Callable[[Any], Mapping[str, float]] | None = None  # logged on the stage's run
+
+    def metric(self, name: str) -> Metric:
+        for metric in self.metrics:
+            if metric.name == name:
+                return metric
+        raise KeyError(name)
+
+
 class UnknownEntryError(LookupError):
     pass
 
@@ -87,9 +125,15 @@ def _builtin_trainables() -> dict[str, TrainableDef]:
 
 
 def _builtin_jobs() -> dict[str, JobDef]:
-    from trainables import evaluate_classifier
+    from trainables import evaluate_classifier, prototypes
 
-    return {entry.name: entry for entry in (evaluate_classifier.EVALUATE_CLASSIFIER,)}
+    return {entry.name: entry for entry in (evaluate_classifier.EVALUATE_CLASSIFIER, prototypes.PROTOTYPES)}
+
+
+def _builtin_objectives() -> dict[str, ObjectiveDef]:
+    from trainables import clustering_search
+
+    return {entry.name: entry for entry in (clustering_search.CLUSTERING,)}
 
 
 def _import_entry(path: str, kind: type) -> Any:
@@ -122,9 +166,17 @@ def job(name: str) -> JobDef:
     return _lookup(name, _builtin_jobs(), JobDef)
 
 
+def objective(name: str) -> ObjectiveDef:
+    return _lookup(name, _builtin_objectives(), ObjectiveDef)
+
+
 def trainable_names() -> list[str]:
     return sorted(_builtin_trainables())
 
 
 def job_names() -> list[str]:
     return sorted(_builtin_jobs())
+
+
+def objective_names() -> list[str]:
+    return sorted(_builtin_objectives())

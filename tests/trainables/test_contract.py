@@ -86,9 +86,24 @@ def test_classifier_model_rebuilt_from_checkpoint_gives_logits_per_class(classes
         assert torch.equal(model.state_dict()[key], tensor), key
 
 
-@pytest.mark.parametrize("name", catalog.job_names())
+def test_every_job_has_a_run_test_here():
+    assert catalog.job_names() == ["evaluate_classifier", "prototypes"], "a new job needs its inputs built here"
+
+
+def test_prototypes_job_reports_every_declared_metric(tmp_path):
+    from tests.trainables.test_prototypes import synthetic_result
+    from trainables.prototypes import save_clustering_result
+
+    folder = save_clustering_result(tmp_path / "clustering", synthetic_result())
+    definition = catalog.job("prototypes")
+    reporter = ListReporter()
+    definition.run(build_config(definition.config_cls, {"clustering": str(folder), "k": 2}), reporter, tmp_path)
+    for metric in definition.metrics:
+        assert math.isfinite(reporter.last(metric.name)), metric.name
+
+
+@pytest.mark.parametrize("name", ["evaluate_classifier"])
 def test_job_writes_its_files_and_reports_its_metrics(name, tmp_path):
-    assert name == "evaluate_classifier", "a new job needs its inputs built here"
     checkpoint = save_checkpoint(tiny_run(CLASSIFIER).last_checkpoint, tmp_path / "ckpt")
     definition = catalog.job(name)
     reporter = ListReporter()
@@ -141,7 +156,7 @@ def test_catalog_resolves_module_paths_and_names_what_it_knows():
         catalog.trainable("gan9")
     assert f"unknown trainable 'gan9' (known: {', '.join(catalog.trainable_names())};" in str(error.value)
     assert "classifier" in catalog.trainable_names()
-    with pytest.raises(catalog.UnknownEntryError, match=r"unknown job 'score' \(known: evaluate_classifier;"):
+    with pytest.raises(catalog.UnknownEntryError, match=r"unknown job 'score' \(known: evaluate_classifier, prototypes;"):
         catalog.job("score")
     with pytest.raises(catalog.UnknownEntryError, match="is a TrainableDef, not a JobDef"):
         catalog.job("trainables.classifier:CLASSIFIER")

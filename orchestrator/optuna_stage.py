@@ -1,0 +1,291 @@
+"""Run one `optuna` stage: an Optuna study over an objective's conditional space, in this process.
+
+Why not Ray Tune: these trials (reduce and cluster a few thousand embeddings) take seconds and all
+read one prepared data set held in memory; shipping it to Ray workers would cost more than the
+trials. They run in `n_jobs` threads of the launcher (UMAP's numba loops, hdbscan and BLAS do their
+heavy work outside the GIL), and TPE then uses `constant_liar` so parallel trials do not all
+sample the same point. UMAP's numba compilation is paid once per launcher, not once per trial.
+
+Persistence and resume: the study lives in `<workdir>/optuna.db` (SQLite) under the name
+`<study>.<stage>`. A resumed stage loads it and runs only the trials still missing, so the count
+of completed trials reaches `n_trials` exactly. A trial that was running when the launcher died
+cannot be continued (Optuna keeps no mid-trial state): it is marked FAIL and its parameters are
+queued again, re-using its MLflow child run, so MLflow never holds two runs for one trial.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+import threading
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.spec import Choice, Constraint, IntRange, LogUniform, OptunaStage, SpaceEntry, Uniform
+from orchestrator.study_state import BestTrial
+from orchestrator.tracking import TAG_RUN_NAME, TAG_TRIAL, Tracker, last_line
+from trainables import catalog
+from trainables.catalog import BranchPick
+from trainables.config import build_config
+
+CHILD_RUN = "gensearch.child_run_id"  # trial user attribute: its MLflow child run
+RETRY_OF = "gensearch.retry_of"  # trial user attribute: the number of the killed trial it re-runs
+METRICS = "gensearch.metrics"  # trial user attribute: everything the objective returned
+VIOLATIONS = "gensearch.constraint_violations"  # trial user attribute: <= 0 means met
+TAG_FEASIBLE = "gensearch.feasible"
+TAG_RETRY_OF = "gensearch.retry_of"
+BEST_FOLDER = "best"
+
+
+@dataclass(frozen=True)
+class OptunaOutcome:
+    best: BestTrial
+    trials: int  # completed trials
+    infeasible: int  # completed trials that broke a constraint
+    workdir: Path
+
+
+def suggest(trial: Any, name: str, entry: SpaceEntry) -> Any:
+    if isinstance(entry, Uniform):
+        return trial.suggest_float(name, entry.low, entry.high)
+    if isinstance(entry, LogUniform):
+        return trial.suggest_float(name, entry.low, entry.high, log=True)
+    if isinstance(entry, IntRange):
+        return trial.suggest_int(name, entry.low, entry.high, log=entry.log)
+    if isinstance(entry, Choice):
+        return trial.suggest_categorical(name, list(entry.values))
+    raise TypeError(f"{name}: Optuna stages cannot search {type(entry).__name__}")
+
+
+def sample_picks(trial: Any, stage: OptunaStage) -> dict[str, tuple[str, dict[str, Any]]]:
+    """One option per branch, then that option's settings (named `branch.option.setting`, so
+    two options' `n_components` are separate parameters with their own ranges)."""
+    picks = {}
+    for branch, options in stage.branches.items():
+        option = trial.suggest_categorical(branch, list(options))
+        settings = dict(options[option].fixed)
+        for name, entry in options[option].space.items():
+            settings[name] = suggest(trial, f"{branch}.{option}.{name}", entry)
+        picks[branch] = (option, settings)
+    return picks
+
+
+def describe_picks(picks: Mapping[str, tuple[str, Mapping[str, Any]]]) -> str:
+    """`umap(n_neighbors=12, min_dist=0.05) + hdbscan(min_cluster_size=8)`: a trial in one line."""
+    def value(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    return " + ".join(f"{option}({', '.join(f'{k}={value(v)}' for k, v in settings.items())})"
+                      for option, settings in picks.values())
+
+
+def flat_params(picks: Mapping[str, tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for branch, (option, settings) in picks.items():
+        params[branch] = option
+        params.update({f"{branch}.{option}.{name}": value for name, value in settings.items()})
+    return params
+
+
+def violations(constraints: tuple[Constraint, ...], metrics: Mapping[str, float]) -> list[float]:
+    return [constraint.violation(metrics.get(constraint.metric)) for constraint in constraints]
+
+
+def make_sampler(stage: OptunaStage, completed: int):
+    import optuna
+
+    # A resumed study gets a different seed, or it would replay the first run's random start-up points.
+    seed = None if stage.sampler.seed is None else stage.sampler.seed + completed
+    if stage.sampler.type == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():  # `group` (sample each option's settings as a group) is "experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=stage.n_jobs > 1)
+
+
+def requeue_stale_trials(study: Any, stage: OptunaStage, tracker: Tracker, parent_run_id: str) -> int:
+    """Trials left RUNNING by a killed launcher: FAIL them and queue their parameters again, with
+    their MLflow child run, which the re-run reuses. Child runs no trial refers to any more (the
+    kill came between creating the run and recording it) are closed as KILLED."""
+    from optuna.trial import TrialState
+
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        study.tell(trial.number, state=TrialState.FAIL)
+        attrs = {RETRY_OF: trial.number}
+        if trial.user_attrs.get(CHILD_RUN):
+            attrs[CHILD_RUN] = trial.user_attrs[CHILD_RUN]
+        study.enqueue_trial(dict(trial.params), user_attrs=attrs)
+        print(f"[{stage.name}] trial {trial.number} was cut off by the last stop: queued again", flush=True)
+    waiting = {t.user_attrs.get(CHILD_RUN) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
+    for run in tracker.children(parent_run_id).values():
+        if run.info.status == "RUNNING" and run.info.run_id not in waiting:
+            tracker.finish(run.info.run_id, "KILLED", "cut off by a stop before its trial was recorded")
+    return len(stale)
+
+
+class TrialRunner:
+    """The objective Optuna calls: one trial = sample, evaluate, check constraints, log to MLflow."""
+
+    def __init__(self, stage: OptunaStage, definition: catalog.ObjectiveDef, config: Any, data: Any,
+                 tracker: Tracker, parent_run_id: str, completed: int) -> None:
+        self.stage, self.definition, self.config, self.data = stage, definition, config, data
+        self.tracker, self.parent_run_id = tracker, parent_run_id
+        self.done, self.best = completed, None
+        self.lock = threading.Lock()
+
+    def child_run(self, trial: Any, params: Mapping[str, Any]) -> str:
+        run_id = trial.user_attrs.get(CHILD_RUN)
+        trial_id = str(trial.number)
+        if run_id:  # the re-run of a trial a stop cut off: same run, now under this trial's number
+            self.tracker.client.update_run(run_id, status="RUNNING")
+            self.tracker.set_tags(run_id, {TAG_TRIAL: trial_id, TAG_RUN_NAME: f"{self.stage.name}-{trial_id}",
+                                           TAG_RETRY_OF: trial.user_attrs.get(RETRY_OF, "")})
+            return run_id
+        run_id = self.tracker.create_child(self.parent_run_id, self.stage.name, trial_id, params)
+        trial.set_user_attr(CHILD_RUN, run_id)
+        return run_id
+
+    def __call__(self, trial: Any) -> float:
+        raw_picks = sample_picks(trial, self.stage)
+        params = flat_params(raw_picks)
+        run_id = self.child_run(trial, params)
+        try:
+            picks: dict[str, BranchPick] = {
+                branch: (option, build_config(self.definition.branches[branch][option], settings))
+                for branch, (option, settings) in raw_picks.items()}
+            metrics = {k: float(v) for k, v in self.definition.evaluate(self.config, picks, self.data).items()}
+        except BaseException as error:
+            status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+            self.tracker.finish(run_id, status, last_line(error, type(error).__name__))
+            raise
+        broken = violations(self.stage.constraints, metrics)
+        feasible = all(v <= 0 for v in broken)
+        trial.set_user_attr(METRICS, metrics)
+        trial.set_user_attr(VIOLATIONS, broken)
+        for constraint, violation in zip(self.stage.constraints, broken):
+            trial.set_constraint(str(constraint), violation)  # TPE learns where the feasible region is
+        self.tracker.log_metrics(run_id, {**metrics, "feasible": float(feasible)})
+        self.tracker.set_tags(run_id, {TAG_FEASIBLE: str(feasible).lower()})
+        self.tracker.finish(run_id)
+        value = metrics.get(self.stage.metric, math.nan)
+        if not math.isfinite(value):  # an undefined score (one cluster): the worst, not a failure
+            value = -math.inf if self.stage.mode == "max" else math.inf
+        self.progress(trial.number, raw_picks, metrics, value, feasible)
+        return value
+
+    def progress(self, number: int, picks: Mapping[str, Any], metrics: Mapping[str, float], value: float,
+                 feasible: bool) -> None:
+        with self.lock:
+            self.done += 1
+            if feasible and math.isfinite(value) and (self.best is None or (
+                    value > self.best if self.stage.mode == "max" else value < self.best)):
+                self.best = value
+            shown = [f"{k}={v:.3g}" for k, v in metrics.items() if not k.endswith("_s")][:5]
+            broken = [str(c) for c, v in zip(self.stage.constraints, violations(self.stage.constraints, metrics))
+                      if v > 0]
+            verdict = f" · breaks {', '.join(broken)}" if broken else ""
+            best = f" · best {self.best:.4g}" if self.best is not None else ""
+            print(f"[{self.stage.name}] {self.done}/{self.stage.n_trials} trial {number}: {describe_picks(picks)} -> "
+                  f"{', '.join(shown)}{verdict}{best}", flush=True)
+
+
+def best_trial(trials: list[Any], stage: OptunaStage) -> Any | None:
+    """The best completed trial that meets every constraint (Optuna's own best ignores constraints)."""
+    candidates = [t for t in trials if t.value is not None and math.isfinite(t.value)
+                  and all(v <= 0 for v in t.user_attrs.get(VIOLATIONS, []))]
+    if not candidates:
+        return None
+    sign = -1 if stage.mode == "max" else 1
+    return min(candidates, key=lambda t: (sign * t.value, t.number))
+
+
+def write_trials_csv(trials: list[Any], path: Path) -> None:
+    rows = []
+    for trial in trials:
+        metrics = trial.user_attrs.get(METRICS, {})
+        rows.append({"trial": trial.number, "state": trial.state.name, "value": trial.value,
+                     "feasible": all(v <= 0 for v in trial.user_attrs.get(VIOLATIONS, [1.0])),
+                     **trial.params, **metrics})
+    names = list(dict.fromkeys(key for row in rows for key in row))
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run_optuna_stage(*, stage: OptunaStage, inputs: Mapping[str, str], workdir: Path, tracker: Tracker,
+                     parent_run_id: str, study_name: str) -> OptunaOutcome:
+    import optuna
+    from optuna.trial import TrialState
+
+    from orchestrator.stage_plots import plot_search_history
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our one line per trial says more
+    definition = catalog.objective(stage.objective)
+    config = build_config(definition.config_cls, {**stage.config, **inputs})
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = definition.prepare(config, workdir)
+    if definition.describe_data is not None:
+        tracker.log_metrics(parent_run_id, definition.describe_data(data))
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(workdir / 'optuna.db').resolve()}",
+                                         engine_kwargs={"connect_args": {"timeout": 60}})
+    try:
+        previous = optuna.load_study(study_name=study_name, storage=storage)
+        completed = len(previous.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    except KeyError:  # a first run: no such study yet
+        completed = 0
+    study = optuna.create_study(study_name=study_name, storage=storage, sampler=make_sampler(stage, completed),
+                                direction="maximize" if stage.mode == "max" else "minimize", load_if_exists=True)
+    requeue_stale_trials(study, stage, tracker, parent_run_id)
+    remaining = stage.n_trials - completed
+    where = f"{workdir / 'optuna.db'} (study {study_name!r})"
+    if remaining > 0:
+        print(f"[{stage.name}] {remaining} of {stage.n_trials} trials to run, {stage.n_jobs} at a time; "
+              f"Optuna {stage.sampler.type} on {stage.metric} ({stage.mode}); storage {where}", flush=True)
+        runner = TrialRunner(stage, definition, config, data, tracker, parent_run_id, completed)
+        # Queued re-runs go first, one at a time: on SQLite two threads can pop the same queued trial.
+        queued = min(remaining, len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
+        if queued:
+            study.optimize(runner, n_trials=queued, n_jobs=1, catch=())
+        if remaining > queued:
+            study.optimize(runner, n_trials=remaining - queued, n_jobs=stage.n_jobs, catch=())
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    best = best_trial(trials, stage)
+    if best is None:
+        rules = "; ".join(map(str, stage.constraints)) or "a finite objective"
+        raise RuntimeError(f"none of the {len(trials)} trials met the constraints ({rules}); loosen `constraints` "
+                           f"or widen the space")
+    picks = {branch: (best.params[branch], {**stage.branches[branch][best.params[branch]].fixed,
+                                            **{name.split(".", 2)[2]: value for name, value in best.params.items()
+                                               if name.startswith(f"{branch}.{best.params[branch]}.")}})
+             for branch in stage.branches}
+    built = {branch: (option, build_config(definition.branches[branch][option], settings))
+             for branch, (option, settings) in picks.items()}
+    folder = workdir / BEST_FOLDER
+    scratch = workdir / f"{BEST_FOLDER}.tmp"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    definition.finalize(config, built, data, scratch)
+    shutil.rmtree(folder, ignore_errors=True)
+    scratch.rename(folder)  # a kill never leaves half a result folder for a later stage to read
+
+    write_trials_csv(study.get_trials(deepcopy=False), workdir / "trials.csv")
+    values = [t.value if math.isfinite(t.value) and all(v <= 0 for v in t.user_attrs.get(VIOLATIONS, [])) else None
+              for t in sorted(trials, key=lambda t: t.number)]
+    plot_search_history(values, stage.metric, stage.mode, stage.name, workdir / "search_history.png",
+                        missing_label="broke a constraint")
+    child = best.user_attrs.get(CHILD_RUN)
+    if child:
+        tracker.log_artifacts(child, folder, BEST_FOLDER)
+    infeasible = sum(1 for t in trials if any(v > 0 for v in t.user_attrs.get(VIOLATIONS, [])))
+    return OptunaOutcome(
+        best=BestTrial(trial_id=str(best.number), metric=stage.metric, value=float(best.value), checkpoint=str(folder),
+                       config=flat_params(picks), child_run_id=child, metrics=dict(best.user_attrs.get(METRICS, {}))),
+        trials=len(trials), infeasible=infeasible, workdir=workdir)
+
