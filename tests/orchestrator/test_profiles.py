@@ -25,7 +25,8 @@ def with_profiles(profiles: dict, base: str | None = "quick") -> dict:
 def test_gasten_mnist_offers_a_quick_default_and_paper_profiles():
     quick = load_study(GASTEN)
     assert quick.profile == "quick" and quick.profiles[:2] == ("quick", "paper")
-    assert [stage.name for stage in quick.stages] == ["classifier", "classifier_test", "gan", "gasten"]
+    assert [stage.name for stage in quick.stages] == ["classifier", "classifier_test", "gan", "gasten", "clustering",
+                                                      "prototypes"]
     assert quick.output == Path("runs/gasten_mnist")
     paper = load_study(GASTEN, profile="paper")
     assert paper.output == Path("runs/gasten_mnist-paper")
@@ -38,6 +39,9 @@ def test_gasten_mnist_offers_a_quick_default_and_paper_profiles():
     pair = load_study(GASTEN, profile="paper-5v3")  # extends paper, then changes the digit pair
     assert pair.stage("classifier").config["classes"] == [5, 3] and pair.stage("gan").config["epochs"] == 10
     assert pair.output == Path("runs/gasten_mnist-paper-5v3")
+    # The optuna stage is patched like any other: the paper's 15,000 images, its branches untouched.
+    assert (paper.stage("clustering").config["images"], paper.stage("clustering").n_trials) == (15000, 100)
+    assert paper.stage("clustering").branches == quick.stage("clustering").branches
 
 
 def test_a_profile_patches_stage_keys_deeply_and_replaces_space_entries_whole():
