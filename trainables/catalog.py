@@ -119,15 +119,19 @@ class UnknownEntryError(LookupError):
 
 
 def _builtin_trainables() -> dict[str, TrainableDef]:
-    from trainables import classifier, dcgan, gasten
+    from trainables import classifier, dcgan, gasten, vae
+    from trainables.ood import kplus1, odin_search
 
-    return {entry.name: entry for entry in (classifier.CLASSIFIER, dcgan.DCGAN, gasten.GASTEN)}
+    return {entry.name: entry for entry in (classifier.CLASSIFIER, dcgan.DCGAN, gasten.GASTEN, vae.VAE_TRAINABLE,
+                                            kplus1.KPLUS1, odin_search.ODIN)}
 
 
 def _builtin_jobs() -> dict[str, JobDef]:
     from trainables import evaluate_classifier, prototypes
+    from trainables.ood import evaluate as evaluate_ood
 
-    return {entry.name: entry for entry in (evaluate_classifier.EVALUATE_CLASSIFIER, prototypes.PROTOTYPES)}
+    return {entry.name: entry for entry in (evaluate_classifier.EVALUATE_CLASSIFIER, prototypes.PROTOTYPES,
+                                            evaluate_ood.EVALUATE_OOD)}
 
 
 def _builtin_objectives() -> dict[str, ObjectiveDef]:

@@ -1,0 +1,161 @@
+"""Job: every OOD method on every test OOD set, as one table a paper would print.
+
+The methods' settings were chosen on validation data (the classifier's held-out split against a
+validation OOD set); only here do the test sets appear: MNIST's test split in-distribution, and
+Fashion-MNIST test, KMNIST test and uniform noise out (by default). Each method also reports its
+in-distribution test accuracy, so a detector that buys separation with accuracy is visible.
+
+Writes `ood_table.md`, `ood_table.parquet` (one row per method x OOD set), `roc_curves.png` (a
+panel per OOD set, a curve per method) and `metrics.json`; reports `<method>.<set>.<metric>`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainables.catalog import JobDef, Metric
+from trainables.checkpoint import load_checkpoint
+from trainables.data import load_images
+from trainables.device import resolve_device
+from trainables.ood import kplus1
+from trainables.ood.detectors import Detector, MaxSoftmax, Odin
+from trainables.ood.metrics import METRIC_KEYS, ood_metrics
+from trainables.ood.odin_search import load_classifier
+from trainables.ood.sets import ood_set
+from trainables.plotting import pyplot
+from trainables.reporter import Reporter
+
+TEST_SEED = 0  # the test OOD images (odin_search draws its validation images with another seed)
+
+
+@dataclass(frozen=True)
+class EvaluateOodConfig:
+    classifier: str  # the plain classifier (max-softmax and ODIN): `inputs: {classifier: classifier.best}`
+    odin: str = ""  # an odin result folder (`odin.best`) for its searched T and epsilon; "" = the paper's 1000, 0.002
+    kplus1: str = ""  # a kplus1 checkpoint folder (`kplus1.best`); "" leaves the method out
+    test_sets: tuple[str, ...] = ("fashion_mnist", "kmnist", "uniform_noise")
+    images: int = 2000  # per OOD set, and in-distribution test images
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.classifier:
+            raise ValueError("classifier is empty: give a classifier checkpoint folder (inputs: {classifier: "
+                             "classifier.best})")
+        if not self.test_sets:
+            raise ValueError("test_sets is empty: name at least one OOD set (e.g. fashion_mnist)")
+        if self.images < 10:
+            raise ValueError(f"images must be >= 10, got {self.images}")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    detector: Detector
+    predict: Callable[[torch.Tensor], np.ndarray]  # in-distribution class per image
+    settings: str
+
+
+def methods(config: EvaluateOodConfig) -> list[Method]:
+    device = str(resolve_device(config.device))
+    model, _ = load_classifier(config.classifier)
+
+    def predict_plain(images: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return torch.cat([model(b.to(device)).argmax(1).cpu() for b in images.split(512)]).numpy()
+
+    temperature, epsilon = 1000.0, 0.002
+    if config.odin:
+        chosen = load_checkpoint(config.odin)["config"]
+        temperature, epsilon = chosen["temperature"], chosen["epsilon"]
+    found = [Method("max_softmax", MaxSoftmax(model, device=device), predict_plain, "-"),
+             Method("odin", Odin(model, temperature, epsilon, device=device), predict_plain,
+                    f"T={temperature:.4g}, epsilon={epsilon:.4g}")]
+    if config.kplus1:
+        state = load_checkpoint(config.kplus1)
+        detector = kplus1.KPlus1Detector(kplus1.build_model(state), device=device)
+        settings = ", ".join(f"{k}={state['config'][k]}" for k in ("ood_weight", "shell_radius", "latent_dim"))
+        found.append(Method("kplus1", detector, detector.predict, settings))
+    return found
+
+
+def run(config: EvaluateOodConfig, reporter: Reporter, workdir: Path) -> dict[str, float]:
+    _, classifier_config = load_classifier(config.classifier)
+    test = load_images(classifier_config.dataset, "test", classes=classifier_config.classes or None,
+                       limit=config.images, seed=TEST_SEED)
+    out_sets = {name: ood_set(name, config.images, TEST_SEED) for name in config.test_sets}
+    rows, curves, metrics = [], {}, {}
+    for method in methods(config):
+        print(f"[ood] scoring {method.name} ({method.settings}) on {len(test)} in-distribution and "
+              f"{len(out_sets)} x {config.images} OOD images", flush=True)
+        scores_in = method.detector.score(test.images)
+        accuracy = float((method.predict(test.images) == test.labels.numpy()).mean())
+        metrics[f"{method.name}.id_accuracy"] = accuracy
+        for set_name, images in out_sets.items():
+            scores_out = method.detector.score(images)
+            values = ood_metrics(scores_in, scores_out)
+            rows.append({"method": method.name, "ood_set": set_name, **values, "id_accuracy": accuracy,
+                         "settings": method.settings})
+            metrics.update({f"{method.name}.{set_name}.{k}": v for k, v in values.items()})
+            curves[(method.name, set_name)] = (scores_in, scores_out)
+    workdir = Path(workdir)
+    write_tables(rows, workdir)
+    plot_roc_curves(curves, list(out_sets), workdir / "roc_curves.png")
+    (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print((workdir / "ood_table.md").read_text(), flush=True)
+    reporter.report(metrics)
+    return metrics
+
+
+def write_tables(rows: list[dict], workdir: Path) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    frame.to_parquet(workdir / "ood_table.parquet", index=False)
+    header = ["method", "OOD set", *METRIC_KEYS, "ID accuracy", "settings"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["method"], row["ood_set"], *(f"{row[k]:.4f}" for k in METRIC_KEYS), f"{row['id_accuracy']:.4f}",
+                 row["settings"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    (workdir / "ood_table.md").write_text("\n".join(lines) + "\n")
+
+
+def plot_roc_curves(curves: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]], sets: list[str],
+                    path: Path) -> None:
+    from sklearn.metrics import roc_curve
+
+    plt = pyplot()
+    figure, axes = plt.subplots(1, len(sets), figsize=(4 * len(sets), 3.8), squeeze=False)
+    for axis, set_name in zip(axes[0], sets):
+        for (method, name), (scores_in, scores_out) in curves.items():
+            if name != set_name:
+                continue
+            labels = np.r_[np.ones(len(scores_in)), np.zeros(len(scores_out))]
+            fpr, tpr, _ = roc_curve(labels, np.r_[scores_in, scores_out])
+            axis.plot(fpr, tpr, label=method)
+        axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
+        axis.set_title(f"in: test split, out: {set_name}", fontsize=9)
+        axis.set_xlabel("false positive rate (OOD accepted)")
+        axis.set_ylabel("true positive rate (in-distribution accepted)")
+        axis.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+EVALUATE_OOD = JobDef(
+    name="evaluate_ood",
+    config_cls=EvaluateOodConfig,
+    run=run,
+    metrics=(
+        Metric("max_softmax.id_accuracy", higher_is_better=True, description="the plain classifier's test accuracy"),
+    ),
+    description="max-softmax, ODIN and the K+1 method on every test OOD set: AUROC, AUPR-in/out, FPR@95TPR, "
+                "detection error, in-distribution accuracy; table, parquet and ROC curves",
+)
