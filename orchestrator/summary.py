@@ -9,6 +9,9 @@ from orchestrator.study_state import StudyState
 from orchestrator.tracking import TrackingTarget
 
 
+JOB_METRICS_SHOWN = 8  # a job may report dozens (evaluate_ood: method x set x metric); the rest are in MLflow
+
+
 def _short(run_id: str | None) -> str:
     return run_id or "-"
 
@@ -55,7 +58,9 @@ def detail_lines(spec: StudySpec, state: StudyState) -> list[str]:
     for stage in spec.stages:
         s = state.stage(stage.name)
         if isinstance(stage, JobStage) and s.metrics:
-            lines.append(f"  {stage.name}: " + ", ".join(f"{k}={v:.4g}" for k, v in s.metrics.items()))
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in list(s.metrics.items())[:JOB_METRICS_SHOWN])
+            more = len(s.metrics) - JOB_METRICS_SHOWN
+            lines.append(f"  {stage.name}: {shown}" + (f", ... ({more} more in its MLflow run)" if more > 0 else ""))
         if isinstance(stage, OptunaStage) and s.best is not None:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in s.best.metrics.items() if not k.endswith("_s"))
             lines.append(f"  {stage.name} best (trial {s.best.trial_id}): {shown}")

@@ -168,7 +168,7 @@ def reconcile(stage: TuneStage, results: Any, tracker: Tracker, parent_run_id: s
         raise StageFailed(f"stage {stage.name!r}: all {len(seen)} trials failed "
                           f"(first reason: {_first_error(results)}); see the child runs in MLflow")
     value, result, run_id = best
-    checkpoint = result.get_best_checkpoint(stage.metric, stage.mode) or result.checkpoint
+    checkpoint = checkpoint_at_best(result, stage.metric, value) or result.checkpoint
     config = dict(result.config)
     epoch, metrics = metrics_at_best(result, stage.metric, value)
     return TuneOutcome(
@@ -177,15 +177,22 @@ def reconcile(stage: TuneStage, results: Any, tracker: Tracker, parent_run_id: s
         trials=len(seen), failed_trials=failed, experiment_dir=experiment_dir, child_runs=runs)
 
 
+def checkpoint_at_best(result: Any, metric: str, value: float) -> Any:
+    """The checkpoint of the LAST step that reported the trial's best `value`: when steps tie (a
+    validation AUROC of 1.0 from the first epoch on) the one trained longest is kept, not the first."""
+    tied = [(m.get("training_iteration", 0), c) for c, m in (result.best_checkpoints or []) if m.get(metric) == value]
+    return max(tied, key=lambda pair: pair[0])[1] if tied else None
+
+
 def metrics_at_best(result: Any, metric: str, value: float) -> tuple[int | None, dict[str, float]]:
-    """The step at which the trial reported its best `value`, and every metric it reported then."""
+    """The last step at which the trial reported its best `value`, and every metric it reported then."""
     frame = result.metrics_dataframe
     if frame is None or metric not in frame:
         return None, {}
     rows = frame[frame[metric] == value]
     if rows.empty:
         return None, {}
-    row = rows.iloc[0]
+    row = rows.iloc[-1]
     names = set(result.metrics or {}) - TUNE_BOOKKEEPING
     metrics = {name: float(row[name]) for name in sorted(names)
                if name in row.index and isinstance(row[name], (int, float)) and math.isfinite(row[name])}
