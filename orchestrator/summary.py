@@ -27,7 +27,8 @@ def summary_lines(spec: StudySpec, state: StudyState, output: Path, target: Trac
         else:
             metric = ", ".join(f"{k}={v:.4g}" for k, v in list(s.metrics.items())[:2]) or "-"
         registered = f"{s.registered.name} v{s.registered.version} @{s.registered.alias}" if s.registered else "-"
-        trials = f" ({s.trials - s.failed_trials}/{s.trials} ok)" if s.trials else ""
+        verdict = "feasible" if isinstance(stage, OptunaStage) else "ok"  # an optuna stage counts constraint breaks
+        trials = f" ({s.trials - s.failed_trials}/{s.trials} {verdict})" if s.trials else ""
         rows.append((stage.name, s.status + trials, best.trial_id if best else "-", metric, _short(s.parent_run_id),
                      _short(best.child_run_id if best else None), registered, f"{s.wall_s:.0f}s"))
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
