@@ -120,10 +120,10 @@ class UnknownEntryError(LookupError):
 
 def _builtin_trainables() -> dict[str, TrainableDef]:
     from trainables import classifier, dcgan, gasten, vae
-    from trainables.ood import kplus1, odin_search
+    from trainables.ood import generator_nn, kplus1, odin_search
 
     return {entry.name: entry for entry in (classifier.CLASSIFIER, dcgan.DCGAN, gasten.GASTEN, vae.VAE_TRAINABLE,
-                                            kplus1.KPLUS1, odin_search.ODIN)}
+                                            kplus1.KPLUS1, odin_search.ODIN, generator_nn.GENERATOR_NN)}
 
 
 def _builtin_jobs() -> dict[str, JobDef]:

@@ -1,4 +1,5 @@
-"""The OOD study, tiny: classifier -> ODIN search -> K+1 search -> evaluation through Ray Tune + MLflow.
+"""The OOD study, tiny: classifier -> ODIN search -> K+1 search -> generator_nn -> evaluation, through Ray
+Tune + MLflow.
 
 search_spaces/ood_mnist.yaml takes ~7 minutes; this runs the same stages wired the same way at toy
 sizes and checks what lands in MLflow: the table of every method on every test set, ROC curves,
@@ -27,8 +28,12 @@ TINY = {
         {"name": "kplus1", "kind": "tune", "trainable": "kplus1",
          "config": {"train_size": 1000, "val_size": 200, "vae_epochs": 1, "outliers": 500, "epochs": 1},
          "metric": "val_auroc", "register": {"name": "tinyood-kplus1"}},
+        {"name": "generator_nn", "kind": "tune", "trainable": "generator_nn",
+         "config": {"train_size": 1000, "val_size": 200, "vae_epochs": 1, "samples_per_class": 50},
+         "metric": "val_selective_accuracy"},
         {"name": "evaluate", "kind": "job", "job": "evaluate_ood",
-         "inputs": {"classifier": "classifier.best", "odin": "odin.best", "kplus1": "kplus1.best"},
+         "inputs": {"classifier": "classifier.best", "odin": "odin.best", "kplus1": "kplus1.best",
+                    "generator_nn": "generator_nn.best"},
          "config": {"test_sets": ["fashion_mnist", "uniform_noise"], "images": 200}},
     ],
 }
@@ -37,9 +42,9 @@ TINY = {
 def test_the_shipped_ood_study_validates_with_its_profiles():
     for profile in (None, "paper"):
         spec = load_study(REPO / "search_spaces" / "ood_mnist.yaml", profile=profile)
-        assert [stage.name for stage in spec.stages] == ["classifier", "odin", "kplus1", "evaluate"]
-        assert spec.stage("odin").config["validation_ood"] == spec.stage("kplus1").config["validation_ood"] \
-            == "gaussian_noise"
+        assert [stage.name for stage in spec.stages] == ["classifier", "odin", "kplus1", "generator_nn", "evaluate"]
+        assert {spec.stage(name).config["validation_ood"] for name in ("odin", "kplus1", "generator_nn")} \
+            == {"gaussian_noise"}
         assert "gaussian_noise" not in spec.stage("evaluate").config["test_sets"]  # never tuned on a test set
 
 
@@ -54,15 +59,21 @@ def test_a_tiny_ood_study_lands_its_table_curves_and_detector_in_mlflow(tmp_path
     assert len(children[parents["odin"].info.run_id]) == 2
     evaluation = parents["evaluate"]
     metrics = evaluation.data.metrics
-    for method in ("max_softmax", "odin", "kplus1"):
+    for method in ("max_softmax", "odin", "kplus1", "generator_nn"):
         assert 0.0 <= metrics[f"{method}.id_accuracy"] <= 1.0
         for test_set in ("fashion_mnist", "uniform_noise"):
             for name in ("auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr", "detection_error"):
                 assert f"{method}.{test_set}.{name}" in metrics
-    assert {"ood_table.md", "ood_table.parquet", "roc_curves.png"} <= {a.path for a in
-                                                                       client.list_artifacts(evaluation.info.run_id)}
+    # generator_nn is also a selective classifier at its validation threshold, judged on the test split.
+    assert 0.0 <= metrics["generator_nn.test_reject_rate"] <= 1.0
+    assert 0.0 <= metrics["generator_nn.selective_accuracy"] <= 1.0
+    assert 0.0 <= metrics["generator_nn.uniform_noise.ood_accepted"] <= 1.0
+    assert {"ood_table.md", "ood_table.parquet", "selective.parquet", "roc_curves.png"} <= {
+        a.path for a in client.list_artifacts(evaluation.info.run_id)}
     table = pd.read_parquet(output / "jobs" / "evaluate" / "ood_table.parquet")
-    assert len(table) == 3 * 2
+    assert len(table) == 4 * 2
+    selective = pd.read_parquet(output / "jobs" / "evaluate" / "selective.parquet")
+    assert list(selective.method) == ["generator_nn"]
     version = client.get_model_version_by_alias("tinyood-kplus1", "champion")
     assert version.run_id in {run.info.run_id for run in children[parents["kplus1"].info.run_id]}
     assert "| kplus1 | fashion_mnist |" in result.stdout

@@ -5,8 +5,15 @@ validation OOD set); only here do the test sets appear: MNIST's test split in-di
 Fashion-MNIST test, KMNIST test and uniform noise out (by default). Each method also reports its
 in-distribution test accuracy, so a detector that buys separation with accuracy is visible.
 
-Writes `ood_table.md`, `ood_table.parquet` (one row per method x OOD set), `roc_curves.png` (a
-panel per OOD set, a curve per method) and `metrics.json`; reports `<method>.<set>.<metric>`.
+A method that comes with its own reject threshold (generator_nn picks one on validation images at a
+target true-positive rate) is also judged as a selective classifier at that threshold: the share of
+test images it rejects, its accuracy on the ones it accepts, and the share of each OOD set it lets
+through. Those are out-of-sample: the threshold never saw the test split.
+
+Writes `ood_table.md`, `ood_table.parquet` (one row per method x OOD set), `selective.parquet`
+(methods with a threshold), `roc_curves.png` (a panel per OOD set, a curve per method) and
+`metrics.json`; reports `<method>.<set>.<metric>`, `<method>.id_accuracy` and, for thresholded
+methods, `<method>.test_reject_rate`, `<method>.selective_accuracy`, `<method>.<set>.ood_accepted`.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from trainables.catalog import JobDef, Metric
 from trainables.checkpoint import load_checkpoint
 from trainables.data import load_images
 from trainables.device import resolve_device
-from trainables.ood import kplus1
+from trainables.ood import generator_nn, kplus1
 from trainables.ood.detectors import Detector, MaxSoftmax, Odin
 from trainables.ood.metrics import METRIC_KEYS, ood_metrics
 from trainables.ood.odin_search import load_classifier
@@ -39,6 +46,7 @@ class EvaluateOodConfig:
     classifier: str  # the plain classifier (max-softmax and ODIN): `inputs: {classifier: classifier.best}`
     odin: str = ""  # an odin result folder (`odin.best`) for its searched T and epsilon; "" = the paper's 1000, 0.002
     kplus1: str = ""  # a kplus1 checkpoint folder (`kplus1.best`); "" leaves the method out
+    generator_nn: str = ""  # a generator_nn checkpoint folder (`generator_nn.best`); "" leaves the method out
     test_sets: tuple[str, ...] = ("fashion_mnist", "kmnist", "uniform_noise")
     images: int = 2000  # per OOD set, and in-distribution test images
     device: str = "auto"
@@ -59,6 +67,7 @@ class Method:
     detector: Detector
     predict: Callable[[torch.Tensor], np.ndarray]  # in-distribution class per image
     settings: str
+    threshold: float | None = None  # its own reject rule (score >= threshold accepts), chosen on validation data
 
 
 def methods(config: EvaluateOodConfig) -> list[Method]:
@@ -81,6 +90,13 @@ def methods(config: EvaluateOodConfig) -> list[Method]:
         detector = kplus1.KPlus1Detector(kplus1.build_model(state), device=device)
         settings = ", ".join(f"{k}={state['config'][k]}" for k in ("ood_weight", "shell_radius", "latent_dim"))
         found.append(Method("kplus1", detector, detector.predict, settings))
+    if config.generator_nn:
+        state = load_checkpoint(config.generator_nn)
+        detector = generator_nn.detector_from_state(state, device=device)
+        chosen = state["config"]
+        settings = (f"latent_dim={chosen['latent_dim']}, vae_epochs={chosen['vae_epochs']}, "
+                    f"bank={len(state['bank'])}, target_tpr={chosen['target_tpr']}")
+        found.append(Method("generator_nn", detector, detector.predict, settings, threshold=detector.threshold))
     return found
 
 
@@ -89,13 +105,15 @@ def run(config: EvaluateOodConfig, reporter: Reporter, workdir: Path) -> dict[st
     test = load_images(classifier_config.dataset, "test", classes=classifier_config.classes or None,
                        limit=config.images, seed=TEST_SEED)
     out_sets = {name: ood_set(name, config.images, TEST_SEED) for name in config.test_sets}
-    rows, curves, metrics = [], {}, {}
+    rows, selective_rows, curves, metrics = [], [], {}, {}
     for method in methods(config):
         print(f"[ood] scoring {method.name} ({method.settings}) on {len(test)} in-distribution and "
               f"{len(out_sets)} x {config.images} OOD images", flush=True)
         scores_in = method.detector.score(test.images)
-        accuracy = float((method.predict(test.images) == test.labels.numpy()).mean())
+        predictions = method.predict(test.images)
+        accuracy = float((predictions == test.labels.numpy()).mean())
         metrics[f"{method.name}.id_accuracy"] = accuracy
+        accepted_out = {}
         for set_name, images in out_sets.items():
             scores_out = method.detector.score(images)
             values = ood_metrics(scores_in, scores_out)
@@ -103,8 +121,19 @@ def run(config: EvaluateOodConfig, reporter: Reporter, workdir: Path) -> dict[st
                          "settings": method.settings})
             metrics.update({f"{method.name}.{set_name}.{k}": v for k, v in values.items()})
             curves[(method.name, set_name)] = (scores_in, scores_out)
+            if method.threshold is not None:
+                accepted_out[set_name] = float((scores_out >= method.threshold).mean())
+        if method.threshold is not None:
+            chosen = generator_nn.selective_metrics(scores_in >= method.threshold, predictions, test.labels.numpy())
+            selective_rows.append({"method": method.name, "threshold": method.threshold,
+                                   "test_reject_rate": chosen["reject_rate"],
+                                   "selective_accuracy": chosen["selective_accuracy"], "id_accuracy": accuracy,
+                                   **{f"{name}_accepted": share for name, share in accepted_out.items()}})
+            metrics[f"{method.name}.test_reject_rate"] = chosen["reject_rate"]
+            metrics[f"{method.name}.selective_accuracy"] = chosen["selective_accuracy"]
+            metrics.update({f"{method.name}.{name}.ood_accepted": share for name, share in accepted_out.items()})
     workdir = Path(workdir)
-    write_tables(rows, workdir)
+    write_tables(rows, workdir, selective_rows)
     plot_roc_curves(curves, list(out_sets), workdir / "roc_curves.png")
     (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print((workdir / "ood_table.md").read_text(), flush=True)
@@ -112,17 +141,28 @@ def run(config: EvaluateOodConfig, reporter: Reporter, workdir: Path) -> dict[st
     return metrics
 
 
-def write_tables(rows: list[dict], workdir: Path) -> None:
+def write_tables(rows: list[dict], workdir: Path, selective_rows: list[dict] = ()) -> None:
     import pandas as pd
 
-    frame = pd.DataFrame(rows)
-    frame.to_parquet(workdir / "ood_table.parquet", index=False)
+    pd.DataFrame(rows).to_parquet(workdir / "ood_table.parquet", index=False)
     header = ["method", "OOD set", *METRIC_KEYS, "ID accuracy", "settings"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["method"], row["ood_set"], *(f"{row[k]:.4f}" for k in METRIC_KEYS), f"{row['id_accuracy']:.4f}",
                  row["settings"]]
         lines.append("| " + " | ".join(cells) + " |")
+    if selective_rows:
+        pd.DataFrame(selective_rows).to_parquet(workdir / "selective.parquet", index=False)
+        accepted = [key for key in selective_rows[0] if key.endswith("_accepted")]
+        header = ["method", "threshold", "test reject rate", "selective accuracy", "accuracy (no reject)",
+                  *(f"{key.removesuffix('_accepted')} accepted" for key in accepted)]
+        lines += ["", "Selective classification at the validation threshold (test split; OOD sets: share let through):",
+                  "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in selective_rows:
+            cells = [row["method"], f"{row['threshold']:.4g}", f"{row['test_reject_rate']:.4f}",
+                     f"{row['selective_accuracy']:.4f}", f"{row['id_accuracy']:.4f}",
+                     *(f"{row[key]:.4f}" for key in accepted)]
+            lines.append("| " + " | ".join(cells) + " |")
     (workdir / "ood_table.md").write_text("\n".join(lines) + "\n")
 
 
@@ -156,6 +196,7 @@ EVALUATE_OOD = JobDef(
     metrics=(
         Metric("max_softmax.id_accuracy", higher_is_better=True, description="the plain classifier's test accuracy"),
     ),
-    description="max-softmax, ODIN and the K+1 method on every test OOD set: AUROC, AUPR-in/out, FPR@95TPR, "
-                "detection error, in-distribution accuracy; table, parquet and ROC curves",
+    description="max-softmax, ODIN, the K+1 method and nearest-generated-image classification on every test OOD "
+                "set: AUROC, AUPR-in/out, FPR@95TPR, detection error, in-distribution accuracy, reject rate and "
+                "selective accuracy; table, parquet and ROC curves",
 )
