@@ -128,3 +128,43 @@ def plot_pareto(trials: Mapping[str, Any], x: str, y: str, stage: str, path: Pat
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return True
+
+
+def plot_parameter_sweep(points: Mapping[str, Sequence[tuple[Any, float | None]]], metric: str, mode: str,
+                         stage: str, path: Path, best: Mapping[str, Any] | None = None) -> bool:
+    """One panel per searched setting: each trial's best value against that setting's value (a
+    diffusion step t, a latent size), the best trial ringed. Where is the optimum: at an end of the
+    range (widen it) or inside? `points` maps setting -> [(value, metric or None = failed)]; a
+    setting with text values gets its categories as x positions. False: nothing to draw."""
+    panels = {name: [(x, y) for x, y in values if y is not None and math.isfinite(y)]
+              for name, values in points.items()}
+    panels = {name: values for name, values in panels.items() if values}
+    if not panels:
+        return False
+    plt = pyplot()
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for axis, (name, values) in zip(axes[0], panels.items()):
+        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in values)
+        categories = [] if numeric else sorted({str(x) for x, _ in values})
+        position = (lambda x: x) if numeric else (lambda x: categories.index(str(x)))
+        axis.scatter([position(x) for x, _ in values], [y for _, y in values], color="tab:blue", label="trial")
+        if best is not None and name in best:
+            chosen = [y for x, y in values if x == best[name]]
+            if chosen:
+                axis.scatter([position(best[name])], [chosen[0]], s=160, facecolors="none", edgecolors="black",
+                             linewidths=1.5, label="best", zorder=3)
+        if not numeric:
+            axis.set_xticks(range(len(categories)))
+            axis.set_xticklabels(categories)
+        elif len({x for x, _ in values}) > 2 and min(x for x, _ in values) > 0 and \
+                max(x for x, _ in values) / min(x for x, _ in values) >= 50:
+            axis.set_xscale("log")
+        axis.set_xlabel(name)
+        axis.set_ylabel(f"{metric} ({'higher' if mode == 'max' else 'lower'} is better)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(f"{stage}: {metric} against each searched setting", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True

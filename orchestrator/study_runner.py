@@ -160,7 +160,7 @@ class StudyRunner:
                                           "failed_trials": outcome.failed_trials})
         self.tracker.set_tags(parent, {"gensearch.best_trial_id": best.trial_id,
                                        "gensearch.best_child_run_id": best.child_run_id})
-        for name in ("trials.csv", "search_history.png", "pareto.png"):
+        for name in ("trials.csv", "search_history.png", "parameter_sweep.png", "pareto.png"):
             path = outcome.experiment_dir / name
             if path.is_file():
                 self.tracker.client.log_artifact(parent, str(path))

@@ -259,8 +259,9 @@ def publish_trial_files(stage: TuneStage, results: Any, tracker: Tracker, runs: 
 
 
 def draw_stage_plots(stage: TuneStage, results: Any, experiment_dir: Path, best_trial: str) -> None:
-    """search_history.png for every stage; pareto.png when the trainable names two rival metrics."""
-    from orchestrator.stage_plots import plot_pareto, plot_search_history
+    """search_history.png for every stage; parameter_sweep.png (the metric against each searched setting)
+    when it searches something; pareto.png when the trainable names two rival metrics."""
+    from orchestrator.stage_plots import plot_parameter_sweep, plot_pareto, plot_search_history
 
     started = []
     for result in results:
@@ -270,6 +271,11 @@ def draw_stage_plots(stage: TuneStage, results: Any, experiment_dir: Path, best_
     started.sort(key=lambda row: row[0])
     plot_search_history([value for _, value in started], stage.metric, stage.mode, stage.name,
                         experiment_dir / "search_history.png")
+    sweep = {name: [((result.config or {}).get(name), best_value(result, stage.metric, stage.mode)
+                     if result.error is None else None) for result in results] for name in stage.space}
+    best_config = next((result.config for result in results if trial_id_of(result) == best_trial), None)
+    plot_parameter_sweep({name: [(x, y) for x, y in values if x is not None] for name, values in sweep.items()},
+                         stage.metric, stage.mode, stage.name, experiment_dir / "parameter_sweep.png", best_config)
     definition = catalog.trainable(stage.trainable)
     if definition.pareto:
         x, y = definition.pareto

@@ -62,7 +62,8 @@ def test_every_gasten_trial_run_holds_its_samples_and_curves(gasten_study):
         assert [m.step for m in client.get_metric_history(run.info.run_id, "acd")] == [1, 2]
     (gan_trial,) = children[parents["gan"].info.run_id]
     assert {"samples.png", "curves.png"} <= artifact_names(client, gan_trial.info.run_id)
-    assert {"pareto.png", "search_history.png", "trials.csv"} <= artifact_names(client, parents["gasten"].info.run_id)
+    assert {"pareto.png", "search_history.png", "parameter_sweep.png", "trials.csv"} <= artifact_names(
+        client, parents["gasten"].info.run_id)
     assert "pareto.png" not in artifact_names(client, parents["gan"].info.run_id)  # dcgan declares no rival metrics
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from orchestrator.stage_plots import pareto_front, plot_pareto, plot_search_history, trial_curves_png
+from orchestrator.stage_plots import (pareto_front, plot_parameter_sweep, plot_pareto, plot_search_history,
+                                     trial_curves_png)
 
 
 def test_pareto_front_keeps_exactly_the_undominated_points():
@@ -32,3 +33,13 @@ def test_plots_are_written_from_frames_and_skip_what_was_never_reported(tmp_path
     assert trial_curves_png(trials["a"], ("never_reported",), "t") is None
     plot_search_history([0.5, None, 0.7], "val_accuracy", "max", "classifier", tmp_path / "history.png")
     assert (tmp_path / "history.png").stat().st_size > 0
+
+
+def test_parameter_sweep_draws_numeric_and_categorical_settings_and_skips_failed_trials(tmp_path):
+    points = {"t": [(100, 0.80), (350, 0.86), (900, 0.70), (500, None)],
+              "sampler": [("tpe", 0.8), ("random", 0.86), ("tpe", 0.7)]}
+    assert plot_parameter_sweep(points, "val_fewshot_lin", "max", "timestep", tmp_path / "sweep.png",
+                                best={"t": 350, "sampler": "random"})
+    assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
+    assert not plot_parameter_sweep({"t": [(1, None)]}, "m", "max", "s", tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
