@@ -244,6 +244,18 @@ def fewshot_curve(
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
+def fewshot_score(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
+                  test_labels: np.ndarray, k: int, repeats: int = 5, seed: int = 0, head: str = "lin") -> float:
+    """Mean accuracy of one head at one k: the number a search optimises (e.g. lin at k = 16).
+
+    Scored on whatever the caller passes as "test": a search scores on validation images carved
+    from the training split, so the test split stays unseen until the final curve.
+    """
+    config = FewShotConfig(shots=(k,), repeats=repeats, heads=(head,), seed=seed)
+    return accuracy_at(fewshot_curve(train_features, train_labels, test_features, test_labels, config, "features"),
+                       k, head)
+
+
 def accuracy_at(frame: pd.DataFrame, k: int, head: str = "lin", features: str | None = None) -> float:
     """One number from a curve, e.g. the search objective "lin accuracy at k=16".
 

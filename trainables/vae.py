@@ -7,7 +7,11 @@ and the reconstruction term is the Bernoulli log-likelihood (binary cross-entrop
 784 pixels), so `val_loss` is the usual negative ELBO in nats per image.
 
 Validation images are carved from the training split exactly as the classifier does it, so a
-search (over `latent_dim`, say) never looks at the test split.
+search (over `latent_dim`, say) never looks at the test split. With `fewshot_k > 0` every epoch
+also reports `val_fewshot_lin`: the few-shot accuracy of the posterior means (`features`) with
+`fewshot_k` labelled training images per class and a logistic-regression head, scored on the
+validation images. That is the latent-size search's objective: which latent size gives the most
+useful features when labels are scarce, not which reconstructs best.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +28,7 @@ from trainables.catalog import Metric, TrainableDef
 from trainables.classifier import split_train_val
 from trainables.data import load_images, locate
 from trainables.device import resolve_device
+from trainables.fewshot import fewshot_score
 from trainables.fit import fit
 from trainables.reporter import CheckpointState, Reporter
 from trainables.sample_grid import sample_grid_png
@@ -47,10 +53,15 @@ class VAEConfig:
     seed: int = 0
     device: str = "auto"
     allow_fallback: bool = False  # scikit-learn digits when MNIST is nowhere to be found
+    fewshot_k: int = 0  # > 0: report val_fewshot_lin, lin-head accuracy with this many labels per class
+    fewshot_repeats: int = 5  # seeded k-shot draws averaged per epoch
+    fewshot_pool: int = 10000  # training images encoded per epoch as the pool the k-shot sets are drawn from
 
     def __post_init__(self) -> None:
         if min(self.latent_dim, self.nf, self.batch_size, self.epochs, self.val_size) < 1:
             raise ValueError("latent_dim, nf, batch_size, epochs and val_size must be >= 1")
+        if self.fewshot_k < 0 or self.fewshot_repeats < 1 or self.fewshot_pool < 1:
+            raise ValueError("fewshot_k must be >= 0 (0 = off), fewshot_repeats and fewshot_pool >= 1")
         if self.train_size < 0:
             raise ValueError(f"train_size must be >= 0, got {self.train_size}")
         if self.beta < 0:
@@ -158,6 +169,14 @@ def evaluate_vae(vae: VAE, images: torch.Tensor, device: torch.device, batch_siz
 
 
 @torch.no_grad()
+def features(vae: VAE, images: torch.Tensor, device: torch.device, batch_size: int = 1024) -> np.ndarray:
+    """The posterior means mu(x), (N, latent_dim) float32 on the CPU: the VAE's representation of x."""
+    vae.eval()
+    return torch.cat([vae.encode(images[start:start + batch_size].to(device))[0].cpu()
+                      for start in range(0, len(images), batch_size)]).numpy()
+
+
+@torch.no_grad()
 def decode(vae: VAE, z: torch.Tensor, device: torch.device, batch_size: int = 512) -> torch.Tensor:
     """Images (CPU) for the given latents, with the VAE in eval mode."""
     vae.eval()
@@ -180,8 +199,15 @@ def train(config: VAEConfig, reporter: Reporter) -> dict[str, float]:
         return train_vae_epoch(vae, optimizer, train_set.images, config.batch_size, config.beta,
                                order_seed=config.seed * 100_003 + epoch, device=device)
 
+    pool = train_set.images[:config.fewshot_pool], train_set.labels[:config.fewshot_pool].numpy()
+
     def validate(epoch: int) -> dict[str, float]:
-        return evaluate_vae(vae, val_set.images, device)
+        metrics = evaluate_vae(vae, val_set.images, device)
+        if config.fewshot_k:
+            metrics["val_fewshot_lin"] = fewshot_score(features(vae, pool[0], device), pool[1],
+                                                       features(vae, val_set.images, device), val_set.labels.numpy(),
+                                                       config.fewshot_k, config.fewshot_repeats, config.seed)
+        return metrics
 
     def files(epoch: int) -> dict[str, bytes]:
         title = f"VAE epoch {epoch + 1}, latent_dim={config.latent_dim}, beta={config.beta:.3g}"
@@ -222,6 +248,9 @@ VAE_TRAINABLE = TrainableDef(
         Metric("val_recon", higher_is_better=False, description="reconstruction term of val_loss (pixel BCE sum)"),
         Metric("val_kl", higher_is_better=False, description="KL(q(z|x) || N(0, I)) term of val_loss"),
         Metric("train_loss", higher_is_better=False, description="mean training loss (recon + beta * KL) of the epoch"),
+        Metric("val_fewshot_lin", higher_is_better=True, optional=True,
+               description="few-shot accuracy of the posterior means: fewshot_k labelled training images per "
+                           "class, logistic regression, scored on the validation images (when fewshot_k > 0)"),
     ),
     description="convolutional VAE for 28x28 grayscale images (latent-dimension searches, OOD outlier generation)",
     curves=("val_loss", "val_recon", "val_kl"),

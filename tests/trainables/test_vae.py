@@ -11,7 +11,7 @@ from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import build_config
 from trainables.fit import checkpoint_state
 from trainables.reporter import ListReporter
-from trainables.vae import VAE, VAE_TRAINABLE, VAEConfig, build_model, train, vae_loss
+from trainables.vae import VAE, VAE_TRAINABLE, VAEConfig, build_model, features, train, vae_loss
 
 SMALL = dict(train_size=1000, val_size=200, epochs=3, batch_size=64, latent_dim=8, allow_fallback=False)
 METRICS = {"epoch", "train_loss", "val_loss", "val_recon", "val_kl"}
@@ -74,7 +74,8 @@ def test_shapes_and_decoded_range():
 
 
 @pytest.mark.parametrize("changes", [dict(latent_dim=0), dict(nf=0), dict(beta=-0.1), dict(lr=0.0),
-                                     dict(val_size=0), dict(train_size=-1), dict(epochs=0)])
+                                     dict(val_size=0), dict(train_size=-1), dict(epochs=0), dict(fewshot_k=-1),
+                                     dict(fewshot_repeats=0), dict(fewshot_pool=0)])
 def test_config_rejects_impossible_values(changes):
     with pytest.raises(ValueError):
         VAEConfig(**changes)
@@ -133,9 +134,30 @@ def test_trainable_definition_tiny_run_reports_its_declared_metrics_and_rebuilds
     VAE_TRAINABLE.preflight(config)
     reporter = ListReporter()
     VAE_TRAINABLE.run(config, reporter)
-    assert {metric.name for metric in VAE_TRAINABLE.metrics} <= reporter.keys()
+    assert {metric.name for metric in VAE_TRAINABLE.metrics if not metric.optional} <= reporter.keys()
     state = reporter.last_checkpoint
     assert state["epoch"] == VAE_TRAINABLE.tiny_config["epochs"]
     rebuilt = VAE_TRAINABLE.build_model(state).state_dict()
     for key, tensor in state["modules"]["model"].items():
         assert torch.equal(rebuilt[key], tensor), key
+
+
+def test_features_are_the_posterior_means():
+    torch.manual_seed(0)
+    vae = VAE(latent_dim=6, nf=4)
+    x = torch.rand(5, 1, 28, 28)
+    got = features(vae, x, torch.device("cpu"), batch_size=2)
+    assert got.shape == (5, 6) and got.dtype.name == "float32"
+    assert torch.allclose(torch.from_numpy(got), vae.encode(x)[0].detach(), atol=1e-6)
+
+
+def test_fewshot_k_adds_the_search_objective_and_training_makes_it_better_than_an_untrained_encoder():
+    """val_fewshot_lin is reported each epoch when asked for; after training the posterior means
+    classify with 8 labels per class far better than an untrained encoder's do."""
+    torch.set_num_threads(1)
+    reporter = run(epochs=2, fewshot_k=8, fewshot_repeats=3, fewshot_pool=1000)
+    values = [result["val_fewshot_lin"] for result in reporter.results]
+    assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
+    untrained = run(epochs=1, fewshot_k=8, fewshot_repeats=3, fewshot_pool=1000, lr=1e-12)
+    assert values[-1] > untrained.results[-1]["val_fewshot_lin"] + 0.05
+    assert "val_fewshot_lin" not in run(epochs=1).results[-1]  # off by default: kplus1 and generator_nn pay nothing
