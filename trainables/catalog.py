@@ -119,19 +119,20 @@ class UnknownEntryError(LookupError):
 
 
 def _builtin_trainables() -> dict[str, TrainableDef]:
-    from trainables import classifier, dcgan, gasten, vae
+    from trainables import classifier, dcgan, diffusion, diffusion_timestep, gasten, vae
     from trainables.ood import generator_nn, kplus1, odin_search
 
     return {entry.name: entry for entry in (classifier.CLASSIFIER, dcgan.DCGAN, gasten.GASTEN, vae.VAE_TRAINABLE,
+                                            diffusion.DIFFUSION, diffusion_timestep.DDPM_TIMESTEP,
                                             kplus1.KPLUS1, odin_search.ODIN, generator_nn.GENERATOR_NN)}
 
 
 def _builtin_jobs() -> dict[str, JobDef]:
-    from trainables import evaluate_classifier, prototypes
+    from trainables import evaluate_classifier, evaluate_fewshot, prototypes
     from trainables.ood import evaluate as evaluate_ood
 
     return {entry.name: entry for entry in (evaluate_classifier.EVALUATE_CLASSIFIER, prototypes.PROTOTYPES,
-                                            evaluate_ood.EVALUATE_OOD)}
+                                            evaluate_ood.EVALUATE_OOD, evaluate_fewshot.FEWSHOT)}
 
 
 def _builtin_objectives() -> dict[str, ObjectiveDef]:

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 # Trainables whose required settings are checkpoint folders of earlier stages: the contract test cannot
 # build those inputs from `tiny_config` alone, so the named test file covers them instead.
 COVERED_ELSEWHERE = {"gasten": "tests/trainables/test_gasten.py",
+                     "ddpm_timestep": "tests/trainables/test_representation_parts.py",
                      "odin": "tests/trainables/ood/test_ood_study_parts.py"}
 
 
@@ -88,8 +89,9 @@ def test_classifier_model_rebuilt_from_checkpoint_gives_logits_per_class(classes
 
 
 def test_every_job_has_a_run_test_here():
-    assert catalog.job_names() == ["evaluate_classifier", "evaluate_ood", "prototypes"], \
-        "a new job needs its inputs built here (evaluate_ood: tests/trainables/ood/test_ood_study_parts.py)"
+    assert catalog.job_names() == ["evaluate_classifier", "evaluate_ood", "fewshot", "prototypes"], (
+        "a new job needs its inputs built here (evaluate_ood: tests/trainables/ood/test_ood_study_parts.py, "
+        "fewshot: tests/trainables/test_representation_parts.py)")
 
 
 def test_prototypes_job_reports_every_declared_metric(tmp_path):
@@ -158,7 +160,7 @@ def test_catalog_resolves_module_paths_and_names_what_it_knows():
         catalog.trainable("gan9")
     assert f"unknown trainable 'gan9' (known: {', '.join(catalog.trainable_names())};" in str(error.value)
     assert "classifier" in catalog.trainable_names()
-    with pytest.raises(catalog.UnknownEntryError, match=r"unknown job 'score' \(known: evaluate_classifier, evaluate_ood, prototypes;"):
+    with pytest.raises(catalog.UnknownEntryError, match=r"unknown job 'score' \(known: evaluate_classifier, evaluate_ood, fewshot, prototypes;"):
         catalog.job("score")
     with pytest.raises(catalog.UnknownEntryError, match="is a TrainableDef, not a JobDef"):
         catalog.job("trainables.classifier:CLASSIFIER")
