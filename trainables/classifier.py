@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.catalog import Metric, TrainableDef
-from trainables.data import ImageSet, load_images, locate
+from trainables.data import ImageSet, load_images, require_training_data
 from trainables.device import resolve_device
 from trainables.fit import fit
 from trainables.reporter import CheckpointState, Reporter
@@ -138,11 +138,6 @@ def build_model(state: CheckpointState) -> Classifier:
     return model.eval()
 
 
-def preflight(config: ClassifierConfig) -> None:
-    """Fail before any trial starts when the dataset is missing (unless the digits fallback is on)."""
-    if not config.allow_fallback:
-        locate(config.dataset, "train")
-
 
 CLASSIFIER = TrainableDef(
     name="classifier",
@@ -155,6 +150,6 @@ CLASSIFIER = TrainableDef(
     ),
     description="small CNN classifier over MNIST-like images (class subsets such as 7 vs 1)",
     build_model=build_model,
-    preflight=preflight,
+    preflight=require_training_data,
     tiny_config={"train_size": 64, "val_size": 32, "epochs": 1, "batch_size": 32},
 )

@@ -19,6 +19,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,6 +122,13 @@ def locate(name: str, split: str, data_root: str | os.PathLike[str] | None = Non
         if _split_files(raw, split):
             return raw
     raise DatasetNotFoundError(_not_found_message(name, split, roots))
+
+
+def require_training_data(config: Any) -> None:
+    """A trainable's `preflight`: fail before any trial starts when `config.dataset`'s training split
+    is missing, unless the config allows the digits fallback."""
+    if not config.allow_fallback:
+        locate(config.dataset, "train")
 
 
 def load_images(

@@ -26,7 +26,7 @@ from torch import nn
 
 from trainables.catalog import Metric, TrainableDef
 from trainables.classifier import split_train_val
-from trainables.data import load_images, locate
+from trainables.data import load_images, require_training_data
 from trainables.device import resolve_device
 from trainables.fewshot import fewshot_score
 from trainables.fit import fit
@@ -232,11 +232,6 @@ def build_model(state: CheckpointState) -> VAE:
     return vae_from_state_dict(state["modules"]["model"])
 
 
-def preflight(config: VAEConfig) -> None:
-    """Fail before any trial starts when the dataset is missing (unless the digits fallback is on)."""
-    if not config.allow_fallback:
-        locate(config.dataset, "train")
-
 
 VAE_TRAINABLE = TrainableDef(
     name="vae",
@@ -255,6 +250,6 @@ VAE_TRAINABLE = TrainableDef(
     description="convolutional VAE for 28x28 grayscale images (latent-dimension searches, OOD outlier generation)",
     curves=("val_loss", "val_recon", "val_kl"),
     build_model=build_model,
-    preflight=preflight,
+    preflight=require_training_data,
     tiny_config={"train_size": 256, "val_size": 64, "epochs": 1, "batch_size": 64},
 )

@@ -38,7 +38,7 @@ import torch
 
 from trainables.catalog import Metric, TrainableDef
 from trainables.classifier import split_train_val
-from trainables.data import DATASETS, ImageSet, load_images, locate
+from trainables.data import DATASETS, ImageSet, load_images, require_training_data
 from trainables.device import resolve_device
 from trainables.ood.detectors import Detector
 from trainables.ood.metrics import ood_metrics
@@ -296,11 +296,6 @@ def train(config: GeneratorNNConfig, reporter: Reporter) -> dict[str, float]:
     return metrics
 
 
-def preflight(config: GeneratorNNConfig) -> None:
-    """Fail before any trial starts when the dataset is missing (unless the digits fallback is on)."""
-    if not config.allow_fallback:
-        locate(config.dataset, "train")
-
 
 GENERATOR_NN = TrainableDef(
     name=NAME,
@@ -322,6 +317,6 @@ GENERATOR_NN = TrainableDef(
                            "the accepted validation images lie closer to the bank"),
     ),
     description="class-wise VAE sample banks: nearest generated image classifies, its distance rejects (OOD)",
-    preflight=preflight,
+    preflight=require_training_data,
     tiny_config={"train_size": 300, "val_size": 100, "vae_epochs": 1, "samples_per_class": 50},
 )

@@ -31,7 +31,7 @@ from torch import nn
 
 from trainables.catalog import Metric, TrainableDef
 from trainables.classifier import Classifier, split_train_val
-from trainables.data import DATASETS, ImageSet, load_images, locate
+from trainables.data import DATASETS, ImageSet, load_images, require_training_data
 from trainables.device import resolve_device
 from trainables.fit import fit
 from trainables.ood.detectors import Detector
@@ -225,11 +225,6 @@ def build_model(state: CheckpointState) -> Classifier:
     return model.eval()
 
 
-def preflight(config: KPlus1Config) -> None:
-    """Fail before any trial starts when the dataset is missing (unless the digits fallback is on)."""
-    if not config.allow_fallback:
-        locate(config.dataset, "train")
-
 
 KPLUS1 = TrainableDef(
     name="kplus1",
@@ -248,6 +243,6 @@ KPLUS1 = TrainableDef(
     description="K+1 classifier trained against VAE-generated off-manifold outliers (OOD detection)",
     curves=("val_auroc", "val_accuracy", "train_loss"),
     build_model=build_model,
-    preflight=preflight,
+    preflight=require_training_data,
     tiny_config={"train_size": 256, "val_size": 64, "vae_epochs": 1, "outliers": 256, "epochs": 1},
 )
