@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from orchestrator.spec import (BranchOption, Choice, Grid, IntRange, JobStage, LogUniform, OptunaStage, SpaceEntry,
-                               StudySpec, TuneStage, Uniform)
+from orchestrator.spec import (BranchOption, Choice, Grid, IntRange, JobStage, LogUniform, OptunaStage,
+                               ResourcesSpec, SpaceEntry, StudySpec, TuneStage, Uniform, trials_per_gpu)
 from orchestrator.tracking import TrackingTarget
 
 
@@ -36,6 +36,20 @@ def describe_branches(branches: Mapping[str, Mapping[str, BranchOption]]) -> str
     return "; ".join(parts)
 
 
+def describe_resources(resources: ResourcesSpec) -> str:
+    """`1 CPU, 0.25 GPU (4 trials per GPU), 8 GB GPU memory each, 40 GB GPUs; fallback: cpu`."""
+    text = f"{resources.cpu:g} CPU, {resources.gpu:g} GPU"
+    if 0 < resources.gpu < 1:
+        text += f" ({trials_per_gpu(resources.gpu)} trials per GPU)"
+    if resources.gpu_memory_gb is not None:
+        text += f", {resources.gpu_memory_gb:g} GB GPU memory each"
+    if resources.device_memory_gb is not None:
+        text += f", {resources.device_memory_gb:g} GB GPUs"
+    if resources.fallback:
+        text += f"; fallback: {resources.fallback} (where there is no GPU)"
+    return text
+
+
 def plan_lines(spec: StudySpec, output: str, target: TrackingTarget) -> list[str]:
     lines = [f"Study {spec.name!r} from {spec.source}: {len(spec.stages)} stage(s), output {output}"]
     if spec.description:
@@ -54,8 +68,7 @@ def plan_lines(spec: StudySpec, output: str, target: TrackingTarget) -> list[str
             lines += [
                 f"  {number}. {stage.name}  tune  trainable={stage.trainable}  metric={stage.metric} ({stage.mode})",
                 f"       trials: {stage.total_trials} ({searcher}{seed}){at_once}; {asha}",
-                f"       resources per trial: {stage.resources.cpu:g} CPU, {stage.resources.gpu:g} GPU; "
-                f"max_failures={stage.max_failures}",
+                f"       resources per trial: {describe_resources(stage.resources)}; max_failures={stage.max_failures}",
             ]
             if stage.space:
                 lines.append("       space: " + "; ".join(f"{k} {describe_entry(v)}" for k, v in stage.space.items()))

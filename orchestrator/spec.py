@@ -126,8 +126,47 @@ class SearcherSpec:
 
 @dataclass(frozen=True)
 class ResourcesSpec:
+    """What one trial asks Ray for, and what it needs of a GPU.
+
+    A fractional `gpu` (0.25) makes Ray pack floor(1/gpu) trials on one GPU; `gpu_memory_gb`
+    (what one trial needs) and `device_memory_gb` (one GPU of the target machines) let that
+    packing be checked before anything starts (`packing_problem`). `fallback: cpu` runs the
+    trials on CPU where the local machine has no GPU, instead of refusing to start."""
+
     cpu: float = 1.0
     gpu: float = 0.0
+    gpu_memory_gb: float | None = None
+    device_memory_gb: float | None = None
+    fallback: Literal["cpu"] | None = None
+
+
+def trials_per_gpu(gpu_fraction: float) -> int:
+    """How many trials asking for `gpu_fraction` of a GPU Ray puts on one GPU (1 for whole GPUs)."""
+    if gpu_fraction >= 1:
+        return 1
+    return math.floor(1 / gpu_fraction + 1e-9)  # 1/0.1 is 10.000000000000002, 1/(1/3) may be 2.9999999999999996
+
+
+def packing_problem(gpu_fraction: float, trial_memory_gb: float | None, device_memory_gb: float | None, *,
+                    device: str = "device_memory_gb") -> str | None:
+    """Why trials asking for `gpu_fraction` of a GPU and `trial_memory_gb` of its memory each cannot
+    share a GPU of `device_memory_gb`, or None when they fit (or when a figure is not known).
+
+    `device` says where the GPU's size comes from; it is named in the message in parentheses."""
+    if gpu_fraction <= 0 or trial_memory_gb is None or device_memory_gb is None:
+        return None
+    if trial_memory_gb > device_memory_gb + 1e-9:
+        return (f"each trial needs {trial_memory_gb:g} GB of GPU memory (gpu_memory_gb) but a GPU has "
+                f"{device_memory_gb:g} GB ({device}): it does not fit even alone on a whole GPU")
+    packed = trials_per_gpu(gpu_fraction)
+    if packed * trial_memory_gb <= device_memory_gb + 1e-9:
+        return None
+    fitting = math.floor(device_memory_gb / trial_memory_gb + 1e-9)  # >= 1: a single trial fits (checked above)
+    # 1/fitting rounded down to Ray's 4 decimals, so that it packs exactly `fitting` trials (1/6 -> 0.1666).
+    suggestion = "1" if fitting == 1 else f"{math.floor(10_000 / fitting) / 10_000:g}"
+    return (f"{packed} trials per GPU (gpu: {gpu_fraction:g}) x {trial_memory_gb:g} GB = "
+            f"{packed * trial_memory_gb:g} GB do not fit a {device_memory_gb:g} GB GPU ({device}); use gpu: "
+            f"{suggestion} ({fitting} per GPU) or lower gpu_memory_gb to {device_memory_gb / packed:.3g}")
 
 
 @dataclass(frozen=True)
@@ -630,14 +669,30 @@ def _parse_resources(raw: Any, key: str, problems: _Problems) -> ResourcesSpec |
     raw = _mapping(raw, key, problems)
     if raw is None:
         return None
-    _unknown_keys(raw, ("cpu", "gpu"), key, problems)
+    _unknown_keys(raw, ("cpu", "gpu", "gpu_memory_gb", "device_memory_gb", "fallback"), key, problems)
+    count = len(problems.items)
     cpu = _number(raw, "cpu", key, problems, default=1.0)
     gpu = _number(raw, "gpu", key, problems, default=0.0)
     if cpu is not None and cpu <= 0:
         problems.add(f"{key}.cpu", f"must be > 0, got {cpu}")
     if gpu is not None and (gpu < 0 or (gpu > 1 and gpu != int(gpu))):
         problems.add(f"{key}.gpu", f"must be >= 0, and a whole number when above 1 (got {gpu})")
-    return ResourcesSpec(float(cpu or 1.0), float(gpu or 0.0))
+    memory = {}
+    for name in ("gpu_memory_gb", "device_memory_gb"):
+        memory[name] = _number(raw, name, key, problems)
+        if memory[name] is not None and memory[name] <= 0:
+            problems.add(f"{key}.{name}", f"must be > 0 (GB), got {memory[name]}")
+            memory[name] = None
+    fallback = _string(raw, "fallback", key, problems, choices=("cpu", "none"))
+    if len(problems.items) == count:  # the packing is judged only on valid figures
+        problem = packing_problem(float(gpu or 0.0), memory["gpu_memory_gb"], memory["device_memory_gb"])
+        if problem:
+            problems.add(key, problem)
+    return ResourcesSpec(float(cpu or 1.0), float(gpu or 0.0),
+                         gpu_memory_gb=None if memory["gpu_memory_gb"] is None else float(memory["gpu_memory_gb"]),
+                         device_memory_gb=None if memory["device_memory_gb"] is None
+                         else float(memory["device_memory_gb"]),
+                         fallback="cpu" if fallback == "cpu" else None)
 
 
 def _parse_register(raw: Any, key: str, default_name: str, definition: catalog.TrainableDef | None,

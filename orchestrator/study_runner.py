@@ -8,6 +8,7 @@ the stage's run FAILED with the reason, an interrupt marks it KILLED, both resum
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.spec import JobStage, OptunaStage, Stage, StudySpec, TuneStage
+from orchestrator.spec import JobStage, OptunaStage, ResourcesSpec, Stage, StudySpec, TuneStage, packing_problem
 from orchestrator.study_state import StudyState, save_state
 from orchestrator.tracking import Tracker, last_line
 
@@ -67,6 +68,8 @@ def stage_params(stage: Stage) -> dict[str, Any]:
         "scheduler": "asha" if stage.scheduler else "none",
         **({f"asha.{k}": v for k, v in vars(stage.scheduler).items()} if stage.scheduler else {}),
         "resources.cpu": stage.resources.cpu, "resources.gpu": stage.resources.gpu,
+        **{f"resources.{k}": getattr(stage.resources, k) for k in ("gpu_memory_gb", "device_memory_gb", "fallback")
+           if getattr(stage.resources, k) is not None},
         "max_failures": stage.max_failures, "config": dict(stage.config),
         "inputs": {k: str(v) for k, v in stage.inputs.items()},
     }
@@ -148,7 +151,10 @@ class StudyRunner:
         from trainables import catalog
 
         self.start_ray()
-        self.check_trial_fits(stage)
+        resources = self.check_trial_fits(stage)
+        if resources != stage.resources:  # the CPU fallback: the spec stays as written, the trials ask for no GPU
+            self.tracker.set_tags(parent, {"gensearch.fallback": "cpu: no GPU on this machine, trials ran with gpu 0"})
+            stage = dataclasses.replace(stage, resources=resources)
         stage_state = self.state.stage(stage.name)
         outcome = run_tune_stage(stage=stage, inputs=inputs, storage=self.output / "tune", tracker=self.tracker,
                                  parent_run_id=parent, resume=self.resume)
@@ -218,20 +224,42 @@ class StudyRunner:
                  logging_level=logging.INFO if self.verbose else logging.WARNING, runtime_env=runtime_env)
         self._ray_started = True
 
-    def check_trial_fits(self, stage: TuneStage) -> None:
-        """On a fixed local Ray, a trial asking for more than exists would wait forever: say so now.
-        A cluster (--address) may autoscale, so its resources are not judged here."""
+    def check_trial_fits(self, stage: TuneStage) -> ResourcesSpec:
+        """On a fixed local Ray, a trial asking for more than exists would wait forever: say so now,
+        and refuse a GPU packing whose trials' declared memory cannot fit this machine's smallest GPU.
+        Returns the resources the trials will get: the stage's own, or with `gpu: 0` when the stage
+        allows `fallback: cpu` and this machine has no GPU. A cluster (--address) may autoscale, so
+        its resources are not judged here."""
         import ray
 
+        resources = stage.resources
         if self.address:
-            return
+            return resources
         available = ray.cluster_resources()
-        for kind, need in (("CPU", stage.resources.cpu), ("GPU", stage.resources.gpu)):
+        if resources.gpu > 0 and available.get("GPU", 0.0) == 0:
+            if resources.fallback != "cpu":
+                raise StageError(stage.name, f"resources.gpu: each trial asks for {resources.gpu:g} GPU but this "
+                                             f"machine's Ray has no GPU; add `fallback: cpu` to the stage's resources "
+                                             f"to run its trials on CPU here, set gpu: 0, or join a cluster with "
+                                             f"--address")
+            print(f"[{stage.name}] no GPU on this machine: running its trials on CPU (resources.fallback: cpu)",
+                  flush=True)
+            resources = dataclasses.replace(resources, gpu=0.0)
+        for kind, need in (("CPU", resources.cpu), ("GPU", resources.gpu)):
             have = available.get(kind, 0.0)
             if need > have:
                 raise StageError(stage.name, f"resources.{kind.lower()}: each trial asks for {need:g} {kind} but "
                                              f"this machine's Ray has {have:g}; lower it or join a cluster with "
                                              f"--address")
+        if resources.gpu > 0 and resources.gpu_memory_gb is not None:
+            smallest = smallest_gpu()
+            if smallest is not None:
+                memory_gb, name = smallest
+                problem = packing_problem(resources.gpu, resources.gpu_memory_gb, memory_gb,
+                                          device=f"the smallest GPU here: {name}")
+                if problem:
+                    raise StageError(stage.name, f"resources: {problem}")
+        return resources
 
     def stop_ray(self) -> None:
         if self._ray_started:
@@ -239,6 +267,23 @@ class StudyRunner:
 
             ray.shutdown()  # only the Ray this process started (or its connection to a cluster)
             self._ray_started = False
+
+
+def smallest_gpu() -> tuple[float, str] | None:
+    """(memory in GB, `cuda:I NAME`) of the CUDA device with the least memory that torch sees here, or None.
+
+    GB as torch counts them (2**30 bytes), rounded down to 0.1: a card sold as "40GB" shows a little under 40."""
+    import math
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    devices = [(torch.cuda.get_device_properties(i), i) for i in range(torch.cuda.device_count())]
+    if not devices:
+        return None
+    properties, index = min(devices, key=lambda pair: pair[0].total_memory)
+    return math.floor(properties.total_memory / 2**30 * 10) / 10, f"cuda:{index} {properties.name}"
 
 
 def _one_line(error: BaseException) -> str:
