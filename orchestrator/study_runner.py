@@ -220,7 +220,9 @@ class StudyRunner:
         runtime_env = {"env_vars": self.worker_env} if self.worker_env else None
         if not self.verbose:  # our per-trial line names the reason and the trial's error file instead
             logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
-        ray.init(address=self.address, include_dashboard=False, log_to_driver=self.verbose,
+        # "local", not None: with None Ray joins the last cluster `ray start` made on this machine (or
+        # $RAY_ADDRESS), and a run meant to be private would land on someone else's cluster.
+        ray.init(address=self.address or "local", include_dashboard=False, log_to_driver=self.verbose,
                  logging_level=logging.INFO if self.verbose else logging.WARNING, runtime_env=runtime_env)
         self._ray_started = True
 
