@@ -120,7 +120,9 @@ class AshaSpec:
 @dataclass(frozen=True)
 class SearcherSpec:
     type: Literal["optuna", "basic"] = "optuna"
-    sampler: Literal["tpe", "random"] = "tpe"
+    # qmc: a scrambled Halton sequence (after one random first trial): space-filling, no two trials alike;
+    # for a sweep of one or two settings, where TPE on a few trials keeps re-drawing the same integer.
+    sampler: Literal["tpe", "random", "qmc"] = "tpe"
     seed: int | None = None
 
 
@@ -658,7 +660,7 @@ def _parse_searcher(raw: Any, key: str, problems: _Problems) -> SearcherSpec | N
         return None
     _unknown_keys(raw, ("type", "sampler", "seed"), key, problems)
     kind = _string(raw, "type", key, problems, default="optuna", choices=("optuna", "basic"))
-    sampler = _string(raw, "sampler", key, problems, default="tpe", choices=("tpe", "random"))
+    sampler = _string(raw, "sampler", key, problems, default="tpe", choices=("tpe", "random", "qmc"))
     seed = _number(raw, "seed", key, problems, integer=True)
     if kind == "basic" and "sampler" in raw:
         problems.add(f"{key}.sampler", "only applies to `type: optuna`")

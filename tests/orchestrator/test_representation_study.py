@@ -31,7 +31,7 @@ TINY = {
          "config": {"pool": 2, "fewshot_k": 4, "fewshot_repeats": 2, "pool_size": 300, "val_images": 200},
          "space": {"t": {"type": "int", "low": 0, "high": 49}},
          "metric": "val_fewshot_lin", "num_samples": TRIALS, "max_concurrent_trials": 1,
-         "searcher": {"type": "optuna", "sampler": "random", "seed": 0}},
+         "searcher": {"type": "optuna", "sampler": "qmc", "seed": 0}},   # a space-filling sweep over t
         {"name": "fewshot", "kind": "job", "job": "fewshot", "inputs": {"diffusion": "timestep.best"},
          "config": {"shots": [2, 8], "repeats": 2, "heads": ["lin"], "train_pool": 500, "test_images": 300}},
     ],
@@ -89,6 +89,7 @@ def test_a_tiny_diffusion_study_killed_in_its_t_search_resumes_without_retrainin
     trials = children[parents["timestep"].info.run_id]
     assert len(trials) == TRIALS == len({run.data.tags["gensearch.trial_id"] for run in trials})
     assert all(0.0 <= run.data.metrics["val_fewshot_lin"] <= 1.0 for run in trials)
+    assert len({run.data.params["t"] for run in trials}) == TRIALS  # the qmc sweep never repeats a t
     artifacts = {a.path for a in client.list_artifacts(parents["timestep"].info.run_id)}
     assert {"parameter_sweep.png", "search_history.png"} <= artifacts  # accuracy against t across trials
     evaluation = parents["fewshot"]
