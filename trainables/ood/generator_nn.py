@@ -38,11 +38,11 @@ import torch
 
 from trainables.catalog import Metric, TrainableDef
 from trainables.classifier import split_train_val
-from trainables.data import DATASETS, ImageSet, load_images, require_training_data
+from trainables.data import ImageSet, load_images, require_training_data
 from trainables.device import resolve_device
 from trainables.ood.detectors import Detector
 from trainables.ood.metrics import ood_metrics
-from trainables.ood.sets import ood_set
+from trainables.ood.sets import check_validation_ood, ood_set
 from trainables.reporter import CheckpointState, Reporter
 from trainables.vae import VAE, VAEConfig, decode, train_vae_epoch
 
@@ -77,10 +77,7 @@ class GeneratorNNConfig:
             raise ValueError(f"train_size must be >= 0, got {self.train_size}")
         if not 0.0 < self.target_tpr <= 1.0:
             raise ValueError(f"target_tpr must be in (0, 1], got {self.target_tpr}")
-        if self.validation_ood in DATASETS:
-            raise ValueError(f"validation_ood {self.validation_ood!r} would read that dataset's test split, which "
-                             "the final OOD evaluation uses; pick a noise set (uniform_noise, gaussian_noise) "
-                             "or a folder: of images kept for validation")
+        check_validation_ood(self.validation_ood)
 
     def vae_config(self) -> VAEConfig:
         """The per-class VAE: this config's data, latent size, epochs and batch; VAEConfig's width, lr and beta."""

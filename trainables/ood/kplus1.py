@@ -31,12 +31,12 @@ from torch import nn
 
 from trainables.catalog import Metric, TrainableDef
 from trainables.classifier import Classifier, split_train_val
-from trainables.data import DATASETS, ImageSet, load_images, require_training_data
+from trainables.data import ImageSet, load_images, require_training_data
 from trainables.device import resolve_device
 from trainables.fit import fit
 from trainables.ood.detectors import Detector
 from trainables.ood.metrics import ood_metrics
-from trainables.ood.sets import ood_set
+from trainables.ood.sets import check_validation_ood, ood_set
 from trainables.reporter import CheckpointState, Reporter
 from trainables.vae import VAE, VAEConfig, decode, evaluate_vae, train_vae_epoch
 
@@ -74,10 +74,7 @@ class KPlus1Config:
             raise ValueError(f"ood_weight must be >= 0, got {self.ood_weight}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.validation_ood in DATASETS:
-            raise ValueError(f"validation_ood {self.validation_ood!r} would read that dataset's test split, which "
-                             "the final OOD evaluation uses; pick a noise set (uniform_noise, gaussian_noise) "
-                             "or a folder: of images kept for validation")
+        check_validation_ood(self.validation_ood)
 
     def vae_config(self) -> VAEConfig:
         """The stage-1 VAE: this config's data, latent size and epochs; VAEConfig's width, lr and batch."""

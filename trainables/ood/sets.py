@@ -31,6 +31,15 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 _GAUSSIAN_MEAN, _GAUSSIAN_STD = 0.5, 0.25
 
 
+def check_validation_ood(name: str) -> None:
+    """A validation OOD set must not be a dataset's test split: the final OOD evaluation reads those,
+    and a setting tuned on them would be judged on what it was tuned on."""
+    if name in DATASETS:
+        raise ValueError(f"validation_ood {name!r} would read that dataset's test split, which the final OOD "
+                         "evaluation uses; pick a noise set (uniform_noise, gaussian_noise) or a folder: of images "
+                         "kept for validation")
+
+
 def ood_set(name: str, count: int = 2000, seed: int = 0,
             data_root: str | os.PathLike[str] | None = None) -> torch.Tensor:
     """The images of OOD set `name`: (N, 1, 28, 28) float32 in [0, 1], reproducible from `seed`.
