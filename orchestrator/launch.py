@@ -1,8 +1,10 @@
 """gensearch's command line: validate a study YAML, run it, resume it.
 
 Exit codes: 0 success; 1 a stage failed (its MLflow run is marked FAILED with the reason and all
-completed work is kept; fix the cause and re-run with --resume); 2 nothing ran (bad spec, output
-folder already used, unreachable tracking server, missing dataset); 130 interrupted (resumable).
+completed work is kept; fix the cause and re-run with --resume), or the tracking server stopped
+answering mid-study (one line naming it; trials go on while it is down, and --resume copies into
+MLflow whatever it missed); 2 nothing ran (bad spec, output folder already used, unreachable tracking
+server, missing dataset); 130 interrupted (resumable).
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ def run(spec, output: Path, target, args) -> int:
     from orchestrator.study_runner import StageError, StudyRunner
     from orchestrator.study_state import StudyState, load_state
     from orchestrator.summary import summary_lines, write_summary
-    from orchestrator.tracking import Tracker, TrackingUnavailable, check_reachable
+    from orchestrator.tracking import (Tracker, TrackingUnavailable, apply_client_defaults, check_reachable,
+                                       tracking_outage)
 
     state = load_state(output)
     if state is not None and state.started and not args.resume:
@@ -134,6 +137,7 @@ def run(spec, output: Path, target, args) -> int:
         for line in problems:
             print(line, file=sys.stderr)
         return 2
+    apply_client_defaults()  # before any MLflow client exists: give up on a dead server in seconds
     try:
         check_reachable(target)
     except TrackingUnavailable as error:
@@ -158,6 +162,14 @@ def run(spec, output: Path, target, args) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: completed work is kept; continue with --resume", file=sys.stderr, flush=True)
         return 130
+    except Exception as error:  # noqa: BLE001 - a tracking outage is one line; anything else is a bug: raised
+        outage = tracking_outage(target, error)
+        if outage is None:
+            raise
+        print(f"error: {spec.source}: tracking: {outage}. Completed trials, their results and checkpoints are "
+              f"kept in {output}; start the server again on the same store and re-run with --resume",
+              file=sys.stderr, flush=True)
+        code = 1
     lines = summary_lines(spec, state, output, target)
     write_summary(lines, output)
     print("\n" + "\n".join(lines), flush=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 from orchestrator.spec import JobStage, OptunaStage, ResourcesSpec, Stage, StudySpec, TuneStage, packing_problem
 from orchestrator.study_state import StudyState, save_state
-from orchestrator.tracking import Tracker, last_line
+from orchestrator.tracking import Tracker, TrackingLost, last_line, tracking_outage
 
 # Tune saves its experiment state at most this often; small, so a kill loses little bookkeeping.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
@@ -133,8 +133,12 @@ class StudyRunner:
             self.tracker.finish(parent, "KILLED", "interrupted by the user; continue with --resume")
             raise
         except Exception as error:  # noqa: BLE001 - any failure must close the run with its reason
-            stage_state.status = "failed"
             stage_state.wall_s += time.monotonic() - started
+            outage = tracking_outage(self.tracker.target, error)
+            if outage is not None:  # MLflow cannot be told anything: the stage stays `running`, resumable
+                self.save()
+                raise TrackingLost(f"{outage} during stage {stage.name!r}") from error
+            stage_state.status = "failed"
             self.save()
             reason = error.reason if isinstance(error, StageError) else _one_line(error)
             self.tracker.finish(parent, "FAILED", reason)

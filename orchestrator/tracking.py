@@ -35,6 +35,31 @@ class TrackingUnavailable(RuntimeError):
     """The tracking store cannot be reached; raised before any trial starts."""
 
 
+class TrackingLost(TrackingUnavailable):
+    """The tracking server stopped answering mid-study. Raised instead of a stage failure, because the
+    stage did not fail: its trials and Tune's record of their results are kept, and `--resume` copies
+    into MLflow whatever it missed once the server is back."""
+
+
+# MLflow's client retries a refused or timed-out request 7 times with backoff factor 2 and waits up to
+# 120 s per attempt: a server that dies mid-study freezes the driver (and with it Tune's event loop) for
+# minutes per call before anything is said. The launcher uses these instead unless the user set them:
+# a blip of a few seconds is still ridden out, an outage is noticed in about 10 s.
+# MLflow also prints two "View run ... at: URL" lines whenever a run on a server ends: two per trial,
+# burying the launcher's own one line per trial.
+CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+
+
+def apply_client_defaults(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Set CLIENT_DEFAULTS in `environ` (the process environment by default) where the user has not;
+    returns what was set."""
+    environ = os.environ if environ is None else environ
+    applied = {key: value for key, value in CLIENT_DEFAULTS.items() if key not in environ}
+    environ.update(applied)
+    return applied
+
+
 @dataclass(frozen=True)
 class TrackingTarget:
     uri: str
@@ -58,24 +83,46 @@ def resolve_target(output: Path, cli_uri: str | None, spec_uri: str | None) -> T
                           embedded=True)
 
 
+def unreachable_reason(target: TrackingTarget, timeout_s: float = 5.0) -> str | None:
+    """Why a tracking server does not answer its health endpoint right now, or None when it does (or when
+    the store is not a server: a local SQLite file has no outage to detect)."""
+    if not target.uri.startswith(("http://", "https://")):
+        return None
+    url = target.uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - user-given URI
+            if response.status == 200:
+                return None
+            return f"HTTP {response.status}"
+    except urllib.error.HTTPError as error:
+        return f"HTTP {error.code}"
+    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as error:
+        return str(getattr(error, "reason", error))
+
+
+def tracking_outage(target: TrackingTarget, error: BaseException) -> str | None:
+    """One line naming the server when `error` came from a tracking server that has stopped answering;
+    None when the server answers (then `error` is a real failure, to be reported as such).
+
+    Called after an MLflow call failed: by then the client has spent its retries, so a server that still
+    does not answer is down, not slow."""
+    if isinstance(error, TrackingUnavailable):
+        return str(error)
+    reason = unreachable_reason(target, timeout_s=3.0)
+    if reason is None:
+        return None
+    return f"MLflow tracking server {target.uri} stopped answering ({reason})"
+
+
 def check_reachable(target: TrackingTarget, timeout_s: float = 5.0) -> None:
     """Fail in seconds, with a sentence, when a tracking server does not answer.
 
     MLflow's own client retries for minutes before raising; we ask the server's health endpoint
     once, before Ray or any trial starts, so a dead server costs nothing.
     """
-    if not target.uri.startswith(("http://", "https://")):
+    reason = unreachable_reason(target, timeout_s)
+    if reason is None:
         return
-    url = target.uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - user-given URI
-            if response.status == 200:
-                return
-            reason = f"HTTP {response.status}"
-    except urllib.error.HTTPError as error:
-        reason = f"HTTP {error.code}"
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as error:
-        reason = str(getattr(error, "reason", error))
     raise TrackingUnavailable(
         f"MLflow tracking server {target.uri} is unreachable ({reason}); start it, or pass another "
         f"--tracking-uri (omit it to use the embedded SQLite store). Nothing was run."

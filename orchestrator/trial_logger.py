@@ -5,23 +5,35 @@ node of a cluster lands in MLflow without that node needing access to the tracki
 callback is pickled with the Tuner's state and unpickled on `--resume`; it keeps only plain data
 and reopens its MLflow client lazily. Existing child runs are looked up by trial id, so a resumed
 trial continues its run instead of starting a duplicate.
+
+A tracking server that stops answering never stops the trials: the callback says so once, skips
+MLflow until the server answers its health check again, and Tune's own record of every result (each
+trial's result.json) is the buffer: `tune_stage.reconcile` copies whatever MLflow lacks when the stage
+ends, or on `--resume` if the server was still down then.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from orchestrator.tracking import Tracker, TrackingTarget, last_line
+from orchestrator.tracking import Tracker, TrackingTarget, last_line, tracking_outage, unreachable_reason
+from orchestrator.tune_reporter import NODE_ID
 
 # Tune's bookkeeping keys are not the trainable's metrics; they go to tags or nowhere.
-TUNE_BOOKKEEPING = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint", "date"}
+TUNE_BOOKKEEPING = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint", "date",
+                                            NODE_ID}
 HEARTBEAT_S = 30.0
+# While the tracking server is down, its health endpoint is asked at most this often (a refused
+# connection answers at once; a silent host costs the probe's 2 s timeout).
+OUTAGE_PROBE_S = 10.0
 # Logged with every result; its history tells which steps a run already has.
-_STEP_MARKER = "time_total_s"
+STEP_MARKER = "time_total_s"
+T = TypeVar("T")
 
 
 def _reason(trial: Any) -> str:
@@ -42,8 +54,10 @@ class MlflowTrialLogger(Callback):
         self.max_t = max_t  # ASHA's budget: a trial ending before it was stopped early
         self._tracker: Tracker | None = None
         self._runs: dict[str, str] = {}
-        self._node_tagged: set[str] = set()
+        self._tagged_node: dict[str, str] = {}  # run id -> the node id its tags name
         self._last_step: dict[str, int] = {}
+        self._outage_since: float | None = None  # monotonic time the tracking server stopped answering
+        self._last_probe = 0.0
         self._done = 0
         self._best: float | None = None
         self._started = self._last_heartbeat = time.monotonic()
@@ -61,12 +75,54 @@ class MlflowTrialLogger(Callback):
 
     def setup(self, **info: Any) -> None:
         self._started = self._last_heartbeat = time.monotonic()
-        self._node_tagged, self._last_step = set(), {}
-        children = self.tracker.children(self.parent_run_id)
-        self._runs = {trial_id: run.info.run_id for trial_id, run in children.items()}
-        self._done = sum(1 for run in children.values() if run.info.status in ("FINISHED", "FAILED"))
+        self._tagged_node, self._last_step = {}, {}
+        self._outage_since, self._last_probe = None, 0.0
+        self._runs, self._done = {}, 0
+        children = self._tracking(lambda: self.tracker.children(self.parent_run_id))
+        if children is not None:
+            self._runs = {trial_id: run.info.run_id for trial_id, run in children.items()}
+            self._done = sum(1 for run in children.values() if run.info.status in ("FINISHED", "FAILED"))
         print(f"[{self.stage}] {self.total_trials} trials, metric {self.metric} ({self.mode})"
               + (f"; resuming with {self._done} already done" if self._done else ""), flush=True)
+
+    def _tracking(self, action: Callable[[], T]) -> T | None:
+        """Run one piece of MLflow work; None if the tracking server is down.
+
+        A failure while the server answers its health check is a real error and is raised. A failure
+        while it does not starts an outage: one line naming the server, then MLflow is skipped (not
+        retried per result, which would stall Tune's loop for the client's retries each time) until a
+        probe finds the server back. Nothing is lost meanwhile: Tune keeps every result."""
+        if self._outage_since is not None and not self._server_back():
+            return None
+        try:
+            return action()
+        except Exception as error:  # noqa: BLE001 - only an outage is swallowed; the rest is re-raised
+            outage = tracking_outage(self.target, error)
+            if outage is None:
+                raise
+            self._outage_since = self._last_probe = time.monotonic()
+            print(f"[{self.stage}] tracking: {outage}; the trials go on and Tune keeps every result, which "
+                  f"is copied to MLflow once the server answers again", flush=True)
+            return None
+
+    def _server_back(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_probe < OUTAGE_PROBE_S:
+            return False
+        self._last_probe = now
+        if unreachable_reason(self.target, timeout_s=2.0) is not None:
+            return False
+        try:
+            # A child run may have been created just before the outage without its id reaching us.
+            children = self.tracker.children(self.parent_run_id)
+        except Exception:  # noqa: BLE001 - answered the probe but not this: still down
+            return False
+        self._runs.update({trial_id: run.info.run_id for trial_id, run in children.items()})
+        self._last_step = {}
+        print(f"[{self.stage}] tracking: MLflow tracking server {self.target.uri} answers again after "
+              f"{now - self._outage_since:.0f}s; logging resumes", flush=True)
+        self._outage_since = None
+        return True
 
     def _run_id(self, trial: Any) -> str:
         run_id = self._runs.get(trial.trial_id)
@@ -76,26 +132,30 @@ class MlflowTrialLogger(Callback):
         return run_id
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._run_id(trial)
+        self._tracking(lambda: self._run_id(trial))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self._tracking(lambda: self._log_result(trial, result))
+
+    def _log_result(self, trial: Any, result: dict) -> None:
         run_id = self._run_id(trial)
         step = int(result.get("training_iteration", 0))
         if step > self._logged_through(run_id):
             metrics = {k: v for k, v in result.items() if k not in TUNE_BOOKKEEPING}
-            metrics[_STEP_MARKER] = result.get("time_total_s", 0.0)
+            metrics[STEP_MARKER] = result.get("time_total_s", 0.0)
             self.tracker.log_metrics(run_id, metrics, step=step)
             self._last_step[run_id] = step
-        if run_id not in self._node_tagged:  # once per attempt: a retried trial may land on another node
-            self.tracker.set_tags(run_id, {"gensearch.node_ip": result.get("node_ip", ""),
+        node = str(result.get(NODE_ID, ""))
+        if self._tagged_node.get(run_id) != node:  # a retried trial may land on another node
+            self.tracker.set_tags(run_id, {"gensearch.node_id": node, "gensearch.node_ip": result.get("node_ip", ""),
                                            "gensearch.hostname": result.get("hostname", "")})
-            self._node_tagged.add(run_id)
+            self._tagged_node[run_id] = node
 
     def _logged_through(self, run_id: str) -> int:
         """The last step already in MLflow for this run. A trial resumed from a checkpoint older than
         its last report repeats a few steps; the first record of a step is kept, not doubled."""
         if run_id not in self._last_step:
-            history = self.tracker.client.get_metric_history(run_id, _STEP_MARKER)
+            history = self.tracker.client.get_metric_history(run_id, STEP_MARKER)
             self._last_step[run_id] = max((m.step for m in history), default=0)
         return self._last_step[run_id]
 
@@ -104,6 +164,9 @@ class MlflowTrialLogger(Callback):
         path = getattr(checkpoint, "path", None)
         if not path:
             return
+        self._tracking(lambda: self._publish_step_files(trial, path))
+
+    def _publish_step_files(self, trial: Any, path: str) -> None:
         run_id = self._run_id(trial)
         try:
             self.tracker.log_step_files(run_id, path)
@@ -111,8 +174,7 @@ class MlflowTrialLogger(Callback):
             pass
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self._run_id(trial)
-        self.tracker.finish(run_id, "FINISHED")
+        self._tracking(lambda: self.tracker.finish(self._run_id(trial), "FINISHED"))  # else: reconcile closes it
         self._done += 1
         last = trial.last_result or {}
         value = last.get(self.metric)
@@ -140,9 +202,8 @@ class MlflowTrialLogger(Callback):
                   f"{now - self._started:.0f}s", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self._run_id(trial)
         reason = _reason(trial)
-        self.tracker.finish(run_id, "FAILED", reason)
+        self._tracking(lambda: self.tracker.finish(self._run_id(trial), "FAILED", reason))
         self._done += 1
         where = f" (details: {trial.path}/error.txt)" if getattr(trial, "path", None) else ""
         print(f"[{self.stage}] {self._done}/{self.total_trials} done · trial {trial.trial_id} FAILED: {reason}{where}",

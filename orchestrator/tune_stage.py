@@ -25,7 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 from orchestrator.spec import Choice, Grid, IntRange, LogUniform, SpaceEntry, TuneStage, Uniform
 from orchestrator.study_state import BestTrial
 from orchestrator.tracking import Tracker, last_line, numeric_metrics
-from orchestrator.trial_logger import TUNE_BOOKKEEPING, MlflowTrialLogger
+from orchestrator.trial_logger import STEP_MARKER, TUNE_BOOKKEEPING, MlflowTrialLogger
 from orchestrator.tune_reporter import TuneReporter
 from trainables import catalog
 from trainables.config import build_config
@@ -142,7 +142,8 @@ def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path
 
 def reconcile(stage: TuneStage, results: Any, tracker: Tracker, parent_run_id: str,
               experiment_dir: Path) -> TuneOutcome:
-    """Make MLflow agree with Tune: one closed child run per trial, none for trials Tune forgot."""
+    """Make MLflow agree with Tune: one closed child run per trial, none for trials Tune forgot, and every
+    result Tune recorded for a trial in its run (see `backfill_results`)."""
     children = tracker.children(parent_run_id)
     seen, failed, runs = set(), 0, {}
     best: tuple[float, Any, str] | None = None
@@ -152,10 +153,9 @@ def reconcile(stage: TuneStage, results: Any, tracker: Tracker, parent_run_id: s
         run = children.get(trial_id)
         run_id = run.info.run_id if run else tracker.create_child(parent_run_id, stage.name, trial_id, result.config)
         runs[trial_id] = run_id
-        if run is None and result.metrics_dataframe is not None:
-            for _, row in result.metrics_dataframe.iterrows():
-                tracker.log_metrics(run_id, {k: row[k] for k in row.index if k in (result.metrics or {})},
-                                    step=int(row.get("training_iteration", 0)))
+        if run is not None and not run.data.params and result.config:  # created just before an outage
+            tracker.log_params(run_id, result.config)
+        backfill_results(tracker, run_id, result, known=run is not None)
         if result.error is not None:
             failed += 1
             if run is None or not tracker.is_terminal(run_id):
@@ -180,6 +180,36 @@ def reconcile(stage: TuneStage, results: Any, tracker: Tracker, parent_run_id: s
         best=BestTrial(trial_id=trial_id_of(result), metric=stage.metric, value=value,
                        checkpoint=checkpoint.path, config=config, child_run_id=run_id, epoch=epoch, metrics=metrics),
         trials=len(seen), failed_trials=failed, experiment_dir=experiment_dir, child_runs=runs)
+
+
+def backfill_results(tracker: Tracker, run_id: str, result: Any, known: bool = True) -> int:
+    """Log every step of Tune's own record of a trial that its MLflow run lacks; returns how many.
+
+    The driver's callback logs results as they arrive, but not while the tracking server is down, nor
+    for a trial whose run it never made (a kill between Tune's snapshot and the callback). Tune wrote
+    each result to the trial's folder regardless, so this makes MLflow whole again: the first record
+    of a step counts (a trial resumed from an older checkpoint repeats steps), a step already in MLflow
+    is left alone, and the same keys as the live callback are logged. `known=False` (a run just made)
+    skips asking MLflow what it already has."""
+    frame = result.metrics_dataframe
+    if frame is None or frame.empty or "training_iteration" not in frame:
+        return 0
+    logged = {m.step for m in tracker.client.get_metric_history(run_id, STEP_MARKER)} if known else set()
+    names = [name for name in (result.metrics or {}) if name not in TUNE_BOOKKEEPING and name in frame]
+    count = 0
+    for _, row in frame.drop_duplicates("training_iteration", keep="first").iterrows():
+        step = int(row["training_iteration"])
+        if step in logged:
+            continue
+        metrics = {name: _plain(row[name]) for name in names}  # numpy scalars are not int/float
+        metrics[STEP_MARKER] = _plain(row.get("time_total_s", 0.0))
+        tracker.log_metrics(run_id, metrics, step=step)
+        count += 1
+    return count
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
 
 
 def checkpoint_at_best(result: Any, metric: str, value: float) -> Any:
