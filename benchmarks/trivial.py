@@ -1,0 +1,43 @@
+"""A trainable that does (almost) nothing, named in a study YAML as `benchmarks.trivial:TRIVIAL`.
+
+For measuring the orchestrator itself (driver memory, per-trial bookkeeping) without training in the way.
+It lives in its own small module, not in a benchmark script, because every Ray worker imports it: the
+launcher runs from the repository root, and Ray puts the driver's working directory on its workers' path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+
+from trainables.catalog import Metric, TrainableDef
+from trainables.reporter import Reporter
+
+
+@dataclasses.dataclass(frozen=True)
+class TrivialConfig:
+    x: float = 0.5
+    steps: int = 1
+    sleep_s: float = 0.0
+
+
+def run(config: TrivialConfig, reporter: Reporter) -> Mapping[str, float]:
+    """Reports `score` = -(x - 0.3)^2 at each step; a checkpoint (the stage's best result needs one) only at
+    the last step, so the disk traffic stays what the orchestrator adds."""
+    metrics = {"score": -(config.x - 0.3) ** 2}
+    for step in range(1, config.steps + 1):
+        time.sleep(config.sleep_s)
+        metrics = {"score": -(config.x - 0.3) ** 2, "step": float(step)}
+        last = step == config.steps
+        checkpoint = {"trainable": "trivial", "config": dataclasses.asdict(config), "epoch": step,
+                      "metrics": metrics, "modules": {}, "optimizers": {}} if last else None
+        reporter.report(metrics, checkpoint)
+    return metrics
+
+
+TRIVIAL = TrainableDef(
+    name="trivial", config_cls=TrivialConfig, run=run,
+    metrics=(Metric("score", higher_is_better=True, description="-(x - 0.3)^2"),
+             Metric("step", higher_is_better=True, description="the step reached")),
+    description="does nothing but report: for measuring the orchestrator", tiny_config={"steps": 1})
