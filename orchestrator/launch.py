@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import textwrap
 import traceback
@@ -146,6 +147,7 @@ def run(spec, output: Path, target, args) -> int:
     output.mkdir(parents=True, exist_ok=True)
     (output / "error.log").unlink(missing_ok=True)  # a stale log from an earlier failure would mislead
     state = state or StudyState(study=spec.name, tracking_uri=target.uri)
+    state.spec_file, state.profile = str(keep_spec_copy(Path(args.study), output)), spec.profile
     tracker = Tracker(target, spec.tracking.experiment, spec.name)
     worker_env = {k: os.environ[k] for k in ("GENSEARCH_DATA", "GENSEARCH_CACHE") if k in os.environ}
     runner = StudyRunner(spec, output, tracker, state, resume=args.resume, address=args.address,
@@ -173,7 +175,31 @@ def run(spec, output: Path, target, args) -> int:
     lines = summary_lines(spec, state, output, target)
     write_summary(lines, output)
     print("\n" + "\n".join(lines), flush=True)
+    write_study_report(output, spec, target)
     return code
+
+
+def write_study_report(output: Path, spec, target) -> None:
+    """report.md at the end of every run (a failed one too: it shows how far the study got). The
+    results are already safe, so a report that cannot be written costs one line, not the exit code."""
+    from orchestrator.report import write_report
+
+    try:
+        path = write_report(output, tracking_uri=target.uri, spec=spec)
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        print(f"report not written: {type(error).__name__}: {error} (retry: python -m orchestrator.report {output})",
+              file=sys.stderr, flush=True)
+        return
+    print(f"report: {path}", flush=True)
+
+
+def keep_spec_copy(source: Path, output: Path) -> Path:
+    """The study YAML as launched, beside its results (`study.yaml`): the report reads each stage's
+    resources from it, and a researcher sees what ran even after editing the original."""
+    copy = output / "study.yaml"
+    if source.resolve() != copy.resolve():
+        shutil.copyfile(source, copy)
+    return copy
 
 
 def exit_now(code: int) -> None:

@@ -160,6 +160,7 @@ class StudyRunner:
             self.tracker.set_tags(parent, {"gensearch.fallback": "cpu: no GPU on this machine, trials ran with gpu 0"})
             stage = dataclasses.replace(stage, resources=resources)
         stage_state = self.state.stage(stage.name)
+        stage_state.trial_cpu, stage_state.trial_gpu = float(stage.resources.cpu), float(stage.resources.gpu)
         outcome = run_tune_stage(stage=stage, inputs=inputs, storage=self.output / "tune", tracker=self.tracker,
                                  parent_run_id=parent, resume=self.resume)
         best = outcome.best

@@ -47,6 +47,9 @@ class StageState:
     failed_trials: int = 0
     wall_s: float = 0.0
     output: str = ""
+    # What each trial of a tune stage was given (after a CPU fallback: gpu 0), for cost accounting.
+    trial_cpu: float = 0.0
+    trial_gpu: float = 0.0
 
 
 @dataclass
@@ -55,6 +58,8 @@ class StudyState:
     tracking_uri: str
     experiment_id: str = ""
     stages: dict[str, StageState] = field(default_factory=dict)
+    spec_file: str = ""  # the study YAML as launched, copied into the output folder (see launch.py)
+    profile: str = ""
 
     def stage(self, name: str) -> StageState:
         return self.stages.setdefault(name, StageState())
@@ -81,7 +86,8 @@ def load_state(output: Path) -> StudyState | None:
         stage.pop("registered", None)
         stages[name] = StageState(best=best, registered=registered, **stage)
     return StudyState(study=raw["study"], tracking_uri=raw["tracking_uri"],
-                      experiment_id=raw.get("experiment_id", ""), stages=stages)
+                      experiment_id=raw.get("experiment_id", ""), stages=stages,
+                      spec_file=raw.get("spec_file", ""), profile=raw.get("profile", ""))
 
 
 def save_state(output: Path, state: StudyState) -> None:
