@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -54,6 +57,31 @@ def run_launcher(*args: str, timeout: float = 600) -> subprocess.CompletedProces
                           env=launcher_env())
 
 
+def run_until(spec: Path, output: Path, pattern: str, grace_s: float = 0.0, timeout: float = 300,
+              extra_args: tuple[str, ...] = ()) -> list[str]:
+    """Start the launcher in its own process group and SIGKILL the whole group (the launcher and the Ray
+    it started, nothing else) `grace_s` after a line of its output matches `pattern` (Tune snapshots its
+    state about once a second: wait ~2.5 s after a trial ends for Tune to know it ended). Returns the
+    output lines read until then."""
+    process = subprocess.Popen(launcher(str(spec), "--output", str(output), *extra_args), cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                               env=launcher_env())
+    lines, deadline = [], time.monotonic() + timeout
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if re.search(pattern, line):
+                time.sleep(grace_s)
+                break
+            assert time.monotonic() < deadline, "the study did not reach the kill point in time:\n" + "".join(lines)
+        else:
+            raise AssertionError("the launcher ended before the kill point:\n" + "".join(lines))
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    return lines
+
+
 def client_for(output: Path) -> MlflowClient:
     uri = f"sqlite:///{output.resolve() / 'mlflow.db'}"
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -64,7 +92,8 @@ def study_runs(client: MlflowClient, experiment: str):
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"no MLflow experiment {experiment!r}"
     runs = client.search_runs([found.experiment_id], max_results=1000)
-    parents = {r.data.tags["gensearch.stage"]: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
+    parents = {r.data.tags["gensearch.stage"]: r for r in runs
+               if "mlflow.parentRunId" not in r.data.tags and "gensearch.stage" in r.data.tags}  # not the report
     children: dict[str, list] = {}
     for run in runs:
         parent = run.data.tags.get("mlflow.parentRunId")

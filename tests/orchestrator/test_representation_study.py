@@ -7,17 +7,12 @@ diffusion study's stages wired the same way at toy sizes (T = 50 steps, a 600-im
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
-
 import pandas as pd
 import pytest
 import yaml
 
 from orchestrator.spec import load_study
-from tests.orchestrator.study_helpers import REPO, client_for, launcher, launcher_env, run_launcher, study_runs
+from tests.orchestrator.study_helpers import REPO, client_for, run_launcher, run_until, study_runs
 
 TRIALS = 4
 TINY = {
@@ -48,32 +43,12 @@ def test_the_shipped_representation_studies_validate_with_their_profiles():
     assert diffusion.stage("timestep").inputs["ddpm"].stage == "ddpm"  # reused by reference
 
 
-def run_until_timestep_trial_done(spec, output, timeout: float = 300) -> list[str]:
-    """Start the launcher in its own process group and SIGKILL the group once one t trial has finished."""
-    process = subprocess.Popen(launcher(str(spec), "--output", str(output)), cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True, env=launcher_env())
-    lines, deadline = [], time.monotonic() + timeout
-    try:
-        for line in process.stdout:
-            lines.append(line)
-            if "[timestep] 1/" in line and " done" in line:
-                time.sleep(2.5)  # Tune snapshots its state about once a second
-                break
-            assert time.monotonic() < deadline, "the study did not reach the kill point in time:\n" + "".join(lines)
-        else:
-            raise AssertionError("the launcher ended before the kill point:\n" + "".join(lines))
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    return lines
-
-
 @pytest.mark.slow
 def test_a_tiny_diffusion_study_killed_in_its_t_search_resumes_without_retraining_the_ddpm(tmp_path):
     spec = tmp_path / "tinyrep.yaml"
     spec.write_text(yaml.safe_dump(TINY, sort_keys=False))
     output = tmp_path / "out"
-    run_until_timestep_trial_done(spec, output)
+    run_until(spec, output, r"\[timestep\] 1/\d+ done", grace_s=2.5)  # one t trial finished
     ddpm_folder = output / "tune" / "ddpm"
     trained = {path: path.stat().st_mtime_ns for path in ddpm_folder.rglob("*.pt")}
     assert trained, "the DDPM had not saved a checkpoint before the kill"
