@@ -100,6 +100,10 @@ class Discriminator(nn.Module):
         )
         init_weights(self)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 2 * ndf * 49) penultimate activations: the flattened 7x7 maps the final Linear reads."""
+        return self.net[:-1](x * 2 - 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x * 2 - 1).squeeze(1)
 

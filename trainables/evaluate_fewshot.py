@@ -7,8 +7,10 @@ feature set through the same code.
 
 Feature sources, each a checkpoint folder given by reference (all optional, pixels on by default):
 `vae` (posterior means), `diffusion` (a `ddpm_timestep` result: its DDPM's decoder features at its
-t), `classifier` (the penultimate layer of a trained classifier: features trained WITH labels, the
-upper reference).
+t), `discriminator` (a `dcgan` or `gasten` result: its GAN discriminator's penultimate activations,
+the flattened 7x7 maps before the real/fake Linear, `Discriminator.embed`, in eval mode so BatchNorm
+uses its running statistics and an image's features do not depend on its batch), `classifier` (the
+penultimate layer of a trained classifier: features trained WITH labels, the upper reference).
 
 Writes `fewshot.parquet`, `fewshot.md` and `fewshot_curves.png`; reports `<features>.<head>.k<k>`
 (mean accuracy) for every curve point.
@@ -41,6 +43,7 @@ class FewShotJobConfig:
     vae: str = ""  # a vae checkpoint folder (`vae.best`)
     diffusion: str = ""  # a ddpm_timestep result folder (`timestep.best`): the DDPM and the chosen t
     classifier: str = ""  # a classifier checkpoint folder: labelled-data features, for reference
+    discriminator: str = ""  # a dcgan (or gasten) checkpoint folder (`gan.best`): the discriminator's features
     pixels: bool = True  # the raw-pixel baseline
     shots: tuple[int, ...] = DEFAULT_SHOTS
     repeats: int = 5
@@ -51,8 +54,9 @@ class FewShotJobConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if not (self.vae or self.diffusion or self.classifier or self.pixels):
-            raise ValueError("no feature set: give vae, diffusion or classifier (by reference) or keep pixels: true")
+        if not (self.vae or self.diffusion or self.classifier or self.discriminator or self.pixels):
+            raise ValueError("no feature set: give vae, diffusion, discriminator or classifier (by reference) or keep "
+                             "pixels: true")
         if self.train_pool < 2 or self.test_images < 0:
             raise ValueError(f"train_pool must be >= 2 and test_images >= 0, got {self.train_pool}, "
                              f"{self.test_images}")
@@ -86,6 +90,26 @@ def feature_sources(config: FewShotJobConfig) -> list[tuple[str, str, FeatureFn]
         sources.append(("diffusion", f"DDPM decoder features at t={t}, {pool}x{pool} average pooling",
                         lambda images: diffusion.extract_features(unet, schedule, images, t, seed=FEATURE_NOISE_SEED,
                                                                   device=device, pool=pool).numpy()))
+    if config.discriminator:
+        from trainables.dcgan import Discriminator
+
+        state = load_checkpoint(config.discriminator)
+        weights = (state.get("modules") or {}).get("discriminator")
+        if weights is None:
+            raise ValueError(f"discriminator: {config.discriminator} is a {state.get('trainable')!r} checkpoint "
+                             "without a discriminator; give a dcgan or gasten checkpoint folder (inputs: "
+                             "{discriminator: gan.best})")
+        critic = Discriminator(int(weights["net.0.weight"].shape[0]))  # Conv2d(1, ndf, ...): ndf from the weights
+        critic.load_state_dict(weights)
+        critic.to(device).eval()
+
+        def embed_critic(images: torch.Tensor) -> np.ndarray:
+            with torch.no_grad():
+                return torch.cat([critic.embed(batch.to(device)).cpu() for batch in images.split(512)]).numpy()
+
+        sources.append(("discriminator", f"penultimate layer of a {state.get('trainable')} discriminator "
+                                         f"({critic.net[-1].in_features} features, trained without labels)",
+                        embed_critic))
     if config.classifier:
         from trainables import classifier as classifier_module
 
@@ -138,5 +162,6 @@ FEWSHOT = JobDef(
     run=run,
     metrics=(Metric("pixels.lin.k16", higher_is_better=True, description="raw-pixel baseline, lin head, k = 16"),),
     description="few-shot accuracy curves (k labelled images per class, lin and MLP heads) of a study's VAE, "
-                "diffusion or classifier features beside raw pixels, on the test split; table, parquet, plot",
+                "diffusion, GAN discriminator or classifier features beside raw pixels, on the test split; table, "
+                "parquet, plot",
 )

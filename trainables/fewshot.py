@@ -223,7 +223,7 @@ def fewshot_curve(
             n_train = int(picked.size)
             x_k, y_k = x_train[picked], y_train[picked]
             for head in config.heads:
-                model = _build_head(head, config, k, r)
+                model = build_head(head, config, k, r)
                 with warnings.catch_warnings():
                     # the MLP's fixed epoch budget often ends before its loss tolerance on tiny
                     # k-shot sets; that is the protocol, not a fault worth 50 warnings per curve
@@ -348,7 +348,7 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _build_head(head: str, config: FewShotConfig, k: int, repeat: int):
+def build_head(head: str, config: FewShotConfig, k: int, repeat: int):
     """A fresh standardise-then-classify pipeline; the MLP's seed comes from (seed, k, repeat)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier

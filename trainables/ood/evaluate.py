@@ -46,6 +46,7 @@ class EvaluateOodConfig:
     classifier: str  # the plain classifier (max-softmax and ODIN): `inputs: {classifier: classifier.best}`
     odin: str = ""  # an odin result folder (`odin.best`) for its searched T and epsilon; "" = the paper's 1000, 0.002
     kplus1: str = ""  # a kplus1 checkpoint folder (`kplus1.best`); "" leaves the method out
+    kplus1_name: str = "kplus1"  # its name in the table and metrics (e.g. kplus1_boundary for GASTeN outliers)
     generator_nn: str = ""  # a generator_nn checkpoint folder (`generator_nn.best`); "" leaves the method out
     test_sets: tuple[str, ...] = ("fashion_mnist", "kmnist", "uniform_noise")
     images: int = 2000  # per OOD set, and in-distribution test images
@@ -59,6 +60,10 @@ class EvaluateOodConfig:
             raise ValueError("test_sets is empty: name at least one OOD set (e.g. fashion_mnist)")
         if self.images < 10:
             raise ValueError(f"images must be >= 10, got {self.images}")
+        if not self.kplus1_name or "." in self.kplus1_name or self.kplus1_name in ("max_softmax", "odin",
+                                                                                    "generator_nn"):
+            raise ValueError(f"kplus1_name must be a non-empty name without dots, other than max_softmax, odin and "
+                             f"generator_nn, got {self.kplus1_name!r}")
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,7 @@ class Method:
 
 def methods(config: EvaluateOodConfig) -> list[Method]:
     device = str(resolve_device(config.device))
-    model, _ = load_classifier(config.classifier)
+    model, classifier_config = load_classifier(config.classifier)
 
     def predict_plain(images: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
@@ -87,9 +92,13 @@ def methods(config: EvaluateOodConfig) -> list[Method]:
                     f"T={temperature:.4g}, epsilon={epsilon:.4g}")]
     if config.kplus1:
         state = load_checkpoint(config.kplus1)
+        trained_on = (state["config"]["dataset"], tuple(state["config"].get("classes", ())) or tuple(range(10)))
+        tested_on = (classifier_config.dataset, tuple(classifier_config.classes) or tuple(range(10)))
+        if trained_on != tested_on:  # its predictions are scored against the classifier's test labels
+            raise ValueError(f"kplus1: {config.kplus1} was trained on {trained_on[0]} classes {trained_on[1]}, the "
+                             f"classifier on {tested_on[0]} classes {tested_on[1]}; both are scored on one test split")
         detector = kplus1.KPlus1Detector(kplus1.build_model(state), device=device)
-        settings = ", ".join(f"{k}={state['config'][k]}" for k in ("ood_weight", "shell_radius", "latent_dim"))
-        found.append(Method("kplus1", detector, detector.predict, settings))
+        found.append(Method(config.kplus1_name, detector, detector.predict, kplus1.describe(state)))
     if config.generator_nn:
         state = load_checkpoint(config.generator_nn)
         detector = generator_nn.detector_from_state(state, device=device)

@@ -16,12 +16,24 @@ both networks, so a resumed run loads the VAE instead of training it again and r
 very same outliers (they come from a seeded generator). The validation AUROC uses an OOD set
 that is not a test set (`validation_ood`, uniform noise by default), so a search never tunes
 on the sets it is finally judged on.
+
+`classes` restricts the in-distribution to some classes, relabelled 0..K-1 in the given order
+exactly as `trainables/classifier.py` does (through `load_images`): with `classes: [7, 1]` output
+0 is "7", output 1 is "1" (the study classifier's C(x) = P(second class)) and output 2 "unknown".
+
+The boundary variant (`outliers_from`, a `gasten` or `dcgan` checkpoint folder): no VAE is
+trained; the outliers are that GAN's images, `outliers` of them from latents of a private seeded
+generator (a resumed run regenerates the same set). With `outlier_band` and a `classifier`
+checkpoint only images whose C(x) lies in the band are kept (GASTeN's images on the binary
+classifier's decision boundary): they are generated and scored by `trainables.ambiguous`, chunk
+after chunk, until `outliers` are kept or `outlier_candidates` have been tried.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -29,9 +41,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.ambiguous import check_band, generate_ambiguous, load_generator
 from trainables.catalog import Metric, TrainableDef
+from trainables.checkpoint import STATE_FILE, load_checkpoint
 from trainables.classifier import Classifier, split_train_val
 from trainables.data import ImageSet, load_images, require_training_data
+from trainables.dcgan import generate
 from trainables.device import resolve_device
 from trainables.fit import fit
 from trainables.ood.detectors import Detector
@@ -61,6 +76,13 @@ class KPlus1Config:
     device: str = "auto"
     allow_fallback: bool = False  # scikit-learn digits when MNIST is nowhere to be found
     validation_ood: str = "uniform_noise"  # a trainables.ood.sets name, used ONLY for val_auroc
+    classes: tuple[int, ...] = ()  # the in-distribution classes, relabelled 0..K-1 in this order; () = all ten
+    # The boundary variant: a gasten or dcgan checkpoint folder (`inputs: {outliers_from: gasten.best}`) whose
+    # images are the outliers; no VAE is trained and latent_dim, vae_epochs and shell_radius are unused.
+    outliers_from: str = ""
+    outlier_band: tuple[float, float] = ()  # keep only generated images with C(x) in [low, high]; () keeps all
+    classifier: str = ""  # the binary classifier C of outlier_band (`inputs: {classifier: classifier.best}`)
+    outlier_candidates: int = 0  # most images generated to find `outliers` in the band; 0 = 100 x outliers
 
     def __post_init__(self) -> None:
         if min(self.latent_dim, self.vae_epochs, self.outliers, self.nf, self.batch_size, self.epochs,
@@ -75,6 +97,26 @@ class KPlus1Config:
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         check_validation_ood(self.validation_ood)
+        if self.classes:
+            if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes) or not all(
+                    isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 9 for c in self.classes):
+                raise ValueError(f"classes must be () or at least 2 distinct digits 0..9, got {tuple(self.classes)}")
+        if self.outlier_band:
+            if not self.outliers_from:
+                raise ValueError("outlier_band filters the images of outliers_from: give outliers_from (a gasten or "
+                                 "dcgan checkpoint folder) or drop outlier_band")
+            if not self.classifier:
+                raise ValueError("outlier_band needs classifier, the binary classifier whose C(x) it bounds "
+                                 "(inputs: {classifier: classifier.best})")
+            try:
+                check_band(tuple(self.outlier_band))
+            except ValueError as error:
+                raise ValueError(f"outlier_band: {error}") from None
+        elif self.classifier:
+            raise ValueError("classifier is only used to filter the outliers by outlier_band: set outlier_band "
+                             "(e.g. [0.4, 0.6]) or drop classifier")
+        if self.outlier_candidates < 0:
+            raise ValueError(f"outlier_candidates must be >= 0 (0 = 100 x outliers), got {self.outlier_candidates}")
 
     def vae_config(self) -> VAEConfig:
         """The stage-1 VAE: this config's data, latent size and epochs; VAEConfig's width, lr and batch."""
@@ -98,6 +140,94 @@ def generate_outliers(vae: VAE, n: int, radius: float, seed: int, device: torch.
     images = decode(vae, z, device)
     vae.train(was_training)
     return images
+
+
+OUTLIER_ROUND_TAG = 0xB0DE  # separates the band rounds' latent streams from any other use of `seed`
+OUTLIER_CANDIDATES_PER_OUTLIER = 100  # outlier_candidates 0: at most this many images generated per outlier
+
+
+def check_generator_checkpoint(folder: str) -> str:
+    """The trainable that wrote `folder` ('gasten', 'dcgan'); ValueError naming outliers_from otherwise."""
+    if not (Path(folder) / STATE_FILE).is_file():
+        raise ValueError(f"outliers_from: {folder} is not a checkpoint folder (no {STATE_FILE} inside); give a "
+                         "gasten or dcgan checkpoint folder (inputs: {outliers_from: gasten.best})")
+    state = load_checkpoint(folder)
+    if "generator" not in (state.get("modules") or {}):
+        raise ValueError(f"outliers_from: {folder} is a {state.get('trainable')!r} checkpoint without a generator; "
+                         "give a gasten or dcgan checkpoint folder (inputs: {outliers_from: gasten.best})")
+    return str(state.get("trainable"))
+
+
+def _round_seed(seed: int, round_: int) -> int:
+    return int(np.random.SeedSequence([seed, OUTLIER_ROUND_TAG, round_]).generate_state(1)[0])
+
+
+def generator_outliers(folder: str, n: int, seed: int, device: torch.device | str, classifier: str = "",
+                       band: tuple[float, float] | tuple[()] = (), candidates: int = 0,
+                       chunk: int = 0) -> torch.Tensor:
+    """(m, 1, 28, 28) images in [0, 1] (CPU) from the generator of a gasten or dcgan checkpoint folder.
+
+    Without `band`: exactly n images, for n latents drawn from a private generator seeded with
+    `seed` (the generator in eval mode, so each image depends on its latent alone). With `band`
+    (and the `classifier` folder of C): `trainables.ambiguous.generate_ambiguous` generates and
+    scores a chunk of images (latents seeded from (seed, round)), the ones with band[0] <= C(x) <=
+    band[1] are kept, and so on until n are kept (the first n are returned) or `candidates` images
+    (0: 100 n) were tried; then the m < n kept are returned with a printed note. A function of its
+    arguments only: a resumed run regenerates the very same set. ValueError naming `outliers_from`
+    when `folder` holds no generator, naming `outlier_band` when no image falls in the band.
+    """
+    check_generator_checkpoint(folder)
+    device = resolve_device(str(device))
+    if not band:
+        generator = load_generator(folder, device)
+        latents = torch.randn(n, generator.z_dim, generator=torch.Generator().manual_seed(seed))
+        return generate(generator, latents, device)
+    band = (float(band[0]), float(band[1]))
+    limit = candidates or OUTLIER_CANDIDATES_PER_OUTLIER * n
+    chunk = chunk or max(n, 1000)
+    kept: list[np.ndarray] = []
+    found = generated = round_ = 0
+    while found < n and generated < limit:
+        size = min(chunk, limit - generated)
+        # Band [0, 1] keeps every image with its score; this band is applied here, so a chunk with
+        # nothing inside is a normal step of the search, not generate_ambiguous's "none kept" error.
+        scored = generate_ambiguous(folder, classifier, images=size, band=(0.0, 1.0), seed=_round_seed(seed, round_),
+                                    device=str(device))
+        inside = (scored.scores >= band[0]) & (scored.scores <= band[1])
+        kept.append(scored.images[inside])
+        found, generated, round_ = found + int(inside.sum()), generated + size, round_ + 1
+    if not found:
+        raise ValueError(f"outlier_band: none of the {generated} images generated from {folder} has C(x) in "
+                         f"[{band[0]:g}, {band[1]:g}]; widen outlier_band or raise outlier_candidates")
+    if found < n:
+        print(f"[kplus1] only {found} of {generated} generated images have C(x) in [{band[0]:g}, {band[1]:g}]: "
+              f"training with {found} outliers instead of {n} (raise outlier_candidates for more)", flush=True)
+    return torch.from_numpy(np.concatenate(kept)[:n]).float()
+
+
+def describe(state: CheckpointState) -> str:
+    """The settings of a trained K+1 model, for evaluate_ood's table.
+
+    VAE-shell outliers: "ood_weight=..., shell_radius=..., latent_dim=..." (as before the boundary
+    variant existed). GAN outliers: "outliers=gasten generator, n=..., band=[...], ood_weight=...".
+    Either way followed by the classes when the model was trained on a subset.
+    """
+    config = state["config"]
+    if not config.get("outliers_from"):
+        parts = [f"{k}={config[k]:.4g}" if isinstance(config[k], float) else f"{k}={config[k]}"
+                 for k in ("ood_weight", "shell_radius", "latent_dim")]
+    else:
+        source = "GAN"
+        if (Path(config["outliers_from"]) / STATE_FILE).is_file():  # the folder may have moved since training
+            source = str(load_checkpoint(config["outliers_from"]).get("trainable") or source)
+        parts = [f"outliers={source} generator", f"n={config['outliers']}"]
+        if config.get("outlier_band"):
+            low, high = config["outlier_band"]
+            parts.append(f"band=[{low:g}, {high:g}]")
+        parts.append(f"ood_weight={config['ood_weight']:.4g}")
+    if config.get("classes"):
+        parts.append("classes=" + "/".join(str(c) for c in config["classes"]))
+    return ", ".join(parts)
 
 
 class KPlus1Detector(Detector):
@@ -173,27 +303,38 @@ def train_kplus1_epoch(classifier: nn.Module, optimizer: torch.optim.Optimizer, 
 
 
 def train(config: KPlus1Config, reporter: Reporter) -> dict[str, float]:
-    """The trainable: stage 1 trains the VAE, stage 2 the K+1 classifier; reports val_auroc,
-    val_accuracy, train_loss (and vae_val_loss, the stage-1 VAE's negative ELBO) every epoch."""
+    """The trainable: stage 1 trains the VAE (or, with `outliers_from`, generates the GAN's outliers),
+    stage 2 the K+1 classifier; reports val_auroc, val_accuracy, train_loss (and, with a VAE,
+    vae_val_loss, the stage-1 VAE's negative ELBO) every epoch."""
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
-    data = load_images(config.dataset, "train", allow_fallback=config.allow_fallback, seed=config.seed)
+    data = load_images(config.dataset, "train", classes=config.classes or None, allow_fallback=config.allow_fallback,
+                       seed=config.seed)
     train_set, val_set = split_train_val(data, config)
     validation_ood = ood_set(config.validation_ood, count=VALIDATION_OOD_IMAGES, seed=config.seed)
 
-    # Stage 1: the VAE, unless the checkpoint being resumed already holds it.
-    vae_config = config.vae_config()
-    vae = VAE(vae_config.latent_dim, vae_config.nf).to(device)
-    resumed = reporter.restore()
-    if resumed is None:
-        vae_optimizer = torch.optim.Adam(vae.parameters(), lr=vae_config.lr)
-        for epoch in range(vae_config.epochs):
-            train_vae_epoch(vae, vae_optimizer, train_set.images, vae_config.batch_size, vae_config.beta,
-                            order_seed=config.seed * 100_003 + epoch, device=device)
+    modules: dict[str, nn.Module] = {}
+    extra: dict[str, float] = {}
+    if config.outliers_from:
+        # The boundary variant: the GAN's images, regenerated identically on every (re)start.
+        outliers = generator_outliers(config.outliers_from, config.outliers, config.seed, device,
+                                      classifier=config.classifier, band=tuple(config.outlier_band),
+                                      candidates=config.outlier_candidates)
     else:
-        vae.load_state_dict(resumed["modules"]["vae"])
-    vae_val_loss = evaluate_vae(vae, val_set.images, device)["val_loss"]
-    outliers = generate_outliers(vae, config.outliers, config.shell_radius, config.seed, device)
+        # Stage 1: the VAE, unless the checkpoint being resumed already holds it.
+        vae_config = config.vae_config()
+        vae = VAE(vae_config.latent_dim, vae_config.nf).to(device)
+        resumed = reporter.restore()
+        if resumed is None:
+            vae_optimizer = torch.optim.Adam(vae.parameters(), lr=vae_config.lr)
+            for epoch in range(vae_config.epochs):
+                train_vae_epoch(vae, vae_optimizer, train_set.images, vae_config.batch_size, vae_config.beta,
+                                order_seed=config.seed * 100_003 + epoch, device=device)
+        else:
+            vae.load_state_dict(resumed["modules"]["vae"])
+        extra["vae_val_loss"] = evaluate_vae(vae, val_set.images, device)["val_loss"]
+        outliers = generate_outliers(vae, config.outliers, config.shell_radius, config.seed, device)
+        modules["vae"] = vae
 
     # Stage 2: the K+1 classifier, in the project's training loop.
     classifier = Classifier(config.nf, len(train_set.classes) + 1).to(device)
@@ -207,10 +348,10 @@ def train(config: KPlus1Config, reporter: Reporter) -> dict[str, float]:
     def validate(epoch: int) -> dict[str, float]:
         accuracy = float((detector.predict(val_set.images) == val_set.labels.numpy()).mean())
         auroc = ood_metrics(detector.score(val_set.images), detector.score(validation_ood))["auroc"]
-        return {"val_accuracy": accuracy, "val_auroc": auroc, "vae_val_loss": vae_val_loss}
+        return {"val_accuracy": accuracy, "val_auroc": auroc, **extra}
 
     return fit(trainable="kplus1", config=config, epochs=config.epochs,
-               modules={"vae": vae, "classifier": classifier}, optimizers={"classifier": optimizer},
+               modules={**modules, "classifier": classifier}, optimizers={"classifier": optimizer},
                train_epoch=train_epoch, evaluate=validate, reporter=reporter)
 
 
@@ -234,10 +375,12 @@ KPLUS1 = TrainableDef(
                description="accuracy over the first K classes on the held-out validation images"),
         Metric("train_loss", higher_is_better=False,
                description="mean training loss of the epoch: CE(real) + ood_weight * CE(outliers, unknown)"),
-        Metric("vae_val_loss", higher_is_better=False,
-               description="negative ELBO of the stage-1 VAE on the validation images (constant over epochs)"),
+        Metric("vae_val_loss", higher_is_better=False, optional=True,
+               description="negative ELBO of the stage-1 VAE on the validation images (constant over epochs); "
+                           "not reported with outliers_from, which trains no VAE"),
     ),
-    description="K+1 classifier trained against VAE-generated off-manifold outliers (OOD detection)",
+    description="K+1 classifier trained against VAE-generated off-manifold outliers, or a GAN's (GASTeN's "
+                "boundary) images with outliers_from (OOD detection)",
     curves=("val_auroc", "val_accuracy", "train_loss"),
     build_model=build_model,
     preflight=require_training_data,
