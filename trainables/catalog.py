@@ -128,11 +128,12 @@ def _builtin_trainables() -> dict[str, TrainableDef]:
 
 
 def _builtin_jobs() -> dict[str, JobDef]:
-    from trainables import evaluate_classifier, evaluate_fewshot, prototypes
+    from trainables import evaluate_classifier, evaluate_fewshot, evaluate_gasten, prototype_curve, prototypes
     from trainables.ood import evaluate as evaluate_ood
 
     return {entry.name: entry for entry in (evaluate_classifier.EVALUATE_CLASSIFIER, prototypes.PROTOTYPES,
-                                            evaluate_ood.EVALUATE_OOD, evaluate_fewshot.FEWSHOT)}
+                                            evaluate_ood.EVALUATE_OOD, evaluate_fewshot.FEWSHOT,
+                                            prototype_curve.PROTOTYPE_CURVE, evaluate_gasten.EVALUATE_GASTEN)}
 
 
 def _builtin_objectives() -> dict[str, ObjectiveDef]:

@@ -89,9 +89,11 @@ def test_classifier_model_rebuilt_from_checkpoint_gives_logits_per_class(classes
 
 
 def test_every_job_has_a_run_test_here():
-    assert catalog.job_names() == ["evaluate_classifier", "evaluate_ood", "fewshot", "prototypes"], (
+    assert catalog.job_names() == ["evaluate_classifier", "evaluate_gasten", "evaluate_ood", "fewshot",
+                                   "prototype_curve", "prototypes"], (
         "a new job needs its inputs built here (evaluate_ood: tests/trainables/ood/test_ood_study_parts.py, "
-        "fewshot: tests/trainables/test_representation_parts.py)")
+        "fewshot: tests/trainables/test_representation_parts.py, prototype_curve: "
+        "tests/trainables/test_prototype_curve.py, evaluate_gasten: tests/orchestrator/test_flagship_study.py)")
 
 
 def test_prototypes_job_reports_every_declared_metric(tmp_path):
@@ -160,7 +162,8 @@ def test_catalog_resolves_module_paths_and_names_what_it_knows():
         catalog.trainable("gan9")
     assert f"unknown trainable 'gan9' (known: {', '.join(catalog.trainable_names())};" in str(error.value)
     assert "classifier" in catalog.trainable_names()
-    with pytest.raises(catalog.UnknownEntryError, match=r"unknown job 'score' \(known: evaluate_classifier, evaluate_ood, fewshot, prototypes;"):
+    with pytest.raises(catalog.UnknownEntryError, match=r"unknown job 'score' \(known: evaluate_classifier, evaluate_gasten, evaluate_ood, fewshot, "
+                                                          r"prototype_curve, prototypes;"):
         catalog.job("score")
     with pytest.raises(catalog.UnknownEntryError, match="is a TrainableDef, not a JobDef"):
         catalog.job("trainables.classifier:CLASSIFIER")
