@@ -63,26 +63,30 @@ def test_every_shipped_stage_is_shrunk():
 
 @pytest.fixture(scope="module")
 def flagship(tmp_path_factory):
-    """The miniature study, SIGKILLed once its clustering stage has begun, then resumed to the end."""
+    """The miniature study, SIGKILLed once its clustering stage has begun, resumed and SIGKILLed again in
+    the middle of its evaluation job, then resumed to the end."""
     folder = tmp_path_factory.mktemp("flagship")
     spec = miniature(folder / "miniflag.yaml")
     output = folder / "out"
     before = run_until(spec, output, r"^\[clustering\]", timeout=400)
+    middle = run_until(spec, output, r"^\[evaluation\] 2/3", timeout=400, extra_args=("--resume",))
     resumed = run_launcher(str(spec), "--output", str(output), "--resume", timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
-    return output, "".join(before), resumed.stdout
+    return output, "".join(before), "".join(middle), resumed.stdout
 
 
-def test_resume_skips_the_stages_finished_before_the_kill(flagship):
-    output, before, after = flagship
+def test_resume_skips_the_stages_finished_before_each_kill(flagship):
+    output, before, middle, after = flagship
     for stage in ("classifier", "gan", "gasten"):
-        assert re.search(rf"\[{stage}\] .*done", before), f"{stage} had not finished before the kill"
+        assert re.search(rf"\[{stage}\] .*done", before), f"{stage} had not finished before the first kill"
+        assert f"[{stage}] already finished: skipped" in middle
+    for stage in ("classifier", "gan", "gasten", "clustering", "prototypes", "boundary_ood"):
         assert f"[{stage}] already finished: skipped" in after
-    assert "[evaluation]" in after
+    assert "[evaluation] 3/3" in after
 
 
 def test_mlflow_holds_one_parent_per_stage_a_child_per_trial_and_three_aliases(flagship):
-    output, _, _ = flagship
+    output, *_ = flagship
     client = client_for(output)
     _, parents, children = study_runs(client, "miniflag")
     assert sorted(parents) == sorted(SHRINK)
@@ -101,7 +105,7 @@ def test_mlflow_holds_one_parent_per_stage_a_child_per_trial_and_three_aliases(f
 
 
 def test_the_evaluation_measures_features_prototypes_and_ood(flagship):
-    output, _, _ = flagship
+    output, *_ = flagship
     folder = output / "jobs" / "evaluation"
     fewshot = pd.read_parquet(folder / "fewshot" / "fewshot.parquet")
     assert sorted(set(fewshot.features)) == ["classifier", "discriminator", "pixels"]
@@ -117,7 +121,7 @@ def test_the_evaluation_measures_features_prototypes_and_ood(flagship):
 
 
 def test_the_report_is_written_from_this_runs_numbers(flagship):
-    output, _, after = flagship
+    output, *_, after = flagship
     report = (output / "report.md").read_text()
     state = json.loads((output / "study_state.json").read_text())
     for stage, entry in state["stages"].items():
