@@ -25,10 +25,7 @@ from trainables.fewshot import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def blobs(per_class: int, classes: int = 3, dim: int = 5, spread: float = 0.3, seed: int = 0):

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from trainables import catalog
 from trainables.checkpoint import load_checkpoint, save_checkpoint
@@ -28,13 +27,7 @@ from trainables.reporter import ListReporter
 NDF = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gan_state(trainable: str = "dcgan", epochs: int = 1) -> dict:

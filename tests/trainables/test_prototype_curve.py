@@ -17,7 +17,6 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from threadpoolctl import threadpool_limits
 
 from trainables import catalog
 from trainables.checkpoint import save_checkpoint
@@ -34,13 +33,7 @@ K = 3
 SMALL = {"repeats": 3, "train_pool": 2000, "test_images": 500, "device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,15 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.trainables.test_ambiguous import generator_checkpoint
 from trainables import catalog
 from trainables.ambiguous import load_generator
 from trainables.checkpoint import save_checkpoint
 from trainables.classifier import Classifier, ClassifierConfig
 from trainables.config import build_config
-from trainables.dcgan import DCGANConfig, Discriminator, Generator, generate
+from trainables.dcgan import Generator, generate
 from trainables.fit import checkpoint_state
-from trainables.gasten import GastenConfig, load_frozen_classifier, positive_probability
+from trainables.gasten import load_frozen_classifier, positive_probability
 from trainables.ood import kplus1
 from trainables.ood.evaluate import EvaluateOodConfig, methods
 from trainables.ood.kplus1 import KPLUS1, KPlus1Config, KPlus1Detector, describe, generator_outliers, train
@@ -32,25 +33,7 @@ Z_DIM = 8
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny networks: threads only contend on a busy 2-core machine
-    yield
-    torch.set_num_threads(previous)
-
-
-def generator_checkpoint(folder, trainable: str = "gasten") -> str:
-    torch.manual_seed(1)
-    generator, discriminator = Generator(Z_DIM, ngf=4), Discriminator(ndf=4)
-    with torch.no_grad():  # DCGAN's N(0, 0.02) start draws near-identical grey images: vary them
-        for weight in generator.parameters():
-            if weight.dim() > 1:
-                weight.normal_(0, 0.5)
-    config = (GastenConfig(generator="/g", classifier="/c") if trainable == "gasten"
-              else DCGANConfig(z_dim=Z_DIM, ngf=4, ndf=4))
-    state = checkpoint_state(trainable, config, 1, {}, {"generator": generator, "discriminator": discriminator}, {})
-    return str(save_checkpoint(state, folder))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
