@@ -26,7 +26,11 @@ def test_gasten_mnist_offers_a_quick_default_and_paper_profiles():
     quick = load_study(GASTEN)
     assert quick.profile == "quick" and quick.profiles[:2] == ("quick", "paper")
     assert [stage.name for stage in quick.stages] == ["classifier", "classifier_test", "gan", "gasten", "clustering",
-                                                      "prototypes"]
+                                                      "prototypes", "boundary_ood", "evaluation"]
+    for name in quick.profiles:  # every profile keeps the three stages that name a digit pair on the same pair
+        spec = load_study(GASTEN, profile=name)
+        pairs = {stage: tuple(spec.stage(stage).config["classes"]) for stage in ("classifier", "gan", "boundary_ood")}
+        assert len(set(pairs.values())) == 1, f"profile {name}: {pairs}"
     assert quick.output == Path("runs/gasten_mnist")
     paper = load_study(GASTEN, profile="paper")
     assert paper.output == Path("runs/gasten_mnist-paper")
