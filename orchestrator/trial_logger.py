@@ -82,8 +82,17 @@ class MlflowTrialLogger(Callback):
         if children is not None:
             self._runs = {trial_id: run.info.run_id for trial_id, run in children.items()}
             self._done = sum(1 for run in children.values() if run.info.status in ("FINISHED", "FAILED"))
+            for run in children.values():  # a resumed stage's progress lines keep the best of the finished trials
+                if run.info.status == "FINISHED":
+                    self._note(run.data.metrics.get(self.metric))
         print(f"[{self.stage}] {self.total_trials} trials, metric {self.metric} ({self.mode})"
               + (f"; resuming with {self._done} already done" if self._done else ""), flush=True)
+
+    def _note(self, value: Any) -> None:
+        """Keep the best value of a finished trial, for the progress lines."""
+        if isinstance(value, (int, float)):
+            better = self._best is None or (value > self._best if self.mode == "max" else value < self._best)
+            self._best = value if better else self._best
 
     def _tracking(self, action: Callable[[], T]) -> T | None:
         """Run one piece of MLflow work; None if the tracking server is down.
@@ -178,9 +187,7 @@ class MlflowTrialLogger(Callback):
         self._done += 1
         last = trial.last_result or {}
         value = last.get(self.metric)
-        if isinstance(value, (int, float)):
-            better = self._best is None or (value > self._best if self.mode == "max" else value < self._best)
-            self._best = value if better else self._best
+        self._note(value)
         steps = last.get("training_iteration", 0)
         early = " (stopped early by ASHA)" if self.max_t and steps < self.max_t else ""
         shown = f"{self.metric}={value:.4g}" if isinstance(value, (int, float)) else "no metric"

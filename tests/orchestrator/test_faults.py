@@ -294,3 +294,24 @@ def test_the_trial_logger_rides_out_an_outage_says_so_once_and_resumes_without_d
     assert tracker.calls[:during] == ["children", ("create", "a"), "history", ("log", "run-a", 1), ("tags", "run-a")]
     assert ("create", "b") in tracker.calls and ("log", "run-b", 2) in tracker.calls
     assert ("create", "c") not in tracker.calls
+
+
+def test_a_resumed_stage_keeps_the_best_of_the_trials_finished_before_the_stop(capsys):
+    """Progress lines after --resume say the best over every finished trial, not only the new ones."""
+    from orchestrator import tracking, trial_logger
+
+    def run(run_id, status, value):
+        return SimpleNamespace(info=SimpleNamespace(run_id=run_id, status=status),
+                               data=SimpleNamespace(metrics={"score": value}))
+
+    tracker = FlakyTracker()
+    tracker.children = lambda parent: {"a": run("run-a", "FINISHED", 0.9), "b": run("run-b", "RUNNING", 0.99)}
+    target = tracking.TrackingTarget("sqlite:///unused.db", None, True)
+    logger = trial_logger.MlflowTrialLogger(target, "exp", "study", "stage", "parent", "score", "max", total_trials=3)
+    logger._tracker = tracker
+    logger.setup()
+    trial = SimpleNamespace(trial_id="c", config={}, last_result={"score": 0.5, "training_iteration": 1}, path=None)
+    logger.on_trial_complete(0, [], trial)
+    out = capsys.readouterr().out
+    assert "resuming with 1 already done" in out
+    assert "[stage] 2/3 done · trial c after 1 step(s): score=0.5 (best 0.9)" in out  # b has not finished
