@@ -37,7 +37,12 @@ def generator_checkpoint(folder, trainable: str = "gasten"):
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """(generator folder, classifier folder): C(x) of the generated images spreads over ~[0.2, 0.8]."""
+    return generator_and_classifier(tmp_path_factory)
+
+
+def generator_and_classifier(tmp_path_factory) -> tuple[str, str]:
+    """(gasten generator folder, 7-vs-1 classifier folder): C(x) of the generated images spreads over
+    ~[0.2, 0.8]."""
     generator = generator_checkpoint(tmp_path_factory.mktemp("generator"))
     torch.manual_seed(2)
     model = Classifier(nf=1, num_classes=2).eval()

@@ -15,14 +15,12 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.trainables.test_ambiguous import generator_checkpoint
+from tests.trainables.test_ambiguous import generator_and_classifier, generator_checkpoint
 from trainables import catalog
 from trainables.ambiguous import load_generator
 from trainables.checkpoint import save_checkpoint
-from trainables.classifier import Classifier, ClassifierConfig
 from trainables.config import build_config
 from trainables.dcgan import Generator, generate
-from trainables.fit import checkpoint_state
 from trainables.gasten import load_frozen_classifier, positive_probability
 from trainables.ood import kplus1
 from trainables.ood.evaluate import EvaluateOodConfig, methods
@@ -39,18 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> tuple[str, str]:
     """(gasten generator folder, 7-vs-1 classifier folder)."""
-    generator = generator_checkpoint(tmp_path_factory.mktemp("generator"))
-    torch.manual_seed(2)
-    model = Classifier(nf=1, num_classes=2).eval()
-    with torch.no_grad():
-        model.head.weight.mul_(40)
-        images = load_generator(generator, CPU)(torch.randn(300, Z_DIM, generator=torch.Generator().manual_seed(9)))
-        logits = model(images)
-        model.head.bias[1] -= (logits[:, 1] - logits[:, 0]).median()
-    classifier = save_checkpoint(
-        checkpoint_state("classifier", ClassifierConfig(classes=(7, 1)), 1, {}, {"model": model}, {}),
-        tmp_path_factory.mktemp("classifier"))
-    return generator, str(classifier)
+    return generator_and_classifier(tmp_path_factory)
 
 
 def scores_of(classifier: str, images: torch.Tensor) -> np.ndarray:
