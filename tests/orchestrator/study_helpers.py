@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -58,11 +59,11 @@ def run_launcher(*args: str, timeout: float = 600) -> subprocess.CompletedProces
 
 
 def run_until(spec: Path, output: Path, pattern: str, grace_s: float = 0.0, timeout: float = 300,
-              extra_args: tuple[str, ...] = ()) -> list[str]:
+              extra_args: tuple[str, ...] = (), killed: list[int] | None = None) -> list[str]:
     """Start the launcher in its own process group and SIGKILL the whole group (the launcher and the Ray
     it started, nothing else) `grace_s` after a line of its output matches `pattern` (Tune snapshots its
     state about once a second: wait ~2.5 s after a trial ends for Tune to know it ended). Returns the
-    output lines read until then."""
+    output lines read until then; `killed`, when given, receives the pids of the group just before the kill."""
     process = subprocess.Popen(launcher(str(spec), "--output", str(output), *extra_args), cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                                env=launcher_env())
@@ -77,9 +78,18 @@ def run_until(spec: Path, output: Path, pattern: str, grace_s: float = 0.0, time
         else:
             raise AssertionError("the launcher ended before the kill point:\n" + "".join(lines))
     finally:
+        if killed is not None:
+            killed.extend(p.pid for p in psutil.process_iter() if _pgid(p.pid) == process.pid)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
     return lines
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
 
 
 def client_for(output: Path) -> MlflowClient:

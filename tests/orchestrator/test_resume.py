@@ -3,59 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import subprocess
 import time
 
 import psutil
 import pytest
 
-from tests.orchestrator.study_helpers import (REPO, client_for, launcher, launcher_env, run_launcher, study_runs,
-                                             tiny_study)
+from tests.orchestrator.study_helpers import client_for, run_launcher, run_until, study_runs, tiny_study
 
 NUM_SAMPLES = 6
-
-
-def run_until_trials_done(spec, output, trials_done: int, grace_s: float, timeout: float = 300):
-    """Start the launcher in its own process group; SIGKILL the whole group (the launcher and the Ray it
-    started, nothing else) `grace_s` after `trials_done` trials have finished (Tune snapshots its state
-    about once a second: a trial is finished for Tune once a snapshot says so). Returns its output and
-    the killed pids."""
-    process = subprocess.Popen(launcher(str(spec), "--output", str(output)), cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                               env=launcher_env())
-    lines, deadline = [], time.monotonic() + timeout
-    try:
-        for line in process.stdout:
-            lines.append(line)
-            done = re.search(r"\[classifier\] (\d+)/\d+ done", line)
-            if done and int(done.group(1)) >= trials_done:
-                time.sleep(grace_s)
-                break
-            assert time.monotonic() < deadline, "the study did not reach the kill point in time:\n" + "".join(lines)
-        else:
-            raise AssertionError("the launcher ended before the kill point:\n" + "".join(lines))
-    finally:
-        group = [p.pid for p in psutil.process_iter() if _pgid(p.pid) == process.pid]
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    return lines, group
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
 
 
 @pytest.mark.slow
 def test_sigkill_then_resume_runs_every_trial_once_under_the_same_parent(tmp_path):
     spec = tiny_study(tmp_path / "tiny.yaml", num_samples=NUM_SAMPLES, epochs=3, train_size=1500)
     output = tmp_path / "out"
-    lines, killed = run_until_trials_done(spec, output, trials_done=2, grace_s=2.5)
+    killed: list[int] = []
+    run_until(spec, output, r"\[classifier\] [2-9]/\d+ done", grace_s=2.5, killed=killed)
     time.sleep(1)
     assert not [pid for pid in killed if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"], \
         "processes of the killed launcher's group survived"
