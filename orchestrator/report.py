@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import quote
 
 from orchestrator.study_state import STATE_FILE, BestTrial, StageState, StudyState, load_state
-from orchestrator.tracking import TAG_STUDY, TrackingTarget
+from orchestrator.tracking import TAG_STUDY, TrackingTarget, error_line
 
 REPORT_FILE = "report.md"
 REPORT_DIR = "report"
@@ -832,12 +832,6 @@ def log_report(ctx: ReportContext, report: Path, hours: Mapping[str, float]) -> 
     return run_id
 
 
-def _one_line(error: BaseException) -> str:
-    from orchestrator.tracking import last_line
-
-    return f"{type(error).__name__}: {last_line(error, '')}".rstrip(": ")
-
-
 # ---------------------------------------------------------------- entry points
 
 
@@ -884,7 +878,7 @@ def write_report(output: Path, tracking_uri: str | None = None, log_to_mlflow: b
     try:
         client, why_not = open_store(target, log_to_mlflow)
     except Exception as error:  # noqa: BLE001 - MLflow missing or broken: the report stands without it
-        client, why_not = None, _one_line(error)
+        client, why_not = None, error_line(error)
     if spec is not None and getattr(spec, "name", state.study) != state.study:
         spec = None
     ctx = build_context(output, state, target, client, spec)
@@ -906,7 +900,7 @@ def publish(client: Any, ctx: ReportContext, report: Path, why_not: str | None) 
     try:
         log_report(ctx, report, total_hours(ctx))
     except Exception as error:  # noqa: BLE001 - the report is written; MLflow failing is one line, not a crash
-        print(f"report not logged to MLflow ({ctx.target.uri}): {_one_line(error)}", flush=True)
+        print(f"report not logged to MLflow ({ctx.target.uri}): {error_line(error)}", flush=True)
 
 
 EXAMPLES = textwrap.dedent("""\

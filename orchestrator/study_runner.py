@@ -19,7 +19,7 @@ from typing import Any
 
 from orchestrator.spec import JobStage, OptunaStage, ResourcesSpec, Stage, StudySpec, TuneStage, packing_problem
 from orchestrator.study_state import StudyState, save_state
-from orchestrator.tracking import Tracker, TrackingLost, last_line, tracking_outage
+from orchestrator.tracking import Tracker, TrackingLost, error_line, tracking_outage
 
 # Tune saves its experiment state at most this often; small, so a kill loses little bookkeeping.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
@@ -140,7 +140,7 @@ class StudyRunner:
                 raise TrackingLost(f"{outage} during stage {stage.name!r}") from error
             stage_state.status = "failed"
             self.save()
-            reason = error.reason if isinstance(error, StageError) else _one_line(error)
+            reason = error.reason if isinstance(error, StageError) else error_line(error)
             self.tracker.finish(parent, "FAILED", reason)
             raise StageError(stage.name, reason) from error
         stage_state.status = "finished"
@@ -292,7 +292,3 @@ def smallest_gpu() -> tuple[float, str] | None:
     properties, index = min(devices, key=lambda pair: pair[0].total_memory)
     return math.floor(properties.total_memory / 2**30 * 10) / 10, f"cuda:{index} {properties.name}"
 
-
-def _one_line(error: BaseException) -> str:
-    text = last_line(error, "")
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__

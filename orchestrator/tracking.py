@@ -135,6 +135,12 @@ def last_line(text: object, default: str) -> str:
     return lines[-1] if lines else default
 
 
+def error_line(error: BaseException) -> str:
+    """`Type: last line of its message`: an error as one line of a run's reason or a printed note."""
+    text = last_line(error, "")
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def flatten_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """MLflow params are flat strings; nested mappings become dotted keys."""
     flat: dict[str, str] = {}
