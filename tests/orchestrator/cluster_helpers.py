@@ -49,7 +49,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _pgid(pid: int) -> int | None:
+def process_group(pid: int) -> int | None:
+    """The process group of `pid`, or None once it is gone."""
     try:
         return os.getpgid(pid)
     except (ProcessLookupError, PermissionError):
@@ -80,7 +81,7 @@ class Daemon:
         """Every live process of its group, and their descendants in other groups (Ray's workers)."""
         members = []
         for process in psutil.process_iter():
-            if _pgid(process.pid) == self.pid:
+            if process_group(process.pid) == self.pid:
                 members.append(process)
         found = {p.pid: p for p in members}
         for process in members:

@@ -14,6 +14,8 @@ import psutil
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests.orchestrator.cluster_helpers import process_group
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -79,17 +81,10 @@ def run_until(spec: Path, output: Path, pattern: str, grace_s: float = 0.0, time
             raise AssertionError("the launcher ended before the kill point:\n" + "".join(lines))
     finally:
         if killed is not None:
-            killed.extend(p.pid for p in psutil.process_iter() if _pgid(p.pid) == process.pid)
+            killed.extend(p.pid for p in psutil.process_iter() if process_group(p.pid) == process.pid)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
     return lines
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except (ProcessLookupError, PermissionError):
-        return None
 
 
 def client_for(output: Path) -> MlflowClient:
