@@ -50,6 +50,13 @@ def describe_resources(resources: ResourcesSpec) -> str:
     return text
 
 
+def describe_metrics(stage: TuneStage) -> str:
+    """`val_accuracy (max)`; for several metrics `[acd (min), fid_mnist (min)], champion: minimize acd where ...`."""
+    if not stage.multi_objective:
+        return f"{stage.metric} ({stage.mode})"
+    return "[" + ", ".join(f"{m} ({mode})" for m, mode in stage.objectives) + f"], champion: {stage.champion}"
+
+
 def plan_lines(spec: StudySpec, output: str, target: TrackingTarget) -> list[str]:
     lines = [f"Study {spec.name!r} from {spec.source}: {len(spec.stages)} stage(s), output {output}"]
     if spec.description:
@@ -65,8 +72,10 @@ def plan_lines(spec: StudySpec, output: str, target: TrackingTarget) -> list[str
             at_once = f", at most {stage.max_concurrent_trials} at once" if stage.max_concurrent_trials else ""
             asha = (f"ASHA max_t={stage.scheduler.max_t} grace={stage.scheduler.grace_period} "
                     f"reduction={stage.scheduler.reduction_factor:g}") if stage.scheduler else "no early stopping"
+            if stage.scheduler and (stage.multi_objective or stage.scheduler.metric):
+                asha += " on {} ({})".format(*stage.scheduler_metric)
             lines += [
-                f"  {number}. {stage.name}  tune  trainable={stage.trainable}  metric={stage.metric} ({stage.mode})",
+                f"  {number}. {stage.name}  tune  trainable={stage.trainable}  metric={describe_metrics(stage)}",
                 f"       trials: {stage.total_trials} ({searcher}{seed}){at_once}; {asha}",
                 f"       resources per trial: {describe_resources(stage.resources)}; max_failures={stage.max_failures}",
             ]

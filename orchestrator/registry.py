@@ -44,7 +44,8 @@ def register_best(tracker: Tracker, definition: TrainableDef, best: BestTrial, s
                                             serialization_format="pickle")
         version = mlflow.register_model(info.model_uri, spec.name, tags={
             "gensearch.study": tracker.study, "gensearch.stage": stage, "gensearch.trial_id": best.trial_id,
-            best.metric: f"{best.value:.6g}", "gensearch.checkpoint": Path(best.checkpoint).as_posix()})
+            best.metric: f"{best.value:.6g}", "gensearch.checkpoint": Path(best.checkpoint).as_posix(),
+            **({"gensearch.epoch": str(best.epoch)} if best.epoch is not None else {})})
         if version.run_id != best.child_run_id:  # MLflow resolves the source run from the logged model
             raise RuntimeError(f"registered {spec.name} v{version.version} points at run {version.run_id}, "
                                f"not the best trial's run {best.child_run_id}")

@@ -45,6 +45,8 @@ MAX_GRIDS = 6  # prototype grids, one per cluster: a few show what the clusters 
 MAX_IMAGES_PER_FOLDER = 8  # generic fallback: a job folder with many images would bury the rest
 MAX_TABLE_LINES = 40  # a job's markdown table inlined; longer ones are copied and linked instead
 MAX_SETTING_CHARS = 48
+MAX_FRONT_ROWS = 10  # a two-objective stage's Pareto front: its best rows; the whole front is in pareto_front.csv
+PARETO_FRONT_FILE = "pareto_front.csv"
 
 KIND_FOLDERS = {"tune": "tune", "optuna": "optuna", "job": "jobs"}
 TUNE_IMAGES = ("search_history.png", "parameter_sweep.png", "pareto.png")
@@ -56,7 +58,8 @@ CAPTIONS = {
     "search_history.png": "each trial's best value in start order, with the running best: did the search converge?",
     "parameter_sweep.png": "the metric against each searched setting (best trial ringed): is the optimum inside "
                            "the range or at its edge?",
-    "pareto.png": "the two rival metrics over every trial and epoch, with the Pareto front",
+    "pareto.png": "the two rival metrics over every trial and epoch, with the Pareto front, the chosen point "
+                  "circled and reference points as diamonds",
     "samples.png": "samples from the best trial's chosen checkpoint",
     "denoise.png": "denoising steps from the best trial's chosen checkpoint",
     "confusion_matrix.png": "confusion matrix on the test split",
@@ -660,13 +663,56 @@ def step_images(checkpoint: Path) -> list[Path]:
     return []
 
 
+def champion_lines(ctx: ReportContext, name: str, stage: StageState) -> list[str]:
+    """A stage with several metrics: its champion rule, the chosen point and each reference point it beats
+    or not (from the spec; without one, nothing: the front table still shows the chosen row)."""
+    from orchestrator.spec import TuneStage
+
+    spec_stage = next((s for s in ctx.spec.stages if s.name == name), None) if ctx.spec is not None else None
+    if not isinstance(spec_stage, TuneStage) or not spec_stage.multi_objective or stage.best is None:
+        return []
+    from orchestrator.champion import describe_champion
+
+    metrics = ", ".join(f"{m} ({mode})" for m, mode in spec_stage.objectives)
+    chosen = describe_champion(spec_stage, stage.best)
+    return [f"Searched metrics: {metrics}. Champion rule: **{spec_stage.champion}**, over every evaluated epoch "
+            "of every trial.", "", f"{chosen[0].upper()}{chosen[1:]}.", ""]
+
+
+def pareto_front_lines(path: Path) -> list[str]:
+    """The first rows of pareto_front.csv (the front of a two-objective stage, best first) as a table."""
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if len(rows) < 2:
+        return []
+    header, body = rows[0], rows[1:]
+
+    def cell(text: str) -> str:
+        try:
+            return _num(float(text))
+        except ValueError:
+            return text
+
+    lines = [f"**Pareto front**: {len(body)} evaluated epoch(s) that no other epoch beats on every searched "
+             f"metric (`{PARETO_FRONT_FILE}` in the stage's MLflow run)", ""]
+    lines += _table(header, ([cell(c) for c in row] for row in body[:MAX_FRONT_ROWS]))
+    if len(body) > MAX_FRONT_ROWS:
+        lines.append(f"\n… and {len(body) - MAX_FRONT_ROWS} more rows in {PARETO_FRONT_FILE}.")
+    return lines + [""]
+
+
 def tune_section(ctx: ReportContext, name: str, stage: StageState, gallery: Gallery) -> list[str]:
     lines: list[str] = []
     if stage.best is not None:
         lines += best_lines(ctx, name, stage.best) + registered_lines(stage)
+    lines += champion_lines(ctx, name, stage)
     folder = stage_folder(ctx.output, name, stage, "tune")
     if folder is not None:
-        for image in TUNE_IMAGES:
+        images = list(TUNE_IMAGES)
+        if (folder / PARETO_FRONT_FILE).is_file():  # the front table, with its picture right after it
+            lines += pareto_front_lines(folder / PARETO_FRONT_FILE)
+            images.sort(key=lambda image: image != "pareto.png")
+        for image in images:
             if (folder / image).is_file():
                 lines += gallery.image(folder / image, name, image)
     if stage.best is not None and stage.best.checkpoint:

@@ -115,6 +115,10 @@ class AshaSpec:
     max_t: int
     grace_period: int = 1
     reduction_factor: float = 2.0
+    # ASHA compares trials on one metric. None: the stage's metric (for a stage with several, the
+    # champion's objective); `scheduler: {metric: NAME}` picks another the trainable reports.
+    metric: str | None = None
+    mode: Literal["max", "min"] | None = None
 
 
 @dataclass(frozen=True)
@@ -178,9 +182,51 @@ class RegisterSpec:
 
 
 @dataclass(frozen=True)
+class ChampionBound:
+    """`fid_mnist: {max: fid_real_ambiguous}`: a bound on one metric of a point; each side is a number
+    or the name of another metric read from the same result, so a bound can be a yardstick the
+    trainable measures itself (GASTeN: the FID of real boundary digits)."""
+
+    metric: str
+    min: float | str | None = None
+    max: float | str | None = None
+
+    def __str__(self) -> str:
+        def side(value: float | str) -> str:
+            return value if isinstance(value, str) else f"{value:g}"
+
+        if self.min is not None and self.max is not None:
+            return f"{side(self.min)} <= {self.metric} <= {side(self.max)}"
+        return f"{self.metric} >= {side(self.min)}" if self.min is not None else f"{self.metric} <= {side(self.max)}"
+
+
+@dataclass(frozen=True)
+class ChampionRule:
+    """How a stage with several metrics names its champion: among every evaluated epoch of every trial,
+    the best `metric` (`mode`) of the points that meet every bound in `where`."""
+
+    metric: str
+    mode: Literal["max", "min"]
+    where: tuple[ChampionBound, ...] = ()
+
+    @property
+    def metrics_read(self) -> tuple[str, ...]:
+        """Every metric the rule reads: its objective, each bounded metric and each metric named as a bound."""
+        names = [self.metric]
+        for bound in self.where:
+            names += [bound.metric] + [side for side in (bound.min, bound.max) if isinstance(side, str)]
+        return tuple(dict.fromkeys(names))
+
+    def __str__(self) -> str:
+        text = f"{'maximize' if self.mode == 'max' else 'minimize'} {self.metric}"
+        return text + (" where " + " and ".join(map(str, self.where)) if self.where else "")
+
+
+@dataclass(frozen=True)
 class TuneStage:
     name: str
     trainable: str
+    # The stage's metric; for a stage with several (`metrics`), the champion's objective.
     metric: str
     mode: Literal["max", "min"]
     config: Mapping[str, Any] = field(default_factory=dict)
@@ -193,12 +239,33 @@ class TuneStage:
     resources: ResourcesSpec = ResourcesSpec()
     max_failures: int = 0
     register: RegisterSpec | None = None
+    # Several metrics (`metric: [acd, fid_mnist]`): Optuna searches their Pareto front and `champion`
+    # picks the stage's best point; both empty for a single-metric stage.
+    metrics: tuple[str, ...] = ()
+    modes: tuple[Literal["max", "min"], ...] = ()
+    champion: ChampionRule | None = None
     kind: Literal["tune"] = "tune"
 
     @property
     def total_trials(self) -> int:
         grid_size = math.prod(len(e.values) for e in self.space.values() if isinstance(e, Grid))
         return self.num_samples * grid_size
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
+
+    @property
+    def objectives(self) -> tuple[tuple[str, str], ...]:
+        """(metric, mode) of every metric the search optimises: one for a single-metric stage."""
+        return tuple(zip(self.metrics, self.modes)) if self.multi_objective else ((self.metric, self.mode),)
+
+    @property
+    def scheduler_metric(self) -> tuple[str, str]:
+        """The one metric (and its mode) ASHA stops trials on, also Tune's own bookkeeping metric."""
+        if self.scheduler is not None and self.scheduler.metric:
+            return self.scheduler.metric, self.scheduler.mode or self.mode
+        return self.metric, self.mode
 
 
 @dataclass(frozen=True)
@@ -568,7 +635,7 @@ def _first_breaking_entry(config_cls: type, sample: Mapping[str, Any], space: Ma
 
 def _parse_tune_stage(raw: Mapping[str, Any], key: str, study: str, earlier: list[str], later: list[str],
                       problems: _Problems) -> TuneStage | None:
-    allowed = ("name", "kind", "trainable", "config", "space", "inputs", "metric", "num_samples",
+    allowed = ("name", "kind", "trainable", "config", "space", "inputs", "metric", "mode", "champion", "num_samples",
                "max_concurrent_trials", "scheduler", "searcher", "resources", "max_failures", "register")
     _unknown_keys(raw, allowed, key, problems)
     name = raw["name"]
@@ -588,17 +655,14 @@ def _parse_tune_stage(raw: Mapping[str, Any], key: str, study: str, earlier: lis
             space[str(param)] = entry
     inputs = _parse_inputs(raw.get("inputs"), f"{key}.inputs", earlier, later, problems)
 
-    metric = _string(raw, "metric", key, problems, required=True)
-    mode = "max"
+    metrics, modes = _parse_tune_metrics(raw, key, trainable_name, definition, problems)
     if definition is not None:
         _check_config(definition.config_cls, config, space, inputs, key, f"trainable {trainable_name!r}", problems,
                       declared_inputs=raw.get("inputs"))
-        if metric is not None:
-            try:
-                mode = definition.metric(metric).mode
-            except KeyError:
-                problems.add(f"{key}.metric", f"trainable {trainable_name!r} does not report {metric!r} "
-                             f"(it reports: {', '.join(m.name for m in definition.metrics)})")
+    champion = _parse_champion(raw.get("champion"), f"{key}.champion", metrics, trainable_name, definition, problems)
+    metric, mode = (metrics[0], modes[0]) if len(metrics) == 1 else (None, "max")
+    if champion is not None:  # several metrics: the stage's one metric is the champion's objective
+        metric, mode = champion.metric, champion.mode
 
     num_samples = _number(raw, "num_samples", key, problems, integer=True, default=1)
     if num_samples is not None and num_samples < 1:
@@ -611,6 +675,10 @@ def _parse_tune_stage(raw: Mapping[str, Any], key: str, study: str, earlier: lis
         problems.add(f"{key}.max_failures", f"must be >= 0 (or -1 for unlimited), got {max_failures}")
 
     scheduler = _parse_scheduler(raw.get("scheduler"), f"{key}.scheduler", problems)
+    if scheduler is not None and scheduler.metric is not None:
+        scheduler_mode = _metric_mode(scheduler.metric, f"{key}.scheduler.metric", trainable_name, definition,
+                                      problems)
+        scheduler = dataclasses.replace(scheduler, mode=scheduler_mode)
     searcher = _parse_searcher(raw.get("searcher"), f"{key}.searcher", problems)
     if searcher is not None and searcher.type == "optuna":
         for param, entry in space.items():
@@ -626,7 +694,148 @@ def _parse_tune_stage(raw: Mapping[str, Any], key: str, study: str, earlier: lis
         space=space, inputs=inputs, num_samples=num_samples or 1, max_concurrent_trials=max_concurrent,
         scheduler=scheduler, searcher=searcher or SearcherSpec(),
         resources=resources or ResourcesSpec(), max_failures=max_failures or 0, register=register,
+        metrics=metrics if len(metrics) > 1 else (), modes=modes if len(metrics) > 1 else (), champion=champion,
     )
+
+
+def _metric_mode(name: str, key: str, trainable_name: str | None, definition: catalog.TrainableDef | None,
+                 problems: _Problems) -> Literal["max", "min"] | None:
+    """The direction the trainable declares for its metric `name`; None (and a problem) when it has none."""
+    if definition is None:
+        return None
+    try:
+        return definition.metric(name).mode
+    except KeyError:
+        known = tuple(m.name for m in definition.metrics)
+        hint = _closest(name, known)
+        problems.add(key, f"trainable {trainable_name!r} does not report {name!r}"
+                     f"{f' (did you mean {hint!r}?)' if hint else ''}; it reports: {', '.join(known)}")
+        return None
+
+
+def _parse_tune_metrics(raw: Mapping[str, Any], key: str, trainable_name: str | None,
+                        definition: catalog.TrainableDef | None,
+                        problems: _Problems) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`metric: NAME` or `metric: [A, B]` (a two-objective search), and their directions.
+
+    The trainable declares which way each metric is better; an optional `mode` (a string, or a list
+    matching the metrics) only restates it, and one that contradicts it is refused."""
+    raw_metric = raw.get("metric")
+    if raw_metric is None:
+        problems.add(f"{key}.metric", "required")
+        return (), ()
+    if isinstance(raw_metric, str):
+        named = [(f"{key}.metric", raw_metric)]
+    elif isinstance(raw_metric, list):
+        named = [(f"{key}.metric[{i}]", name) for i, name in enumerate(raw_metric)]
+        if len(raw_metric) < 2:
+            problems.add(f"{key}.metric", f"a list names two or more metrics to search together; for one, "
+                         f"write metric: NAME (got {raw_metric})")
+            return (), ()
+        for where, name in named:
+            if not isinstance(name, str):
+                problems.add(where, f"expected a metric name, got {_kind(name)}")
+                return (), ()
+        if len(set(raw_metric)) != len(raw_metric):
+            problems.add(f"{key}.metric", f"names a metric twice: {raw_metric}")
+            return (), ()
+    else:
+        problems.add(f"{key}.metric", f"expected a metric name or a list of them, got {_kind(raw_metric)}")
+        return (), ()
+    metrics = tuple(name for _, name in named)
+    modes = tuple(_metric_mode(name, where, trainable_name, definition, problems) for where, name in named)
+    if None in modes:
+        return metrics, tuple(mode or "max" for mode in modes)
+    _check_declared_modes(raw.get("mode"), key, metrics, modes, trainable_name, problems)
+    return metrics, modes
+
+
+def _check_declared_modes(raw_mode: Any, key: str, metrics: tuple[str, ...], modes: tuple[str, ...],
+                          trainable_name: str | None, problems: _Problems) -> None:
+    if raw_mode is None:
+        return
+    if len(metrics) == 1:
+        stated = [(f"{key}.mode", raw_mode)]
+    elif isinstance(raw_mode, list) and len(raw_mode) == len(metrics):
+        stated = [(f"{key}.mode[{i}]", mode) for i, mode in enumerate(raw_mode)]
+    else:
+        problems.add(f"{key}.mode", f"expected a list of {len(metrics)} modes matching metric {list(metrics)}, "
+                     f"got {_kind(raw_mode)}")
+        return
+    for (where, stated_mode), metric, mode in zip(stated, metrics, modes):
+        if stated_mode not in ("max", "min"):
+            problems.add(where, f"must be max or min, got {_kind(stated_mode)}")
+        elif stated_mode != mode:
+            problems.add(where, f"{stated_mode!r} contradicts trainable {trainable_name!r}, which declares {metric} "
+                         f"{'higher' if mode == 'max' else 'lower'}-is-better; write {mode} or drop mode "
+                         f"(it comes from the trainable)")
+
+
+def _parse_champion(raw: Any, key: str, metrics: tuple[str, ...], trainable_name: str | None,
+                    definition: catalog.TrainableDef | None, problems: _Problems) -> ChampionRule | None:
+    """`champion: {minimize: acd, where: {fid_mnist: {max: fid_real_ambiguous}}}`: required for a stage with
+    several metrics (which point of the front is its champion), refused on a single-metric one."""
+    if len(metrics) < 2:
+        if raw is not None and metrics:
+            problems.add(key, "only for a stage with several metrics (metric: [A, B]); a single-metric stage's "
+                         "champion is the best value of its metric")
+        return None
+    if raw is None:
+        problems.add(key, f"required for a stage with several metrics: which point of their front is the champion, "
+                     f"e.g. {{minimize: {metrics[0]}, where: {{{metrics[1]}: {{max: 40}}}}}}")
+        return None
+    raw = _mapping(raw, key, problems)
+    if raw is None:
+        return None
+    _unknown_keys(raw, ("minimize", "maximize", "where"), key, problems)
+    goals = [(verb, raw[verb]) for verb in ("minimize", "maximize") if verb in raw]
+    if len(goals) != 1:
+        what = "only one of minimize, maximize" if goals else "minimize: METRIC or maximize: METRIC"
+        problems.add(key, f"give {what}: the metric the champion is best at (one of {', '.join(metrics)})")
+        return None
+    verb, objective = goals[0]
+    mode = "min" if verb == "minimize" else "max"
+    if not isinstance(objective, str) or objective not in metrics:
+        problems.add(f"{key}.{verb}", f"must be one of the stage's metrics ({', '.join(metrics)}), "
+                     f"got {_kind(objective)}")
+        return None
+    declared = _metric_mode(objective, f"{key}.{verb}", trainable_name, definition, problems)
+    if declared is not None and declared != mode:
+        other = "maximize" if declared == "max" else "minimize"
+        problems.add(f"{key}.{verb}", f"trainable {trainable_name!r} declares {objective} "
+                     f"{'higher' if declared == 'max' else 'lower'}-is-better: write {other}: {objective}")
+    where_raw = _mapping(raw.get("where"), f"{key}.where", problems) or {}
+    bounds = []
+    for metric, sides in where_raw.items():
+        where = f"{key}.where.{metric}"
+        if _metric_mode(str(metric), where, trainable_name, definition, problems) is None and definition is not None:
+            continue
+        sides = _mapping(sides, where, problems)
+        if sides is None:
+            continue
+        _unknown_keys(sides, ("min", "max"), where, problems)
+        values = {side: _bound_side(sides, side, where, trainable_name, definition, problems) for side in ("min", "max")}
+        if "min" not in sides and "max" not in sides:
+            problems.add(where, "give min, max or both; each a number or another metric's name, like "
+                         "{max: 40} or {max: OTHER_METRIC}")
+        elif all(isinstance(values[side], (int, float)) for side in ("min", "max")) and values["min"] > values["max"]:
+            problems.add(where, f"min must be <= max ({values['min']} > {values['max']})")
+        else:
+            bounds.append(ChampionBound(str(metric), values["min"], values["max"]))
+    return ChampionRule(objective, mode, tuple(bounds))
+
+
+def _bound_side(sides: Mapping[str, Any], side: str, key: str, trainable_name: str | None,
+                definition: catalog.TrainableDef | None, problems: _Problems) -> float | str | None:
+    """One side of a champion bound: a finite number, or the name of a metric the trainable reports."""
+    if sides.get(side) is None:
+        return None
+    value = sides[side]
+    if isinstance(value, str):
+        known = _metric_mode(value, f"{key}.{side}", trainable_name, definition, problems) is not None
+        return value if known or definition is None else None
+    number = _number(sides, side, key, problems)
+    return None if number is None else float(number)
 
 
 def _parse_scheduler(raw: Any, key: str, problems: _Problems) -> AshaSpec | None:
@@ -639,7 +848,7 @@ def _parse_scheduler(raw: Any, key: str, problems: _Problems) -> AshaSpec | None
     kind = _string(raw, "type", key, problems, required=True, choices=("asha",))
     if kind is None:
         return None
-    _unknown_keys(raw, ("type", "max_t", "grace_period", "reduction_factor"), key, problems)
+    _unknown_keys(raw, ("type", "max_t", "grace_period", "reduction_factor", "metric"), key, problems)
     max_t = _number(raw, "max_t", key, problems, integer=True, required=True)
     grace = _number(raw, "grace_period", key, problems, integer=True, default=1)
     factor = _number(raw, "reduction_factor", key, problems, default=2.0)
@@ -651,7 +860,8 @@ def _parse_scheduler(raw: Any, key: str, problems: _Problems) -> AshaSpec | None
         problems.add(f"{key}.grace_period", f"must be between 1 and max_t ({max_t}), got {grace}")
     if factor <= 1:
         problems.add(f"{key}.reduction_factor", f"must be > 1, got {factor}")
-    return AshaSpec(max_t, grace, float(factor))
+    metric = _string(raw, "metric", key, problems)
+    return AshaSpec(max_t, grace, float(factor), metric)
 
 
 def _parse_searcher(raw: Any, key: str, problems: _Problems) -> SearcherSpec | None:

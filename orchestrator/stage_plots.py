@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from orchestrator.champion import dominates
 from trainables.plotting import pyplot
 
 
@@ -80,25 +81,39 @@ def trial_curves_png(frame: Any, metrics: Sequence[str], title: str,
     return buffer.getvalue()
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The points no other point beats on both coordinates (both lower-is-better), by x."""
-    front: list[tuple[float, float]] = []
-    for x, y in sorted(points):
-        if not front or y < front[-1][1]:
-            front.append((x, y))
-    return front
+def pareto_front(points: Sequence[tuple[float, float]], modes: Sequence[str] = ("min", "min")
+                 ) -> list[tuple[float, float]]:
+    """The points no other point beats on both coordinates (each lower- or higher-is-better by `modes`), by x."""
+    signs = [1.0 if mode == "min" else -1.0 for mode in modes]
+    signed = [(x * signs[0], y * signs[1]) for x, y in points]
+    return sorted({p for p, s in zip(points, signed) if not any(dominates(other, s) for other in signed)})
+
+
+def _first_value(trials: Mapping[str, Any], metric: str) -> float | None:
+    """A metric every trial reports alike (a baseline, a reference point): its first finite value."""
+    for frame in trials.values():
+        if frame is not None and metric in frame:
+            finite = [float(v) for v in frame[metric] if isinstance(v, (int, float)) and math.isfinite(v)]
+            if finite:
+                return finite[0]
+    return None
 
 
 def plot_pareto(trials: Mapping[str, Any], x: str, y: str, stage: str, path: Path, *,
-                best_trial: str | None = None, baselines: Mapping[str, str] | None = None) -> bool:
-    """Every (trial, epoch) in the plane of two lower-is-better metrics, the Pareto front through
-    them, each trial's last epoch bold, the chosen best trial circled, and the baseline (e.g. the
-    step-1 generator) as a star. `trials` maps trial id -> its results frame. False: nothing to draw."""
+                best_trial: str | None = None, baselines: Mapping[str, str] | None = None,
+                modes: Sequence[str] = ("min", "min"), chosen: Mapping[str, float] | None = None,
+                references: Mapping[str, tuple[str, str]] | None = None) -> bool:
+    """Every (trial, epoch) in the plane of two rival metrics (`modes`: which way each is better), the
+    Pareto front through them, each trial's last epoch bold, the chosen point circled (`chosen`: its
+    metrics; else the best trial's last epoch), the baseline (e.g. the step-1 generator) as a star and
+    each reference point (label -> the metrics holding its x and y, e.g. real boundary digits) as a
+    labelled diamond. `trials` maps trial id -> its results frame. False: nothing to draw."""
     points = {trial: [(float(a), float(b)) for a, b in zip(frame[x], frame[y]) if math.isfinite(a) and math.isfinite(b)]
               for trial, frame in trials.items() if frame is not None and x in frame and y in frame}
     points = {trial: values for trial, values in points.items() if values}
     if not points:
         return False
+    circled = (chosen[x], chosen[y]) if chosen is not None and x in chosen and y in chosen else None
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 4.5))
     colours = plt.get_cmap("tab10")
@@ -107,19 +122,23 @@ def plot_pareto(trials: Mapping[str, Any], x: str, y: str, stage: str, path: Pat
         axis.plot(*zip(*values), color=colour, alpha=0.35, linewidth=0.8, marker=".", markersize=4)
         axis.scatter(*values[-1], color=colour, s=30, label=trial if len(points) <= 12 else None, zorder=3)
         if trial == best_trial:
-            axis.scatter(*values[-1], s=160, facecolors="none", edgecolors="black", linewidths=1.5, zorder=4,
-                         label=f"best ({trial})")
-    front = pareto_front([p for values in points.values() for p in values])
-    axis.plot(*zip(*front), color="black", drawstyle="steps-post", linewidth=1, label="Pareto front (all epochs)")
+            axis.scatter(*(circled or values[-1]), s=160, facecolors="none", edgecolors="black", linewidths=1.5,
+                         zorder=4, label=f"chosen ({trial})")
+    front = pareto_front([p for values in points.values() for p in values], modes)
+    axis.plot(*zip(*front), color="black", drawstyle="steps-post" if tuple(modes) == ("min", "min") else "default",
+              linewidth=1, label="Pareto front (all epochs)")
     base_x, base_y = (baselines or {}).get(x), (baselines or {}).get(y)
-    if base_x and base_y:
-        for frame in trials.values():
-            if frame is not None and base_x in frame and base_y in frame and frame[base_x].notna().any():
-                axis.scatter(float(frame[base_x].dropna().iloc[0]), float(frame[base_y].dropna().iloc[0]),
-                             marker="*", s=200, color="gold", edgecolors="black", zorder=5, label="baseline (start)")
-                break
-    axis.set_xlabel(f"{x} (lower is better)")
-    axis.set_ylabel(f"{y} (lower is better)")
+    start = (_first_value(trials, base_x), _first_value(trials, base_y)) if base_x and base_y else (None, None)
+    if None not in start:
+        axis.scatter(*start, marker="*", s=200, color="gold", edgecolors="black", zorder=5, label="baseline (start)")
+    for index, (label, (ref_x, ref_y)) in enumerate((references or {}).items()):
+        where = (_first_value(trials, ref_x), _first_value(trials, ref_y))
+        if None not in where:
+            axis.scatter(*where, marker="D", s=90, color=plt.get_cmap("Set1")(index % 9), edgecolors="black",
+                         zorder=5, label=label)
+            axis.annotate(label, where, textcoords="offset points", xytext=(6, 6), fontsize=7)
+    axis.set_xlabel(f"{x} ({'lower' if modes[0] == 'min' else 'higher'} is better)")
+    axis.set_ylabel(f"{y} ({'lower' if modes[1] == 'min' else 'higher'} is better)")
     axis.set_title(f"{stage}: {y} vs {x}, every trial and epoch (dots), last epoch bold")
     axis.title.set_fontsize(9)
     axis.grid(alpha=0.3)

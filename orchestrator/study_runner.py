@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.spec import JobStage, OptunaStage, ResourcesSpec, Stage, StudySpec, TuneStage, packing_problem
-from orchestrator.study_state import StudyState, save_state
+from orchestrator.study_state import BestTrial, StudyState, save_state
 from orchestrator.tracking import Tracker, TrackingLost, error_line, tracking_outage
 
 # Tune saves its experiment state at most this often; small, so a kill loses little bookkeeping.
@@ -48,6 +48,12 @@ def resolve_inputs(stage: Stage, state: StudyState) -> dict[str, str]:
     return resolved
 
 
+def champion_tags(best: BestTrial) -> dict[str, str]:
+    """The parent run's tags naming a two-objective stage's champion: trial, epoch, and whether it met the rule."""
+    return {"gensearch.champion_trial_id": best.trial_id, "gensearch.champion_epoch": str(best.epoch),
+            "gensearch.champion_rule_met": str(bool(best.rule_met)).lower()}
+
+
 def stage_params(stage: Stage) -> dict[str, Any]:
     """What the parent run records about how its stage was set up."""
     if isinstance(stage, JobStage):
@@ -61,12 +67,19 @@ def stage_params(stage: Stage) -> dict[str, Any]:
                 "constraints": "; ".join(map(str, stage.constraints)) or "none", "config": dict(stage.config),
                 "space": {branch: describe_branches({branch: options}) for branch, options in stage.branches.items()},
                 "inputs": {k: str(v) for k, v in stage.inputs.items()}}
+    asha = {}
+    if stage.scheduler is not None:
+        asha = {f"asha.{k}": getattr(stage.scheduler, k) for k in ("max_t", "grace_period", "reduction_factor")}
+        if stage.multi_objective or stage.scheduler.metric:  # else: the stage's metric, as the params say
+            asha["asha.metric"] = "{} ({})".format(*stage.scheduler_metric)
+    objectives = {"metric": ",".join(stage.metrics), "mode": ",".join(stage.modes),
+                  "champion": str(stage.champion)} if stage.multi_objective else {"metric": stage.metric,
+                                                                                  "mode": stage.mode}
     return {
-        "trainable": stage.trainable, "metric": stage.metric, "mode": stage.mode, "num_samples": stage.num_samples,
+        "trainable": stage.trainable, **objectives, "num_samples": stage.num_samples,
         "max_concurrent_trials": stage.max_concurrent_trials, "searcher": stage.searcher.type,
         "sampler": stage.searcher.sampler, "seed": stage.searcher.seed,
-        "scheduler": "asha" if stage.scheduler else "none",
-        **({f"asha.{k}": v for k, v in vars(stage.scheduler).items()} if stage.scheduler else {}),
+        "scheduler": "asha" if stage.scheduler else "none", **asha,
         "resources.cpu": stage.resources.cpu, "resources.gpu": stage.resources.gpu,
         **{f"resources.{k}": getattr(stage.resources, k) for k in ("gpu_memory_gb", "device_memory_gb", "fallback")
            if getattr(stage.resources, k) is not None},
@@ -167,11 +180,14 @@ class StudyRunner:
         stage_state.best, stage_state.output = best, str(outcome.experiment_dir)
         stage_state.trials, stage_state.failed_trials = outcome.trials, outcome.failed_trials
         self.save()
-        self.tracker.log_metrics(parent, {f"best_{best.metric}": best.value, "trials": outcome.trials,
+        # A stage with several metrics: every metric of the chosen epoch, not only the champion's objective.
+        chosen = {f"best_{k}": v for k, v in best.metrics.items()} if stage.multi_objective else {}
+        self.tracker.log_metrics(parent, {**chosen, f"best_{best.metric}": best.value, "trials": outcome.trials,
                                           "failed_trials": outcome.failed_trials})
         self.tracker.set_tags(parent, {"gensearch.best_trial_id": best.trial_id,
-                                       "gensearch.best_child_run_id": best.child_run_id})
-        for name in ("trials.csv", "search_history.png", "parameter_sweep.png", "pareto.png"):
+                                       "gensearch.best_child_run_id": best.child_run_id,
+                                       **(champion_tags(best) if stage.multi_objective else {})})
+        for name in ("trials.csv", "search_history.png", "parameter_sweep.png", "pareto.png", "pareto_front.csv"):
             path = outcome.experiment_dir / name
             if path.is_file():
                 self.tracker.client.log_artifact(parent, str(path))
@@ -182,7 +198,12 @@ class StudyRunner:
                                        stage.name)
             stage_state.registered = registered
             self.tracker.set_tags(parent, {"gensearch.registered": f"{registered.name} v{registered.version}"})
-        print(f"[{stage.name}] best trial {best.trial_id}: {best.metric}={best.value:.4g}", flush=True)
+        if stage.multi_objective:
+            shown = ", ".join(f"{m}={best.metrics[m]:.4g}" for m in stage.metrics if m in best.metrics)
+            print(f"[{stage.name}] champion: trial {best.trial_id}, epoch {best.epoch}: {shown}"
+                  + ("" if best.rule_met else " (no epoch met the champion rule: the closest one)"), flush=True)
+        else:
+            print(f"[{stage.name}] best trial {best.trial_id}: {best.metric}={best.value:.4g}", flush=True)
 
     def run_optuna(self, stage: OptunaStage, inputs: dict[str, str], parent: str) -> None:
         from orchestrator.optuna_stage import run_optuna_stage

@@ -26,6 +26,9 @@ class BestTrial:
     child_run_id: str | None = None
     epoch: int | None = None  # the reported step of the chosen checkpoint
     metrics: dict[str, float] = field(default_factory=dict)  # everything reported at that step
+    # A stage with several metrics: False when no evaluated epoch met its champion rule and this one broke
+    # it least; None for a single-metric stage.
+    rule_met: bool | None = None
 
 
 @dataclass

@@ -22,7 +22,9 @@ def summary_lines(spec: StudySpec, state: StudyState, output: Path, target: Trac
     for stage in spec.stages:
         s = state.stage(stage.name)
         best = s.best
-        if best:
+        if best and isinstance(stage, TuneStage) and stage.multi_objective:
+            metric = ", ".join(f"{m}={best.metrics[m]:.4g}" for m in stage.metrics if m in best.metrics)
+        elif best:
             metric = f"{best.metric}={best.value:.4g}"
         else:
             metric = ", ".join(f"{k}={v:.4g}" for k, v in list(s.metrics.items())[:2]) or "-"
@@ -68,6 +70,10 @@ def detail_lines(spec: StudySpec, state: StudyState) -> list[str]:
             lines.append(f"  {stage.name} best settings: " + ", ".join(f"{k}={v}" for k, v in s.best.config.items()))
         if not isinstance(stage, TuneStage) or s.best is None or not s.best.metrics:
             continue
+        if stage.multi_objective:
+            from orchestrator.champion import describe_champion
+
+            lines.append(f"  {stage.name} {describe_champion(stage, s.best)}")
         try:
             baselines = catalog.trainable(stage.trainable).baselines
         except catalog.UnknownEntryError:

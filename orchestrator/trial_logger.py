@@ -47,11 +47,20 @@ def _reason(trial: Any) -> str:
 
 
 class MlflowTrialLogger(Callback):
+    # A stage with several metrics: the others shown beside `metric` in each progress line, and the
+    # header's description of them. Class-level defaults, so a callback pickled before they existed
+    # (an experiment resumed across an upgrade) still works.
+    also_shown: tuple[str, ...] = ()
+    headline: str = ""
+
     def __init__(self, target: TrackingTarget, experiment: str, study: str, stage: str, parent_run_id: str,
-                 metric: str, mode: str, total_trials: int, max_t: int | None = None) -> None:
+                 metric: str, mode: str, total_trials: int, max_t: int | None = None,
+                 also_shown: tuple[str, ...] = (), headline: str = "") -> None:
         self.target, self.experiment, self.study, self.stage = target, experiment, study, stage
         self.parent_run_id, self.metric, self.mode, self.total_trials = parent_run_id, metric, mode, total_trials
         self.max_t = max_t  # ASHA's budget: a trial ending before it was stopped early
+        # With several metrics no single "best so far" exists (the champion rule weighs them at the end).
+        self.also_shown, self.headline = tuple(also_shown), headline
         self._tracker: Tracker | None = None
         self._runs: dict[str, str] = {}
         self._tagged_node: dict[str, str] = {}  # run id -> the node id its tags name
@@ -85,12 +94,12 @@ class MlflowTrialLogger(Callback):
             for run in children.values():  # a resumed stage's progress lines keep the best of the finished trials
                 if run.info.status == "FINISHED":
                     self._note(run.data.metrics.get(self.metric))
-        print(f"[{self.stage}] {self.total_trials} trials, metric {self.metric} ({self.mode})"
+        print(f"[{self.stage}] {self.total_trials} trials, {self.headline or f'metric {self.metric} ({self.mode})'}"
               + (f"; resuming with {self._done} already done" if self._done else ""), flush=True)
 
     def _note(self, value: Any) -> None:
-        """Keep the best value of a finished trial, for the progress lines."""
-        if isinstance(value, (int, float)):
+        """Keep the best value of a finished trial, for the progress lines (a single-metric stage only)."""
+        if isinstance(value, (int, float)) and not self.also_shown:
             better = self._best is None or (value > self._best if self.mode == "max" else value < self._best)
             self._best = value if better else self._best
 
@@ -186,11 +195,11 @@ class MlflowTrialLogger(Callback):
         self._tracking(lambda: self.tracker.finish(self._run_id(trial), "FINISHED"))  # else: reconcile closes it
         self._done += 1
         last = trial.last_result or {}
-        value = last.get(self.metric)
-        self._note(value)
+        self._note(last.get(self.metric))
         steps = last.get("training_iteration", 0)
         early = " (stopped early by ASHA)" if self.max_t and steps < self.max_t else ""
-        shown = f"{self.metric}={value:.4g}" if isinstance(value, (int, float)) else "no metric"
+        shown = ", ".join(f"{name}={last[name]:.4g}" for name in (self.metric, *self.also_shown)
+                          if isinstance(last.get(name), (int, float))) or "no metric"
         best = f" (best {self._best:.4g})" if self._best is not None else ""
         print(f"[{self.stage}] {self._done}/{self.total_trials} done · trial {trial.trial_id} after {steps} "
               f"step(s){early}: {shown}{best} · {time.monotonic() - self._started:.0f}s", flush=True)

@@ -20,13 +20,15 @@ import optuna
 import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
+from orchestrator.champion import Champion, Point, choose_champion, pareto_front
+from orchestrator.plan import describe_metrics
 from orchestrator.spec import Choice, Grid, IntRange, LogUniform, SpaceEntry, TuneStage, Uniform
 from orchestrator.study_state import BestTrial
 from orchestrator.tracking import Tracker, last_line, numeric_metrics
 from orchestrator.trial_logger import STEP_MARKER, TUNE_BOOKKEEPING, MlflowTrialLogger
 from orchestrator.tune_reporter import TuneReporter
+from orchestrator.tune_searcher import BudgetAwareOptunaSearch
 from trainables import catalog
 from trainables.config import build_config
 
@@ -42,6 +44,9 @@ class TuneOutcome:
     failed_trials: int
     experiment_dir: Path
     child_runs: dict[str, str] = dataclasses.field(default_factory=dict)  # trial id -> MLflow run id
+    # A stage with several metrics: how its champion was chosen, and the Pareto front of every epoch.
+    champion: Champion | None = None
+    front: list[Point] = dataclasses.field(default_factory=list)
 
 
 def tune_domain(entry: SpaceEntry) -> Any:
@@ -63,9 +68,10 @@ def param_space(stage: TuneStage, inputs: Mapping[str, str]) -> dict[str, Any]:
     return {**stage.config, **inputs, **{name: tune_domain(entry) for name, entry in stage.space.items()}}
 
 
-def make_searcher(stage: TuneStage) -> OptunaSearch | None:
-    """Optuna for a stage with something to search; None (Tune's own grid/random) otherwise, since
-    OptunaSearch refuses an empty space (every setting a constant)."""
+def make_searcher(stage: TuneStage) -> BudgetAwareOptunaSearch | None:
+    """Optuna for a stage with something to search, over its one metric or its several (Optuna's samplers
+    are multi-objective); None (Tune's own grid/random) otherwise, since OptunaSearch refuses an empty
+    space (every setting a constant)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec, total_trials = stage.searcher, stage.total_trials
     if spec.type == "basic" or not stage.space:
@@ -80,7 +86,10 @@ def make_searcher(stage: TuneStage) -> OptunaSearch | None:
         # Optuna's default of 10 random start-up trials would leave a small study all random.
         startup = max(2, min(10, total_trials // 2))
         sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup)
-    return OptunaSearch(sampler=sampler)
+    metrics, modes = zip(*stage.objectives)
+    return BudgetAwareOptunaSearch(sampler=sampler, metric=list(metrics) if stage.multi_objective else metrics[0],
+                                   mode=list(modes) if stage.multi_objective else modes[0],
+                                   budget=stage.scheduler.max_t if stage.scheduler else None)
 
 
 def make_scheduler(stage: TuneStage) -> ASHAScheduler | None:
@@ -114,12 +123,16 @@ def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path
     else:
         logger = MlflowTrialLogger(tracker.target, tracker.experiment_name, tracker.study, stage.name,
                                    parent_run_id, stage.metric, stage.mode, stage.total_trials,
-                                   max_t=stage.scheduler.max_t if stage.scheduler else None)
+                                   max_t=stage.scheduler.max_t if stage.scheduler else None,
+                                   also_shown=tuple(m for m in stage.metrics if m != stage.metric),
+                                   headline=f"metrics {describe_metrics(stage)}" if stage.multi_objective else "")
+        # Tune's own metric is the one ASHA stops on; the searcher keeps the stage's objectives.
+        metric, mode = stage.scheduler_metric
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(stage, inputs),
             tune_config=tune.TuneConfig(
-                metric=stage.metric, mode=stage.mode, num_samples=stage.num_samples,
+                metric=metric, mode=mode, num_samples=stage.num_samples,
                 max_concurrent_trials=stage.max_concurrent_trials,
                 search_alg=make_searcher(stage), scheduler=make_scheduler(stage),
                 trial_dirname_creator=trial_folder_name,
@@ -135,8 +148,11 @@ def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path
     results = tuner.fit()
     outcome = reconcile(stage, results, tracker, parent_run_id, experiment_dir)
     write_trials_table(results, experiment_dir / "trials.csv")
+    if stage.multi_objective:
+        write_pareto_front(stage, outcome, experiment_dir / PARETO_FRONT_FILE)
+        tag_front_trials(tracker, outcome)
     publish_trial_files(stage, results, tracker, outcome.child_runs)
-    draw_stage_plots(stage, results, experiment_dir, outcome.best.trial_id)
+    draw_stage_plots(stage, results, experiment_dir, outcome.best)
     return outcome
 
 
@@ -145,8 +161,7 @@ def reconcile(stage: TuneStage, results: Any, tracker: Tracker, parent_run_id: s
     """Make MLflow agree with Tune: one closed child run per trial, none for trials Tune forgot, and every
     result Tune recorded for a trial in its run (see `backfill_results`)."""
     children = tracker.children(parent_run_id)
-    seen, failed, runs = set(), 0, {}
-    best: tuple[float, Any, str] | None = None
+    seen, failed, runs, finished = set(), 0, {}, []
     for result in results:
         trial_id = trial_id_of(result)
         seen.add(trial_id)
@@ -163,23 +178,80 @@ def reconcile(stage: TuneStage, results: Any, tracker: Tracker, parent_run_id: s
             continue
         if run is None or not tracker.is_terminal(run_id):
             tracker.finish(run_id, "FINISHED")
-        value = best_value(result, stage.metric, stage.mode)
-        if value is not None and (best is None or (value > best[0] if stage.mode == "max" else value < best[0])):
-            best = (value, result, run_id)
+        finished.append((result, run_id))
     for trial_id, run in children.items():
         if trial_id not in seen:  # a trial the interrupted Tune state never recorded: not a real trial
             tracker.client.delete_run(run.info.run_id)
+    champion, front = None, []
+    if stage.multi_objective:
+        best, champion, front = champion_of(stage, finished)
+    else:
+        best = best_trial_of(stage, finished)
     if best is None:
         raise StageFailed(f"stage {stage.name!r}: all {len(seen)} trials failed "
                           f"(first reason: {_first_error(results)}); see the child runs in MLflow")
+    return TuneOutcome(best=best, trials=len(seen), failed_trials=failed, experiment_dir=experiment_dir,
+                       child_runs=runs, champion=champion, front=front)
+
+
+def best_trial_of(stage: TuneStage, finished: list[tuple[Any, str]]) -> BestTrial | None:
+    """A single-metric stage's best trial: the best value any of its epochs reported, at the last epoch
+    that reported it (`checkpoint_at_best`)."""
+    best: tuple[float, Any, str] | None = None
+    for result, run_id in finished:
+        value = best_value(result, stage.metric, stage.mode)
+        if value is not None and (best is None or (value > best[0] if stage.mode == "max" else value < best[0])):
+            best = (value, result, run_id)
+    if best is None:
+        return None
     value, result, run_id = best
     checkpoint = checkpoint_at_best(result, stage.metric, value) or result.checkpoint
-    config = dict(result.config)
     epoch, metrics = metrics_at_best(result, stage.metric, value)
-    return TuneOutcome(
-        best=BestTrial(trial_id=trial_id_of(result), metric=stage.metric, value=value,
-                       checkpoint=checkpoint.path, config=config, child_run_id=run_id, epoch=epoch, metrics=metrics),
-        trials=len(seen), failed_trials=failed, experiment_dir=experiment_dir, child_runs=runs)
+    return BestTrial(trial_id=trial_id_of(result), metric=stage.metric, value=value, checkpoint=checkpoint.path,
+                     config=dict(result.config), child_run_id=run_id, epoch=epoch, metrics=metrics)
+
+
+def champion_of(stage: TuneStage, finished: list[tuple[Any, str]]
+                ) -> tuple[BestTrial | None, Champion | None, list[Point]]:
+    """A stage with several metrics: its champion by the stage's rule among every evaluated epoch of
+    every trial that did not fail, with THAT epoch's checkpoint, and the Pareto front of those epochs."""
+    candidates = [(point, checkpoint, result, run_id) for result, run_id in finished
+                  for point, checkpoint in evaluated_points(result)]
+    points = [point for point, *_ in candidates]
+    champion = choose_champion(points, stage.champion)
+    if champion is None:
+        return None, None, []
+    _, checkpoint, result, run_id = candidates[points.index(champion.point)]
+    checkpoint = checkpoint or result.checkpoint
+    point = champion.point
+    if not champion.feasible:
+        print(f"[{stage.name}] no evaluated epoch met the champion rule ({stage.champion}); the champion is the "
+              f"closest one: trial {point.trial}, epoch {point.epoch} (relative violation "
+              f"{champion.violation:.3g})", flush=True)
+    best = BestTrial(trial_id=point.trial, metric=stage.metric, value=float(point.metrics[stage.metric]),
+                     checkpoint=checkpoint.path if checkpoint is not None else "", config=dict(result.config),
+                     child_run_id=run_id, epoch=point.epoch, metrics=dict(point.metrics), rule_met=champion.feasible)
+    return best, champion, pareto_front(points, stage.objectives)
+
+
+def evaluated_points(result: Any) -> list[tuple[Point, Any]]:
+    """A trial's evaluated epochs as (point, that epoch's checkpoint): a candidate champion is a model one
+    can load, so a trial that checkpoints offers its checkpointed results (every epoch for the built-in
+    trainables); one that never checkpoints offers every reported result, without a checkpoint. A step
+    repeated after a resume counts once, by its latest record (whose checkpoint is the one kept)."""
+    trial = trial_id_of(result)
+    if result.best_checkpoints:
+        rows = sorted(((metrics, checkpoint) for checkpoint, metrics in result.best_checkpoints),
+                      key=lambda row: (row[0].get("training_iteration", 0), row[1].path))
+    else:
+        frame = result.metrics_dataframe
+        rows = [(row.to_dict(), None) for _, row in frame.iterrows()] if frame is not None else []
+    by_step: dict[int, tuple[Point, Any]] = {}
+    for metrics, checkpoint in rows:
+        step = int(_plain(metrics.get("training_iteration", 0)))
+        values = numeric_metrics({k: _plain(v) for k, v in metrics.items() if k not in TUNE_BOOKKEEPING})
+        by_step[step] = (Point(trial, step, values), checkpoint)
+    return [by_step[step] for step in sorted(by_step)]
 
 
 def backfill_results(tracker: Tracker, run_id: str, result: Any, known: bool = True) -> int:
@@ -293,9 +365,12 @@ def publish_trial_files(stage: TuneStage, results: Any, tracker: Tracker, runs: 
                 tracker.log_files(run_id, {"curves.png": png})
 
 
-def draw_stage_plots(stage: TuneStage, results: Any, experiment_dir: Path, best_trial: str) -> None:
+def draw_stage_plots(stage: TuneStage, results: Any, experiment_dir: Path, best: BestTrial) -> None:
     """search_history.png for every stage; parameter_sweep.png (the metric against each searched setting)
-    when it searches something; pareto.png when the trainable names two rival metrics."""
+    when it searches something; pareto.png when the trainable names two rival metrics or the stage
+    searches several (a stage with several metrics plots its `metric`, the champion's objective, in
+    the other two)."""
+    from orchestrator.champion import pareto_axes
     from orchestrator.stage_plots import plot_parameter_sweep, plot_pareto, plot_search_history
 
     started = []
@@ -308,11 +383,46 @@ def draw_stage_plots(stage: TuneStage, results: Any, experiment_dir: Path, best_
                         experiment_dir / "search_history.png")
     sweep = {name: [((result.config or {}).get(name), best_value(result, stage.metric, stage.mode)
                      if result.error is None else None) for result in results] for name in stage.space}
-    best_config = next((result.config for result in results if trial_id_of(result) == best_trial), None)
+    best_config = next((result.config for result in results if trial_id_of(result) == best.trial_id), None)
     plot_parameter_sweep({name: [(x, y) for x, y in values if x is not None] for name, values in sweep.items()},
                          stage.metric, stage.mode, stage.name, experiment_dir / "parameter_sweep.png", best_config)
     definition = catalog.trainable(stage.trainable)
-    if definition.pareto:
-        x, y = definition.pareto
-        plot_pareto({trial_id_of(r): r.metrics_dataframe for r in results}, x, y, stage.name,
-                    experiment_dir / "pareto.png", best_trial=best_trial, baselines=definition.baselines)
+    axes = pareto_axes(stage, definition)
+    if axes is not None:
+        plot_pareto({trial_id_of(r): r.metrics_dataframe for r in results}, *axes, stage.name,
+                    experiment_dir / "pareto.png", best_trial=best.trial_id, baselines=definition.baselines,
+                    modes=tuple(definition.metric(axis).mode for axis in axes), chosen=best.metrics,
+                    references=definition.pareto_references)
+
+
+PARETO_FRONT_FILE = "pareto_front.csv"
+
+
+def write_pareto_front(stage: TuneStage, outcome: TuneOutcome, path: Path) -> None:
+    """pareto_front.csv: the epochs no other epoch beats on every metric of the stage, best first by
+    its first metric, with the metrics the champion rule reads, whether each meets the rule and
+    which one is the champion (it is on the front unless no epoch met the rule)."""
+    import csv
+
+    from orchestrator.champion import signed, violation
+
+    rule = stage.champion
+    columns = [*stage.metrics, *(m for m in rule.metrics_read if m not in stage.metrics)]
+    first, first_mode = stage.objectives[0]
+    chosen = outcome.champion.point if outcome.champion else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["trial", "epoch", *columns, "feasible", "chosen"])
+        for point in sorted(outcome.front, key=lambda p: signed(p.metrics[first], first_mode)):
+            writer.writerow([point.trial, point.epoch, *(point.metrics.get(c, "") for c in columns),
+                             violation(rule, point.metrics) == 0, point == chosen])
+
+
+def tag_front_trials(tracker: Tracker, outcome: TuneOutcome) -> None:
+    """`gensearch.pareto_front=true` on the run of every trial with an epoch on the front, so the MLflow UI
+    can filter them (``tags.`gensearch.pareto_front` = 'true'``)."""
+    for trial in sorted({point.trial for point in outcome.front}):
+        run_id = outcome.child_runs.get(trial)
+        if run_id is not None:
+            tracker.set_tags(run_id, {"gensearch.pareto_front": "true"})

@@ -55,20 +55,23 @@ def launcher_env() -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1"}
 
 
-def run_launcher(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_launcher(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The launcher run to its end; `env` replaces `launcher_env()` (e.g. with a toy trainable's folder on
+    PYTHONPATH)."""
     return subprocess.run(launcher(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env=launcher_env())
+                          env=env or launcher_env())
 
 
 def run_until(spec: Path, output: Path, pattern: str, grace_s: float = 0.0, timeout: float = 300,
-              extra_args: tuple[str, ...] = (), killed: list[int] | None = None) -> list[str]:
+              extra_args: tuple[str, ...] = (), killed: list[int] | None = None,
+              env: dict[str, str] | None = None) -> list[str]:
     """Start the launcher in its own process group and SIGKILL the whole group (the launcher and the Ray
     it started, nothing else) `grace_s` after a line of its output matches `pattern` (Tune snapshots its
     state about once a second: wait ~2.5 s after a trial ends for Tune to know it ended). Returns the
     output lines read until then; `killed`, when given, receives the pids of the group just before the kill."""
     process = subprocess.Popen(launcher(str(spec), "--output", str(output), *extra_args), cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                               env=launcher_env())
+                               env=env or launcher_env())
     lines, deadline = [], time.monotonic() + timeout
     try:
         for line in process.stdout:

@@ -1,0 +1,84 @@
+"""A toy trainable whose two metrics trade off per epoch, so a two-objective search runs in seconds.
+
+A study names it `toy_trainables:TRADEOFF` (NAME) with this folder on the import path (`with_path`):
+not as `tests.orchestrator...`, because torch-fidelity installs a top-level `tests` package that a
+launcher or a Ray worker would find instead of this repository's `tests` folder.
+
+Per epoch e of a trial with setting x in [0, 1]: `loss` = 1 / (e (0.5 + x)) falls with training and
+with x, `cost` = e / 4 + x / 8 rises with both; `budget` (a constant every trial reports) is the
+yardstick a champion rule bounds `cost` by: no epoch past the third meets it, so a trial trained for
+four epochs has its best admissible point earlier. (`ref_cost`, `ref_loss`) is a reference point.
+Every epoch reports a checkpoint whose model is a 1x1 linear layer of weight e, so a registered model
+tells which epoch it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trainables.catalog import Metric, TrainableDef
+from trainables.reporter import CheckpointState, Reporter
+
+FOLDER = Path(__file__).resolve().parent
+NAME = "toy_trainables:TRADEOFF"
+BUDGET = 0.85
+REFERENCE = {"ref_cost": 0.8, "ref_loss": 0.3}
+
+
+@dataclass(frozen=True)
+class TradeoffConfig:
+    x: float = 0.5
+    epochs: int = 4
+    sleep_s: float = 0.0  # per epoch: keeps trials overlapping, as real ones do
+
+
+def metrics_at(x: float, epoch: int) -> dict[str, float]:
+    return {"loss": 1.0 / (epoch * (0.5 + x)), "cost": epoch / 4 + x / 8, "budget": BUDGET, **REFERENCE,
+            "epoch": float(epoch)}
+
+
+def train(config: TradeoffConfig, reporter: Reporter) -> dict[str, float]:
+    state = reporter.restore()
+    metrics: dict[str, float] = {}
+    for epoch in range((state or {}).get("epoch", 0) + 1, config.epochs + 1):
+        time.sleep(config.sleep_s)
+        metrics = metrics_at(config.x, epoch)
+        reporter.report(metrics, checkpoint={"trainable": "tradeoff", "config": {"x": config.x}, "epoch": epoch,
+                                             "metrics": metrics})
+    return metrics
+
+
+def build_model(state: CheckpointState) -> nn.Module:
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(float(state["epoch"]))
+    return model
+
+
+TRADEOFF = TrainableDef(
+    name="tradeoff",
+    config_cls=TradeoffConfig,
+    run=train,
+    metrics=(
+        Metric("loss", higher_is_better=False), Metric("cost", higher_is_better=False),
+        Metric("budget", higher_is_better=False), Metric("ref_cost", higher_is_better=False),
+        Metric("ref_loss", higher_is_better=False), Metric("epoch", higher_is_better=True),
+    ),
+    description="toy: loss falls and cost rises with every epoch",
+    build_model=build_model,
+    pareto=("cost", "loss"),
+    pareto_references={"reference": ("ref_cost", "ref_loss")},
+)
+
+
+def with_path(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with this folder on PYTHONPATH: a launcher, and the Ray workers it starts, can import NAME."""
+    paths = [str(FOLDER), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**env, "PYTHONPATH": os.pathsep.join(paths)}
