@@ -813,13 +813,15 @@ def _parse_champion(raw: Any, key: str, metrics: tuple[str, ...], trainable_name
         sides = _mapping(sides, where, problems)
         if sides is None:
             continue
+        count = len(problems.items)
         _unknown_keys(sides, ("min", "max"), where, problems)
         values = {side: _bound_side(sides, side, where, trainable_name, definition, problems) for side in ("min", "max")}
         if "min" not in sides and "max" not in sides:
-            problems.add(where, "give min, max or both; each a number or another metric's name, like "
-                         "{max: 40} or {max: OTHER_METRIC}")
+            if len(problems.items) == count:  # a misspelt side was named already
+                problems.add(where, "give min, max or both; each a number or another metric's name, like "
+                             "{max: 40} or {max: OTHER_METRIC}")
         elif all(isinstance(values[side], (int, float)) for side in ("min", "max")) and values["min"] > values["max"]:
-            problems.add(where, f"min must be <= max ({values['min']} > {values['max']})")
+            problems.add(where, f"min must be <= max ({values['min']:g} > {values['max']:g})")
         else:
             bounds.append(ChampionBound(str(metric), values["min"], values["max"]))
     return ChampionRule(objective, mode, tuple(bounds))

@@ -127,3 +127,43 @@ def test_summary_report_and_progress_lines_name_the_champion_and_the_reference(f
     assert "Champion rule: **minimize loss where cost <= budget**" in report
     assert "**Pareto front**" in report and "| trial | epoch | loss | cost | budget | feasible | chosen |" in report
     assert report.index("**Pareto front**") < report.index("pareto.png")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_keeps_the_searchers_objectives_and_its_pruned_trials(tmp_path):
+    import pickle
+
+    from optuna.trial import TrialState
+
+    from tests.orchestrator.study_helpers import run_until
+
+    asha = {"type": "asha", "max_t": EPOCHS, "grace_period": 1, "reduction_factor": 2}
+    spec = two_objective_study(tmp_path / "toymo.yaml", name="toyresume", scheduler=asha, sleep_s=1.0)
+    output, env = tmp_path / "out", toy.with_path(launcher_env())
+    run_until(spec, output, r"\[search\] [12]/\d+ done", grace_s=2.5, env=env)
+    client = client_for(output)
+    _, parents, children = study_runs(client, "toyresume")
+    parent = parents["search"].info.run_id
+    assert parents["search"].info.status == "RUNNING"  # killed mid-search
+
+    result = run_launcher(str(spec), "--output", str(output), "--resume", env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "resuming the Tune experiment" in result.stdout
+    _, parents, children = study_runs(client, "toyresume")
+    assert parents["search"].info.run_id == parent and parents["search"].info.status == "FINISHED"
+    runs = {run.data.tags["gensearch.trial_id"]: run for run in children[parent]}
+    assert len(runs) == NUM_SAMPLES and all(run.info.status == "FINISHED" for run in runs.values())
+    assert parents["search"].data.tags["gensearch.champion_trial_id"] in runs
+    assert "pareto_front.csv" in {a.path for a in client.list_artifacts(parent)}
+
+    experiment = output / "tune" / "search"
+    newest = max(experiment.glob("searcher-state-*.pkl"))  # the last session's, as Tune picks it (by name)
+    searcher = pickle.loads(newest.read_bytes())  # the BudgetAwareOptunaSearch's own state, as Tune saved it
+    assert (searcher["_metric"], searcher["_mode"], searcher["_budget"]) == (["loss", "cost"], ["min", "min"], EPOCHS)
+    history = searcher["_ot_study"].trials
+    assert len(history) == NUM_SAMPLES  # one Optuna trial per Tune trial, none asked twice after the resume
+    for trial_id, ot_trial in searcher["_ot_trials"].items():
+        log = (experiment / f"trial_{trial_id}" / "result.json").read_text().splitlines()
+        steps = json.loads(log[-1])["training_iteration"]
+        expected = TrialState.COMPLETE if steps == EPOCHS else TrialState.PRUNED
+        assert history[ot_trial.number].state == expected, f"trial {trial_id} ran {steps} of {EPOCHS} epochs"

@@ -13,6 +13,7 @@ def test_pareto_front_keeps_exactly_the_undominated_points():
     assert pareto_front(points) == [(1.0, 3.0), (2.0, 2.0), (3.0, 1.0)]
     assert pareto_front([(1.0, 1.0)]) == [(1.0, 1.0)]
     assert pareto_front([]) == []
+    assert pareto_front(points, modes=("max", "min")) == [(4.0, 1.0)]  # more x is better now
 
 
 def frame(fid, acd):
@@ -27,6 +28,11 @@ def test_plots_are_written_from_frames_and_skip_what_was_never_reported(tmp_path
                        baselines=baselines)
     assert (tmp_path / "pareto.png").read_bytes().startswith(b"\x89PNG")
     assert not plot_pareto({"x": None}, "fid_mnist", "acd", "gasten", tmp_path / "none.png")
+    trials["a"]["fid_real_ambiguous"], trials["a"]["acd_real_ambiguous"] = 62.8, 0.23
+    assert plot_pareto(trials, "fid_mnist", "acd", "gasten", tmp_path / "chosen.png", best_trial="a",
+                       baselines=baselines, chosen={"fid_mnist": 11.0, "acd": 0.2},
+                       references={"real ambiguous digits": ("fid_real_ambiguous", "acd_real_ambiguous")})
+    assert (tmp_path / "chosen.png").read_bytes().startswith(b"\x89PNG")
     assert not (tmp_path / "none.png").exists()
     png = trial_curves_png(trials["a"], ("fid_mnist", "acd", "never_reported"), "t", baselines)
     assert png is not None and png.startswith(b"\x89PNG")
