@@ -9,6 +9,7 @@ at any moment can neither lose a child run nor leave a duplicate.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
 import warnings
@@ -400,23 +401,25 @@ PARETO_FRONT_FILE = "pareto_front.csv"
 
 def write_pareto_front(stage: TuneStage, outcome: TuneOutcome, path: Path) -> None:
     """pareto_front.csv: the epochs no other epoch beats on every metric of the stage, best first by
-    its first metric, with the metrics the champion rule reads, whether each meets the rule and
-    which one is the champion (it is on the front unless no epoch met the rule)."""
-    import csv
-
+    its first metric, with the metrics the champion rule reads, whether each meets the rule and which
+    one is the champion. The champion is added last when it is not on the front (`on_front` false): when
+    no epoch met the rule, or when a bound on another metric ruled the front's points out."""
     from orchestrator.champion import signed, violation
 
     rule = stage.champion
-    columns = [*stage.metrics, *(m for m in rule.metrics_read if m not in stage.metrics)]
+    fixed = ("trial", "epoch", "feasible", "chosen", "on_front")  # a metric of the same name is the epoch's own
+    columns = [m for m in dict.fromkeys([*stage.metrics, *rule.metrics_read]) if m not in fixed]
     first, first_mode = stage.objectives[0]
     chosen = outcome.champion.point if outcome.champion else None
+    rows = sorted(outcome.front, key=lambda p: signed(p.metrics[first], first_mode))
+    rows += [chosen] if chosen is not None and chosen not in outcome.front else []
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["trial", "epoch", *columns, "feasible", "chosen"])
-        for point in sorted(outcome.front, key=lambda p: signed(p.metrics[first], first_mode)):
+        writer.writerow(["trial", "epoch", *columns, "feasible", "chosen", "on_front"])
+        for point in rows:
             writer.writerow([point.trial, point.epoch, *(point.metrics.get(c, "") for c in columns),
-                             violation(rule, point.metrics) == 0, point == chosen])
+                             violation(rule, point.metrics) == 0, point == chosen, point in outcome.front])
 
 
 def tag_front_trials(tracker: Tracker, outcome: TuneOutcome) -> None:

@@ -81,3 +81,28 @@ def test_the_summary_says_whether_the_champion_beats_each_reference_point(monkey
     assert describe_champion(stage, missed).startswith(
         "champion (trial t1, epoch 3): loss 0.25, cost 0.9 - no epoch met the rule (minimize loss where cost <= budget)")
     assert describe_champion(stage, missed).endswith(": no")
+
+
+def test_the_front_file_lists_the_front_best_first_and_adds_a_champion_that_is_off_it(tmp_path, monkeypatch):
+    import csv
+
+    from orchestrator.tune_stage import TuneOutcome, write_pareto_front
+
+    monkeypatch.syspath_prepend(str(toy.FOLDER))
+    stage = parse_study({"study": "toy", "stages": [{
+        "name": "search", "kind": "tune", "trainable": toy.NAME, "space": {"x": {"type": "uniform", "low": 0, "high": 1}},
+        "metric": ["loss", "cost"], "champion": {"minimize": "loss", "where": {"cost": {"min": 0.32, "max": 0.4}}},
+        "num_samples": 2}]}, "toy.yaml").stages[0]
+    points = [point("a", 1, loss=0.9, cost=0.3), point("b", 1, loss=0.95, cost=0.35),  # b1: beaten by a1
+              point("a", 2, loss=0.5, cost=0.6), point("b", 2, loss=0.4, cost=0.7)]
+    front = pareto_front(points, stage.objectives)
+    chosen = choose_champion(points, stage.champion)  # the only epoch with cost in [0.32, 0.4]: b1, off the front
+    outcome = TuneOutcome(best=None, trials=2, failed_trials=0, experiment_dir=tmp_path, champion=chosen, front=front)
+    write_pareto_front(stage, outcome, tmp_path / "pareto_front.csv")
+    with (tmp_path / "pareto_front.csv").open() as handle:
+        rows = list(csv.reader(handle))
+    assert rows == [["trial", "epoch", "loss", "cost", "feasible", "chosen", "on_front"],
+                    ["b", "2", "0.4", "0.7", "False", "False", "True"],
+                    ["a", "2", "0.5", "0.6", "False", "False", "True"],
+                    ["a", "1", "0.9", "0.3", "False", "False", "True"],
+                    ["b", "1", "0.95", "0.35", "True", "True", "False"]]

@@ -84,7 +84,9 @@ def test_the_champion_and_the_front_match_our_own_reading_of_the_mlflow_historie
         key = (row["trial"], int(row["epoch"]))
         assert row["feasible"] == str(key in feasible)
         assert row["chosen"] == str(key == (trial, epoch))
+        assert row["on_front"] == "True"  # the champion is on the front here: the rule bounds a searched metric
     assert 1 < len(front) < len(points)  # a real front: some epochs are beaten on both metrics
+    assert (trial, epoch) in front
 
     on_front = {t for t, _ in front}
     for run in runs:
@@ -125,7 +127,7 @@ def test_summary_report_and_progress_lines_name_the_champion_and_the_reference(f
     assert "metrics [loss (min), cost (min)], champion: minimize loss where cost <= budget" in result.stdout
     report = (output / "report.md").read_text()
     assert "Champion rule: **minimize loss where cost <= budget**" in report
-    assert "**Pareto front**" in report and "| trial | epoch | loss | cost | budget | feasible | chosen |" in report
+    assert "**Pareto front**" in report and "| trial | epoch | loss | cost | budget | feasible | chosen | on_front |" in report
     assert report.index("**Pareto front**") < report.index("pareto.png")
 
 
