@@ -131,12 +131,16 @@ def reference_verdicts(definition: TrainableDef, axes: tuple[str, str],
     return verdicts
 
 
+def searched_values(stage: TuneStage, metrics: Mapping[str, float], joiner: str = "=") -> str:
+    """`acd=0.21, fid_mnist=40.1`: a point's value of each metric the stage searches."""
+    return ", ".join(f"{m}{joiner}{metrics[m]:.4g}" for m in stage.metrics if m in metrics)
+
+
 def describe_champion(stage: TuneStage, best: BestTrial) -> str:
     """`champion (trial t, epoch 12): acd 0.21, fid_mnist 40.1 - beats real ambiguous digits (acd 0.23,
     fid_mnist 62.8): yes` for a stage with several metrics; "beats" = at least as good on both axes of
     its Pareto plot."""
-    shown = ", ".join(f"{m} {best.metrics[m]:.4g}" for m in stage.metrics if m in best.metrics)
-    text = f"champion (trial {best.trial_id}, epoch {best.epoch}): {shown}"
+    text = f"champion (trial {best.trial_id}, epoch {best.epoch}): {searched_values(stage, best.metrics, ' ')}"
     if best.rule_met is False:
         text += f" - no epoch met the rule ({stage.champion}): this one came closest"
     try:

@@ -199,8 +199,10 @@ class StudyRunner:
             stage_state.registered = registered
             self.tracker.set_tags(parent, {"gensearch.registered": f"{registered.name} v{registered.version}"})
         if stage.multi_objective:
-            shown = ", ".join(f"{m}={best.metrics[m]:.4g}" for m in stage.metrics if m in best.metrics)
-            print(f"[{stage.name}] champion: trial {best.trial_id}, epoch {best.epoch}: {shown}"
+            from orchestrator.champion import searched_values
+
+            print(f"[{stage.name}] champion: trial {best.trial_id}, epoch {best.epoch}: "
+                  f"{searched_values(stage, best.metrics)}"
                   + ("" if best.rule_met else " (no epoch met the champion rule: the closest one)"), flush=True)
         else:
             print(f"[{stage.name}] best trial {best.trial_id}: {best.metric}={best.value:.4g}", flush=True)

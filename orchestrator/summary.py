@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from orchestrator.champion import describe_champion, searched_values
 from orchestrator.spec import JobStage, OptunaStage, StudySpec, TuneStage
 from orchestrator.study_state import StudyState
 from orchestrator.tracking import TrackingTarget
@@ -23,7 +24,7 @@ def summary_lines(spec: StudySpec, state: StudyState, output: Path, target: Trac
         s = state.stage(stage.name)
         best = s.best
         if best and isinstance(stage, TuneStage) and stage.multi_objective:
-            metric = ", ".join(f"{m}={best.metrics[m]:.4g}" for m in stage.metrics if m in best.metrics)
+            metric = searched_values(stage, best.metrics)
         elif best:
             metric = f"{best.metric}={best.value:.4g}"
         else:
@@ -71,8 +72,6 @@ def detail_lines(spec: StudySpec, state: StudyState) -> list[str]:
         if not isinstance(stage, TuneStage) or s.best is None or not s.best.metrics:
             continue
         if stage.multi_objective:
-            from orchestrator.champion import describe_champion
-
             lines.append(f"  {stage.name} {describe_champion(stage, s.best)}")
         try:
             baselines = catalog.trainable(stage.trainable).baselines
