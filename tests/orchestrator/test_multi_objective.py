@@ -60,6 +60,7 @@ def histories(client, runs) -> dict[tuple[str, int], dict[str, float]]:
     return points
 
 
+@pytest.mark.slow  # one tiny study through the launcher: ~1 min on 2 busy cores
 def test_the_champion_and_the_front_match_our_own_reading_of_the_mlflow_histories(finished):
     output, _, client, parent, runs = finished
     points = histories(client, runs)
@@ -94,6 +95,7 @@ def test_the_champion_and_the_front_match_our_own_reading_of_the_mlflow_historie
     assert {"pareto.png", "pareto_front.csv", "trials.csv"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
+@pytest.mark.slow  # one tiny study through the launcher: ~1 min on 2 busy cores
 def test_the_best_checkpoint_and_the_registered_model_are_that_epochs(finished):
     import mlflow.pytorch
 
@@ -114,6 +116,7 @@ def test_the_best_checkpoint_and_the_registered_model_are_that_epochs(finished):
     assert torch.equal(model.weight, torch.full((1, 1), float(epoch)))  # the toy's weight is its epoch
 
 
+@pytest.mark.slow  # one tiny study through the launcher: ~1 min on 2 busy cores
 def test_summary_report_and_progress_lines_name_the_champion_and_the_reference(finished):
     output, result, client, parent, runs = finished
     trial, epoch = parent.data.tags["gensearch.champion_trial_id"], parent.data.tags["gensearch.champion_epoch"]

@@ -26,9 +26,6 @@ EPOCHS, TRIALS = 3, 5
 ONE = {"metric": "loss"}
 TWO = {"metric": ["loss", "cost"], "champion": {"minimize": "loss", "where": {"cost": {"max": "budget"}}}}
 
-pytestmark = pytest.mark.slow  # four small Tune runs
-
-
 @pytest.fixture(scope="module")
 def ray_here():
     import ray
@@ -90,6 +87,7 @@ def run(stage, searcher, storage):
     return [(result, history[result.metrics["trial_id"]]) for result in results]
 
 
+@pytest.mark.slow  # four small Tune runs
 @pytest.mark.parametrize("objectives", [ONE, TWO], ids=["one objective", "two objectives"])
 @pytest.mark.parametrize("searcher", [
     pytest.param(plain_searcher, marks=pytest.mark.xfail(strict=True, reason="Ray 2.60 tells Optuna a trial ASHA "
@@ -113,7 +111,8 @@ def test_a_trial_asha_stopped_is_not_complete_at_full_budget_in_optunas_history(
             assert frozen.intermediate_values == dict(zip(frame["training_iteration"], frame["loss"]))
 
 
-def test_the_searcher_keeps_its_objectives_and_budget_through_save_and_restore(tmp_path):
+def test_the_searcher_keeps_its_objectives_and_budget_through_save_and_restore(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(toy.FOLDER))
     stage = toy_stage(TWO)
     searcher = make_searcher(stage)
     searcher.set_search_properties("loss", "min", param_space(stage, {}))  # what Tune does: one metric
