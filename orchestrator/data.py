@@ -116,7 +116,7 @@ def _prepare(need: _Need, *, offline: bool, dry_run: bool, say: Callable[[str], 
         except data.DatasetNotFoundError as error:
             missing.append((split, str(error)))
     if not missing:
-        return _verified(need, found, may_download=not (offline or dry_run), say=say)
+        return _verified(found)
     splits = " and ".join(split for split, _ in missing)
     if dry_run and not offline:
         say(f"data: {folder} ({splits}) is on none of the data roots: the launch downloads it into {data.cache_dir()}")
@@ -127,8 +127,7 @@ def _prepare(need: _Need, *, offline: bool, dry_run: bool, say: Callable[[str], 
         say(f"data: {folder} ({splits}) is on none of the data roots: downloading it into {data.cache_dir()}")
         try:
             data.fetch(need.name, say=say)
-            return _verified(need, {data.locate(need.name, split) for split in need.splits}, may_download=False,
-                             say=say)
+            return _verified({data.locate(need.name, split) for split in need.splits})
         except data.DownloadError as error:
             reason = f"Download failed: {error}."
     if need.fallback:
@@ -138,20 +137,14 @@ def _prepare(need: _Need, *, offline: bool, dry_run: bool, say: Callable[[str], 
     return f"{missing[0][1]} {reason}"
 
 
-def _verified(need: _Need, folders: set[Path], *, may_download: bool, say: Callable[[str], None]) -> str | None:
-    """MD5 of the archives in the folders used. A bad copy in the cache (gensearch's own folder) is
-    downloaded again when allowed; one in a user's data root is theirs to replace."""
+def _verified(folders: set[Path]) -> str | None:
+    """The MD5 problem with an archive in the folders used, if any. Never repaired here, even in the cache:
+    the message names the command that fetches a fresh copy."""
     for raw in sorted(folders):
         try:
             data.verify_folder(raw)
         except RuntimeError as error:
-            if not may_download or raw.parents[1] != data.cache_dir().resolve():
-                return str(error)
-            say(f"data: an archive in {raw} fails its MD5 check: downloading a fresh copy")
-            try:
-                data.fetch(need.name, say=say)
-            except data.DownloadError as failed:
-                return f"{error} Download failed: {failed}."
+            return str(error)
     return None
 
 

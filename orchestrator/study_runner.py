@@ -61,6 +61,8 @@ def stage_params(stage: Stage) -> dict[str, Any]:
                 "constraints": "; ".join(map(str, stage.constraints)) or "none", "config": dict(stage.config),
                 "space": {branch: describe_branches({branch: options}) for branch, options in stage.branches.items()},
                 "inputs": {k: str(v) for k, v in stage.inputs.items()}}
+    from orchestrator.plan import describe_entry
+
     return {
         "trainable": stage.trainable, "metric": stage.metric, "mode": stage.mode, "num_samples": stage.num_samples,
         "max_concurrent_trials": stage.max_concurrent_trials, "searcher": stage.searcher.type,
@@ -71,6 +73,7 @@ def stage_params(stage: Stage) -> dict[str, Any]:
         **{f"resources.{k}": getattr(stage.resources, k) for k in ("gpu_memory_gb", "device_memory_gb", "fallback")
            if getattr(stage.resources, k) is not None},
         "max_failures": stage.max_failures, "config": dict(stage.config),
+        "space": {name: describe_entry(entry) for name, entry in stage.space.items()},  # e.g. loguniform[0.0001, 0.03]
         "inputs": {k: str(v) for k, v in stage.inputs.items()},
     }
 
@@ -179,7 +182,7 @@ class StudyRunner:
             print(f"[{stage.name}] registering the best model as {stage.register.name} @{stage.register.alias}",
                   flush=True)
             registered = register_best(self.tracker, catalog.trainable(stage.trainable), best, stage.register,
-                                       stage.name)
+                                       stage.name, report=self.output / "report.md")
             stage_state.registered = registered
             self.tracker.set_tags(parent, {"gensearch.registered": f"{registered.name} v{registered.version}"})
         print(f"[{stage.name}] best trial {best.trial_id}: {best.metric}={best.value:.4g}", flush=True)

@@ -28,6 +28,9 @@ TAG_STATUS = "gensearch.status"
 TAG_REASON = "gensearch.failure_reason"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces, tokens); with it, on
+# the training runs a trainer came for.
+TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 MAX_PARAM_LENGTH = 6000
 
 
@@ -186,10 +189,13 @@ class Tracker:
             found = self.client.get_experiment_by_name(self.experiment_name)
             if found is not None:
                 self._experiment_id = found.experiment_id
+                kind = found.tags.get(TAG_EXPERIMENT_KIND, "")
+                if not kind or kind.endswith("_inferred") or kind == "no_inferred_type":  # not a user's choice
+                    self.client.set_experiment_tag(found.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
             else:
                 self._experiment_id = self.client.create_experiment(
                     self.experiment_name, artifact_location=self.target.artifact_root,
-                    tags={TAG_STUDY: self.study},
+                    tags={TAG_STUDY: self.study, TAG_EXPERIMENT_KIND: EXPERIMENT_KIND},
                 )
         return self._experiment_id
 

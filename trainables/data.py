@@ -296,8 +296,8 @@ def _verify(path: Path, folder: str) -> None:
     if digest.hexdigest() != expected:
         raise RuntimeError(
             f"MD5 checksum mismatch for {path}: got {digest.hexdigest()}, expected {expected}. "
-            f"The file is corrupt or truncated; replace it with a fresh copy (python -m orchestrator.data fetch "
-            f"{_DATASET_OF_FOLDER[folder]} --to DIR fetches one)."
+            f"The file is corrupt or truncated; replace it with a fresh copy (on a machine with internet, "
+            f"python -m orchestrator.data fetch {_DATASET_OF_FOLDER[folder]} --to {path.parents[2]} does)."
         )
     _remember_verified(path, expected)
 
