@@ -61,7 +61,7 @@ def register_best(tracker: Tracker, definition: TrainableDef, best: BestTrial, s
         client.update_model_version(spec.name, version.version, description=description)
     if not client.get_registered_model(spec.name).description:
         client.update_registered_model(spec.name, description=f"The best `{stage}` model of each run of study "
-                                                                f"`{tracker.study}` (gensearch); @{spec.alias} marks "
+                                                                f"`{tracker.study}` (gensearch); the alias `{spec.alias}` marks "
                                                                 f"the one in use.")
     client.set_registered_model_alias(spec.name, spec.alias, version.version)
     return RegisteredVersion(name=spec.name, version=str(version.version), alias=spec.alias,

@@ -107,6 +107,9 @@ def test_the_mlflow_ui_opens_on_training_runs_that_explain_themselves(finished_s
     assert version.description.endswith(f"Report: `{output.resolve() / 'report.md'}`")
     assert (output / "report.md").is_file()
     assert "study `tiny`" in client.get_registered_model("tiny-classifier").description
+    # MLflow 3.17's UI opens any experiment on its GenAI overview unless asked for the model-training view
+    url = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
+    assert url in (output / "summary.md").read_text() and url in (output / "report.md").read_text()
 
 
 def test_summary_names_best_trial_registry_and_mlflow_ui_command(finished_study):
