@@ -126,7 +126,9 @@ def _prepare(need: _Need, *, offline: bool, dry_run: bool, say: Callable[[str], 
     else:
         say(f"data: {folder} ({splits}) is on none of the data roots: downloading it into {data.cache_dir()}")
         try:
-            data.fetch(need.name, say=say)
+            # with its test split: an evaluation job reads the test split of what a stage trained on, from
+            # the stage's checkpoint, so no config declares it
+            data.fetch(need.name, splits=(*need.splits, "test"), say=say)
             return _verified({data.locate(need.name, split) for split in need.splits})
         except data.DownloadError as error:
             reason = f"Download failed: {error}."

@@ -385,10 +385,10 @@ def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
     return array, labels
 
 
-def fetch(name: str, into: str | os.PathLike[str] | None = None, *,
+def fetch(name: str, into: str | os.PathLike[str] | None = None, *, splits: Sequence[str] = _SPLITS,
           say: Callable[[str], None] = print) -> Path:
-    """Download every archive of dataset `name` into `into/<Folder>/raw` (default: the cache) and return
-    that folder. Files already there with the right MD5 are kept; `say` gets one line per file.
+    """Download the archives of dataset `name`'s `splits` into `into/<Folder>/raw` (default: the cache) and
+    return that folder. Files already there with the right MD5 are kept; `say` gets one line per file.
 
     Mirrors: `$GENSEARCH_DATA_MIRROR/<Folder>/raw/<file>` when that is set (a data root's layout, e.g.
     an internal mirror behind a proxy), else torchvision's own mirror list for the dataset. Each file
@@ -397,10 +397,13 @@ def fetch(name: str, into: str | os.PathLike[str] | None = None, *,
     Raises DownloadError (one line) when a file cannot be had from any mirror.
     """
     folder = folder_name(name)
+    for split in splits:
+        _check_split(split)
+    prefixes = tuple(f"{_PREFIXES[split]}-" for split in splits)
     raw = (Path(into).expanduser() if into is not None else cache_dir()) / folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for (owner, filename), md5 in _MD5.items():
-        if owner != folder:
+        if owner != folder or not filename.startswith(prefixes):
             continue
         target = raw / filename
         if target.is_file():

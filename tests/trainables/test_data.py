@@ -232,6 +232,14 @@ def test_a_bad_download_is_refused_and_nothing_is_left(damage: str, isolated: di
     assert not (isolated["cache"] / "data" / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz").exists()
 
 
+def test_fetch_takes_only_the_splits_asked_for(isolated: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    with serve_mirror(SHARED) as mirror:  # the shared copy has the KMNIST test split only
+        monkeypatch.setenv(data.MIRROR_ENV, mirror.url)
+        data.fetch("kmnist", splits=("test",), say=lambda line: None)
+    assert sorted(mirror.requests) == ["/KMNIST/raw/t10k-images-idx3-ubyte.gz", "/KMNIST/raw/t10k-labels-idx1-ubyte.gz"]
+    assert len(load_images("kmnist", "test")) == 10000
+
+
 def test_an_unreachable_mirror_is_one_line(isolated: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     with serve_mirror(isolated["empty"]) as mirror:
         closed = mirror.url  # the server stops at the end of the block: its port then refuses connections
