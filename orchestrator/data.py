@@ -78,6 +78,10 @@ def _needs(spec: Any) -> tuple[dict[str, _Need], list[str]]:
         group = "space" if "classes" in getattr(stage, "space", {}) else "config"
         for use in uses:
             key = f"stages[{index}].config" + (f".{use.setting}" if use.setting else "")
+            if use.name not in data.DATASETS:
+                problems.append(f"{spec.source}: {key}: unknown dataset {use.name!r}; known datasets: "
+                                f"{', '.join(data.DATASETS)}")
+                continue
             if use.classes:
                 try:
                     data.check_classes(use.name, use.classes)

@@ -54,14 +54,13 @@ def test_verified_archives_are_remembered_for_the_next_launch(tmp_path: Path) ->
 def test_a_data_root_that_does_not_exist_is_refused(tmp_path: Path) -> None:
     spec = tiny_study(tmp_path / "tiny.yaml")
     missing = tmp_path / "nonexistent"
-    for extra in (("--dry-run",), ("--output", str(tmp_path / "out"))):
-        result = launch(str(spec), "--data-root", str(missing), *extra, cache=tmp_path / "cache")
-        assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
-        assert problem_lines(result) == [f"error: --data-root {missing}: no such folder. Nothing was run."]
+    result = launch(str(spec), "--output", str(tmp_path / "out"), "--data-root", str(missing), cache=tmp_path / "cache")
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert problem_lines(result) == [f"error: --data-root {missing}: no such folder. Nothing was run."]
+    assert not (tmp_path / "out").exists()
     result = launch(str(spec), "--dry-run", cache=tmp_path / "cache", GENSEARCH_DATA=str(missing))
     assert result.returncode == 2
     assert problem_lines(result)[0].startswith(f"GENSEARCH_DATA={missing}: no such folder")
-    assert not (tmp_path / "out").exists()
 
 
 def test_a_class_the_dataset_does_not_have_is_refused_by_a_dry_run(tmp_path: Path) -> None:
