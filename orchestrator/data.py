@@ -113,14 +113,14 @@ def data_problems(spec: Any, *, offline: bool, dry_run: bool, say: Callable[[str
 def _prepare(need: _Need, *, offline: bool, dry_run: bool, say: Callable[[str], None]) -> str | None:
     """None when the dataset is here and sound (or may fall back to digits), else the problem."""
     folder = data.folder_name(need.name)
-    found, missing = set(), []
+    missing = []
     for split in need.splits:
         try:
-            found.add(data.locate(need.name, split))
+            data.locate(need.name, split)
         except data.DatasetNotFoundError as error:
             missing.append((split, str(error)))
     if not missing:
-        return _verified(found)
+        return _verified(need)
     splits = " and ".join(split for split, _ in missing)
     if dry_run and not offline:
         say(f"data: {folder} ({splits}) is on none of the data roots: the launch downloads it into {data.cache_dir()}")
@@ -133,7 +133,7 @@ def _prepare(need: _Need, *, offline: bool, dry_run: bool, say: Callable[[str], 
             # with its test split: an evaluation job reads the test split of what a stage trained on, from
             # the stage's checkpoint, so no config declares it
             data.fetch(need.name, splits=(*need.splits, "test"), say=say)
-            return _verified({data.locate(need.name, split) for split in need.splits})
+            return _verified(need)
         except data.DownloadError as error:
             reason = f"Download failed: {error}."
     if need.fallback:
@@ -143,12 +143,15 @@ def _prepare(need: _Need, *, offline: bool, dry_run: bool, say: Callable[[str], 
     return f"{missing[0][1]} {reason}"
 
 
-def _verified(folders: set[Path]) -> str | None:
-    """The MD5 problem with an archive in the folders used, if any. Never repaired here, even in the cache:
-    the message names the command that fetches a fresh copy."""
-    for raw in sorted(folders):
+def _verified(need: _Need) -> str | None:
+    """The MD5 problem with an archive the study reads, if any: its splits', and the test split's where it is
+    here (a job reads it from a checkpoint). Never repaired here, even in the cache: the message names the
+    command that fetches a fresh copy."""
+    for split in dict.fromkeys((*need.splits, "test")):
         try:
-            data.verify_folder(raw)
+            data.verify(need.name, split)
+        except data.DatasetNotFoundError:
+            continue  # only the undeclared test split can be missing here
         except RuntimeError as error:
             return str(error)
     return None

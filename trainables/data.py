@@ -162,7 +162,7 @@ def folder_name(name: str) -> str:
 def locate(name: str, split: str, data_root: str | os.PathLike[str] | None = None) -> Path:
     """The `raw` folder holding this split's images and labels, searched in `data_roots` order.
 
-    Cheap on purpose (no hashing): the launcher verifies the archives once (`verify_folder`).
+    Cheap on purpose (no hashing): the launcher verifies the archives once (`verify`).
     """
     _check_name(name)
     _check_split(split)
@@ -180,11 +180,11 @@ def check_classes(name: str, classes: Sequence[int]) -> tuple[int, ...]:
     return _check_classes(classes, _TITLES[name])
 
 
-def verify_folder(raw: Path) -> None:
-    """MD5 of every known archive in a dataset's `raw` folder (RuntimeError on a mismatch); cheap after
-    the first time on a machine (`verified.json`)."""
-    for path in sorted(raw.glob("*.gz")):
-        _verify(path, raw.parent.name)
+def verify(name: str, split: str) -> None:
+    """MD5 of the split's archives where `locate` finds them (RuntimeError on a mismatch, DatasetNotFoundError
+    when absent); cheap after the first time on a machine (`verified.json`)."""
+    for path in _split_files(locate(name, split), split) or ():
+        _verify(path, _FOLDERS[name])
 
 
 def load_images(

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.orchestrator.study_helpers import REPO, launcher_env, tiny_study
-from tests.trainables.mirror_helpers import SHARED, copy_dataset, leftovers, md5_of, serve_mirror
+from tests.trainables.mirror_helpers import SHARED, copy_dataset, flip_byte, leftovers, md5_of, serve_mirror
 from trainables import data
 
 MNIST_ORDER = [name for folder, name in data._MD5 if folder == "MNIST"]  # the order they are fetched in
@@ -79,10 +79,7 @@ def test_a_study_runs_from_an_empty_cache_filled_once_from_the_mirror(fresh_clon
 
 
 def test_a_corrupt_mirror_file_stops_the_launch_before_anything_runs(fresh_clone: Path, tmp_path: Path) -> None:
-    served = copy_dataset(tmp_path / "mirror")
-    blob = bytearray((served / "train-labels-idx1-ubyte.gz").read_bytes())
-    blob[len(blob) // 2] ^= 0xFF
-    (served / "train-labels-idx1-ubyte.gz").write_bytes(bytes(blob))
+    flip_byte(copy_dataset(tmp_path / "mirror") / "train-labels-idx1-ubyte.gz")
     spec = tiny_study(tmp_path / "tiny.yaml")
     cache, output = tmp_path / "cache", tmp_path / "out"
     with serve_mirror(tmp_path / "mirror") as mirror:

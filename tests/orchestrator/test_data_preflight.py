@@ -47,7 +47,7 @@ def test_verified_archives_are_remembered_for_the_next_launch(tmp_path: Path) ->
     result = launch(str(spec), "--dry-run", "--data-root", str(root), cache=cache)
     assert result.returncode == 0, result.stderr
     record = json.loads((cache / "data" / "verified.json").read_text())
-    assert sorted(Path(path).name for path in record) == sorted(path.name for path in (root / "MNIST" / "raw").iterdir())
+    assert sorted(Path(path).name for path in record) == sorted(path.name for path in (root / "MNIST" / "raw").iterdir())  # train, and test
     assert all(Path(path).parent == (root / "MNIST" / "raw").resolve() for path in record)
 
 

@@ -9,6 +9,7 @@ import yaml
 
 from orchestrator.data import data_problems
 from orchestrator.spec import load_study
+from tests.trainables.mirror_helpers import copy_dataset, flip_byte
 from trainables import data
 
 
@@ -55,3 +56,17 @@ def test_offline_a_stage_that_allows_the_digits_fallback_is_no_problem(no_data: 
     spec = load_study(study(no_data / "s.yaml", [CLASSIFIER, FEWSHOT]))  # one stage cannot fall back: a problem
     problems = data_problems(spec, offline=True, dry_run=False, say=said.append)
     assert len(problems) == 1 and problems[0].startswith(f"{spec.source}: stages[1].config.dataset: MNIST train")
+
+
+def test_only_the_archives_a_study_reads_are_checked(no_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = copy_dataset(no_data / "root", "FashionMNIST")
+    monkeypatch.setenv("GENSEARCH_DATA", str(no_data / "root"))
+    ood = {"name": "ood", "kind": "job", "job": "evaluate_ood",
+           "config": {"classifier": "/x", "test_sets": ["fashion_mnist"]}}
+    spec = load_study(study(no_data / "s.yaml", [ood]))
+    flip_byte(raw / "train-images-idx3-ubyte.gz")  # a split this study never reads
+    assert data_problems(spec, offline=True, dry_run=False) == []
+    flip_byte(raw / "t10k-labels-idx1-ubyte.gz")
+    problems = data_problems(spec, offline=True, dry_run=False)
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{spec.source}: stages[0].config.test_sets: MD5 checksum mismatch for {raw.resolve()}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -70,6 +71,15 @@ def copy_dataset(root: Path, folder: str = "MNIST") -> Path:
     """The shared archives of one dataset copied into `root` (a data root or a mirror folder)."""
     shutil.copytree(SHARED / folder, root / folder)
     return root / folder / "raw"
+
+
+def flip_byte(path: Path, mtime_ns: int | None = None) -> None:
+    """Corrupt a file in its middle (same size); `mtime_ns` sets its mtime afterwards."""
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    if mtime_ns is not None:
+        os.utime(path, ns=(mtime_ns, mtime_ns))
 
 
 def md5_of(path: Path) -> str:

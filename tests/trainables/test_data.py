@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 from trainables import data
-from tests.trainables.mirror_helpers import copy_dataset, leftovers, serve_mirror
+from tests.trainables.mirror_helpers import copy_dataset, flip_byte, leftovers, serve_mirror
 from trainables.data import DATASETS, DatasetNotFoundError, ImageSet, data_roots, load_images, locate
 
 SHARED = Path(data.__file__).resolve().parents[1].parent / "shared" / "data"
@@ -49,14 +48,6 @@ def copy_split(root: Path, folder: str, prefix: str) -> Path:
     for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
         shutil.copyfile(SHARED / folder / "raw" / f"{prefix}-{kind}.gz", raw / f"{prefix}-{kind}.gz")
     return raw
-
-
-def flip_byte(path: Path, mtime_ns: int | None = None) -> None:
-    blob = bytearray(path.read_bytes())
-    blob[len(blob) // 2] ^= 0xFF
-    path.write_bytes(bytes(blob))
-    if mtime_ns is not None:
-        os.utime(path, ns=(mtime_ns, mtime_ns))
 
 
 def test_mnist_train_matches_published_counts() -> None:
