@@ -4,7 +4,8 @@ Exit codes: 0 success; 1 a stage failed (its MLflow run is marked FAILED with th
 completed work is kept; fix the cause and re-run with --resume), or the tracking server stopped
 answering mid-study (one line naming it; trials go on while it is down, and --resume copies into
 MLflow whatever it missed); 2 nothing ran (bad spec, output folder already used, unreachable tracking
-server, missing dataset); 130 interrupted (resumable).
+server, missing or corrupt dataset); 130 interrupted (resumable). A dataset on none of the data roots is
+downloaded into the cache before anything starts, unless --offline.
 """
 
 from __future__ import annotations
@@ -57,7 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "local Ray just for this run")
     parser.add_argument("--output", metavar="DIR", help="output folder (default: the study's `output`)")
     parser.add_argument("--data-root", metavar="DIR",
-                        help="folder with datasets in torchvision's layout (default: $GENSEARCH_DATA, ../shared/data)")
+                        help="folder with datasets in torchvision's layout (MNIST/raw/...), looked in first; then "
+                             "$GENSEARCH_DATA, ../shared/data, the cache (~/.cache/gensearch/data or $GENSEARCH_CACHE)")
+    parser.add_argument("--offline", action="store_true",
+                        help="never download: a dataset on none of the data roots stops the launch (also "
+                             "GENSEARCH_OFFLINE=1). Default: download it once into the cache before anything starts "
+                             "(from torchvision's mirrors, or $GENSEARCH_DATA_MIRROR)")
     parser.add_argument("--verbose", action="store_true", help="show Ray's and the trials' own logs")
     return parser
 
@@ -78,39 +84,38 @@ def main(argv: list[str] | None = None) -> int:
             print(line, file=sys.stderr)
         return 2
     if args.data_root:
-        os.environ["GENSEARCH_DATA"] = str(Path(args.data_root).resolve())
+        if not Path(args.data_root).expanduser().is_dir():
+            return fail(f"--data-root {args.data_root}: no such folder. Nothing was run.", 2)
+        os.environ["GENSEARCH_DATA"] = str(Path(args.data_root).expanduser().resolve())
     output = Path(args.output) if args.output else spec.output
     from orchestrator.plan import plan_lines
     from orchestrator.tracking import resolve_target
 
     target = resolve_target(output, args.tracking_uri, spec.tracking.uri)
     if args.dry_run:
+        if problems := preflight_problems(spec, offline=args.offline, dry_run=True):
+            print("\n".join(problems), file=sys.stderr)
+            return 2
         print("\n".join(plan_lines(spec, str(output), target)))
         print("Nothing was run (--dry-run).")
         return 0
     return run(spec, output.resolve(), target, args)
 
 
-def preflight_problems(spec) -> list[str]:
-    """Cheap checks that would otherwise fail inside every trial (a missing dataset, say)."""
-    from orchestrator.spec import OptunaStage, TuneStage, representative_values
-    from trainables import catalog
-    from trainables.config import ConfigError, build_config
+def preflight_problems(spec, *, offline: bool = False, dry_run: bool = False) -> list[str]:
+    """Checks that would otherwise fail inside every trial: the datasets (fetched here when missing, unless
+    `offline`; only named by a dry run), their archives' MD5, the classes asked for, and each definition's
+    own preflight."""
+    from orchestrator.data import data_problems, offline_by_env, representative_config, stage_definition
+    from trainables.config import ConfigError
 
-    problems = []
+    problems = data_problems(spec, offline=offline or offline_by_env(), dry_run=dry_run)
     for index, stage in enumerate(spec.stages):
-        if isinstance(stage, TuneStage):
-            definition = catalog.trainable(stage.trainable)
-            space = {k: representative_values(v)[0] for k, v in stage.space.items()}
-        elif isinstance(stage, OptunaStage):
-            definition, space = catalog.objective(stage.objective), {}
-        else:
-            continue
+        definition = stage_definition(stage)
         if definition.preflight is None:
             continue
-        values = {**stage.config, **space, **{k: "/unresolved" for k in stage.inputs}}
         try:
-            definition.preflight(build_config(definition.config_cls, values))
+            definition.preflight(representative_config(stage, definition))
         except (ConfigError, OSError, RuntimeError, ValueError) as error:
             problems.append(f"{spec.source}: stages[{index}].config: {error}")
     return problems
@@ -133,7 +138,7 @@ def run(spec, output: Path, target, args) -> int:
     if state is not None and state.tracking_uri != target.uri:
         return fail(f"{output} was tracked in {state.tracking_uri}, not {target.uri}; pass "
                     f"--tracking-uri {state.tracking_uri} to resume it", 2)
-    problems = preflight_problems(spec)
+    problems = preflight_problems(spec, offline=args.offline)
     if problems:
         for line in problems:
             print(line, file=sys.stderr)

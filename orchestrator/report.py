@@ -589,7 +589,7 @@ def header_lines(ctx: ReportContext) -> list[str]:
     lines += ["## MLflow", "", f"Tracking URI `{ctx.target.uri}`, experiment {experiment}: one parent run per "
               f"stage, one child run per trial. Open it with", "", "```sh", ctx.target.ui_command(), "```", ""]
     if ctx.target.embedded:
-        lines += ["then browse <http://127.0.0.1:5000> and pick the experiment.", ""]
+        lines += [f"then browse <{ctx.target.ui_url(ctx.state.experiment_id)}> (the experiment's runs).", ""]
     return lines
 
 

@@ -67,6 +67,8 @@ def stage_params(stage: Stage) -> dict[str, Any]:
                 "constraints": "; ".join(map(str, stage.constraints)) or "none", "config": dict(stage.config),
                 "space": {branch: describe_branches({branch: options}) for branch, options in stage.branches.items()},
                 "inputs": {k: str(v) for k, v in stage.inputs.items()}}
+    from orchestrator.plan import describe_entry
+
     asha = {}
     if stage.scheduler is not None:
         asha = {f"asha.{k}": getattr(stage.scheduler, k) for k in ("max_t", "grace_period", "reduction_factor")}
@@ -84,6 +86,7 @@ def stage_params(stage: Stage) -> dict[str, Any]:
         **{f"resources.{k}": getattr(stage.resources, k) for k in ("gpu_memory_gb", "device_memory_gb", "fallback")
            if getattr(stage.resources, k) is not None},
         "max_failures": stage.max_failures, "config": dict(stage.config),
+        "space": {name: describe_entry(entry) for name, entry in stage.space.items()},  # e.g. loguniform[0.0001, 0.03]
         "inputs": {k: str(v) for k, v in stage.inputs.items()},
     }
 
@@ -195,7 +198,7 @@ class StudyRunner:
             print(f"[{stage.name}] registering the best model as {stage.register.name} @{stage.register.alias}",
                   flush=True)
             registered = register_best(self.tracker, catalog.trainable(stage.trainable), best, stage.register,
-                                       stage.name)
+                                       stage.name, report=self.output / "report.md")
             stage_state.registered = registered
             self.tracker.set_tags(parent, {"gensearch.registered": f"{registered.name} v{registered.version}"})
         if stage.multi_objective:

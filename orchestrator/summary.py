@@ -49,7 +49,8 @@ def summary_lines(spec: StudySpec, state: StudyState, output: Path, target: Trac
             lines.append(f"  {stage.name} best checkpoint: {s.best.checkpoint}")
     lines += ["", f"Open this study in MLflow:  {target.ui_command()}"]
     if target.embedded:
-        lines.append(f"  then browse http://127.0.0.1:5000 and pick the experiment {spec.tracking.experiment!r}")
+        lines.append(f"  then browse {target.ui_url(state.experiment_id)} (the runs of experiment "
+                     f"{spec.tracking.experiment!r})")
     return lines
 
 

@@ -28,6 +28,10 @@ TAG_STATUS = "gensearch.status"
 TAG_REASON = "gensearch.failure_reason"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
+# The experiment's kind for MLflow's UI: model training, not a GenAI app (traces, tokens). MLflow 3.17's own
+# UI decides by its GenAI / Model training switch instead (see TrackingTarget.ui_url); the tag tells other
+# MLflow UIs and tools.
+TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 MAX_PARAM_LENGTH = 6000
 
 
@@ -71,6 +75,14 @@ class TrackingTarget:
         if self.embedded:
             return f"mlflow ui --backend-store-uri {self.uri} --default-artifact-root {self.artifact_root} --port 5000"
         return f"open {self.uri} in a browser (the tracking server's own UI)"
+
+    def ui_url(self, experiment_id: str) -> str:
+        """The experiment's runs in the MLflow UI that `ui_command` starts (or the server's own UI).
+
+        MLflow 3.17's UI opens an experiment on its GenAI overview whatever the experiment's kind tag
+        says, unless the page is asked for the model-training view (`workflowType=machine_learning`)."""
+        base = "http://127.0.0.1:5000" if self.embedded else self.uri.rstrip("/")
+        return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 def resolve_target(output: Path, cli_uri: str | None, spec_uri: str | None) -> TrackingTarget:
@@ -186,10 +198,13 @@ class Tracker:
             found = self.client.get_experiment_by_name(self.experiment_name)
             if found is not None:
                 self._experiment_id = found.experiment_id
+                kind = found.tags.get(TAG_EXPERIMENT_KIND, "")
+                if not kind or kind.endswith("_inferred") or kind == "no_inferred_type":  # not a user's choice
+                    self.client.set_experiment_tag(found.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
             else:
                 self._experiment_id = self.client.create_experiment(
                     self.experiment_name, artifact_location=self.target.artifact_root,
-                    tags={TAG_STUDY: self.study},
+                    tags={TAG_STUDY: self.study, TAG_EXPERIMENT_KIND: EXPERIMENT_KIND},
                 )
         return self._experiment_id
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.catalog import Metric, TrainableDef
-from trainables.data import ImageSet, load_images, require_training_data
+from trainables.data import ImageSet, load_images, training_data
 from trainables.device import resolve_device
 from trainables.fit import fit
 from trainables.reporter import CheckpointState, Reporter
@@ -150,6 +150,6 @@ CLASSIFIER = TrainableDef(
     ),
     description="small CNN classifier over MNIST-like images (class subsets such as 7 vs 1)",
     build_model=build_model,
-    preflight=require_training_data,
+    datasets=training_data,
     tiny_config={"train_size": 64, "val_size": 32, "epochs": 1, "batch_size": 32},
 )

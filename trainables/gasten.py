@@ -36,7 +36,7 @@ from torch import nn
 from trainables import classifier as classifier_module
 from trainables.catalog import Metric, TrainableDef
 from trainables.checkpoint import load_checkpoint
-from trainables.data import load_images, locate
+from trainables.data import DatasetUse, load_images
 from trainables.dcgan import (FID_INCEPTION, Discriminator, FidScorer, Generator, build_model, check_gan_training,
                               generate, load_fid_reference, train_gan_epoch)
 from trainables.device import resolve_device
@@ -201,13 +201,10 @@ def train(config: GastenConfig, reporter: Reporter) -> dict[str, float]:
                train_epoch=train_epoch, evaluate=evaluate, reporter=reporter, files=files)
 
 
-def preflight(config: GastenConfig) -> None:
-    """Fail before any trial starts when MNIST (for the fid_mnist feature network) is missing.
-
-    The checkpoint folders themselves come from earlier stages and do not exist yet at launch.
-    """
-    if not config.allow_fallback:
-        locate("mnist", "train")
+def datasets(config: GastenConfig) -> tuple[DatasetUse, ...]:
+    """MNIST for the fid_mnist feature network. The training images are the classifier's dataset, read
+    from its checkpoint, which an earlier stage writes: that stage declares the dataset."""
+    return (DatasetUse("mnist", ("train",), fallback=config.allow_fallback, setting=""),)
 
 
 GASTEN = TrainableDef(
@@ -236,7 +233,7 @@ GASTEN = TrainableDef(
     baselines={"fid_mnist": "fid_mnist_step1", "acd": "acd_step1"},
     description="GASTeN: fine-tune a DCGAN generator towards a frozen binary classifier's decision boundary",
     build_model=build_model,
-    preflight=preflight,
+    datasets=datasets,
     # Empty on purpose: `generator` and `classifier` are required checkpoint folders, so the contract
     # test skips gasten (it has required fields) and tests/trainables/test_gasten.py builds the inputs.
     tiny_config={},

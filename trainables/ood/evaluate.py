@@ -34,7 +34,7 @@ from trainables.ood import generator_nn, kplus1
 from trainables.ood.detectors import Detector, MaxSoftmax, Odin
 from trainables.ood.metrics import METRIC_KEYS, ood_metrics
 from trainables.ood.odin_search import load_classifier
-from trainables.ood.sets import ood_set
+from trainables.ood.sets import ood_datasets, ood_set
 from trainables.plotting import pyplot
 from trainables.reporter import Reporter
 
@@ -208,4 +208,6 @@ EVALUATE_OOD = JobDef(
     description="max-softmax, ODIN, the K+1 method and nearest-generated-image classification on every test OOD "
                 "set: AUROC, AUPR-in/out, FPR@95TPR, detection error, in-distribution accuracy, reject rate and "
                 "selective accuracy; table, parquet and ROC curves",
+    # the in-distribution test split is the classifier's dataset, read from its checkpoint (its stage declares it)
+    datasets=lambda config: ood_datasets(config.test_sets, "test_sets"),
 )

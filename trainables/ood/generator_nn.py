@@ -38,7 +38,7 @@ import torch
 
 from trainables.catalog import Metric, TrainableDef
 from trainables.classifier import split_train_val
-from trainables.data import ImageSet, load_images, require_training_data
+from trainables.data import DatasetUse, ImageSet, load_images
 from trainables.device import resolve_device
 from trainables.ood.detectors import Detector
 from trainables.ood.metrics import ood_metrics
@@ -314,6 +314,6 @@ GENERATOR_NN = TrainableDef(
                            "the accepted validation images lie closer to the bank"),
     ),
     description="class-wise VAE sample banks: nearest generated image classifies, its distance rejects (OOD)",
-    preflight=require_training_data,
+    datasets=lambda config: (DatasetUse(config.dataset, fallback=config.allow_fallback),),  # every class
     tiny_config={"train_size": 300, "val_size": 100, "vae_epochs": 1, "samples_per_class": 50},
 )
