@@ -31,7 +31,10 @@ if [ -f ~/mlflow/server.pid ]; then
 fi
 
 head_ip=$("$python" -c 'import ray.util; print(ray.util.get_node_ip_address())')
-gcs_pid=$(pgrep -n -u "$(id -u)" -x gcs_server) || { echo "Ray's head is not running here: start it first" >&2; exit 1; }
+if ! gcs_pid=$(pgrep -n -u "$(id -u)" -x gcs_server); then
+    echo "Ray's head is not running on this machine: start it first (start_head.sh)" >&2
+    exit 1
+fi
 uri="http://$head_ip:$port"
 # setsid: the server's own process group (its pid is the group's id), and no SIGHUP when Ray's SSH
 # session ends.
@@ -44,7 +47,9 @@ server=$!
 echo "$server" > ~/mlflow/server.pid
 setsid nohup "$here/on_exit.sh" "$gcs_pid" kill -TERM -- "-$server" > /dev/null 2>&1 < /dev/null &
 
-answers() { "$python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$uri/health" 2>/dev/null; }
+answers() {
+    "$python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$uri/health" 2>/dev/null
+}
 for _ in $(seq 180); do
     if answers; then
         echo "$uri" > ~/mlflow_tracking_uri

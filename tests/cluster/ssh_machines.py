@@ -129,14 +129,18 @@ class SshMachine:
             "set -e",
             f"mount -t tmpfs tmpfs {q(overlay)}",
             f"mkdir {q(overlay / 'upper')} {q(overlay / 'work')}",
-            "mount -t overlay overlay -o " + q(f"lowerdir={VENV},upperdir={overlay / 'upper'},workdir={overlay / 'work'}")
+            "mount -t overlay overlay -o "
+            + q(f"lowerdir={VENV},upperdir={overlay / 'upper'},workdir={overlay / 'work'}")
             + " " + q(self.home / "gensearch" / ".venv"),
         ]
-        base = Path(sys.base_prefix)
-        if base.is_relative_to(LOGIN_HOME):  # the environment's Python, hidden by the new home otherwise
-            inside = self.home / base.relative_to(LOGIN_HOME)
-            inside.mkdir(parents=True, exist_ok=True)
-            steps.append(f"mount --bind {q(base)} {q(inside)}")
+        # What the new home would hide: the Python the environment is built on (pyenv), and the
+        # environment's own path, which its console scripts' #! lines name (`ray down` runs `ray stop`).
+        for hidden, shown in [(Path(sys.base_prefix), Path(sys.base_prefix)),
+                              (VENV, self.home / "gensearch" / ".venv")]:
+            if hidden.is_relative_to(LOGIN_HOME) and hidden != LOGIN_HOME / "gensearch" / ".venv":
+                inside = self.home / hidden.relative_to(LOGIN_HOME)
+                inside.mkdir(parents=True, exist_ok=True)
+                steps.append(f"mount --bind {q(shown)} {q(inside)}")
         steps += [
             f"mount --rbind {q(self.home)} {q(LOGIN_HOME)}",
             f"mount --bind {q(self.ssh_client_config)} {SSH_CLIENT_CONFIG}",  # how the head reaches the workers

@@ -222,7 +222,8 @@ def test_same_scripts_check_rejects_a_local_yaml_that_drifts_from_gpu_yaml(break
 def test_scripts_install_from_package_registries_and_fetch_data_with_gensearch():
     for script in sorted(CLUSTER.glob("*.sh")):
         text = script.read_text()
-        assert not re.search(r"\b(curl|wget)\b[^\n]*\|\s*(ba)?sh\b", text), f"{script.name} pipes a download into a shell"
+        piped = re.search(r"\b(curl|wget)\b[^\n]*\|\s*(ba)?sh\b", text)
+        assert not piped, f"{script.name} pipes a download into a shell"
         assert "torchvision.datasets" not in text and "download=True" not in text, script.name
     assert re.search(r'\.venv/bin/python -m orchestrator\.data fetch "\$@" --to "\$shared/data"',
                      script_text("setup_head.sh"))
@@ -331,7 +332,8 @@ def test_every_node_installs_this_repository_at_its_pinned_versions(path):
     # setup_commands run on the head and on every worker; setup_node.sh installs the project.
     assert [script for _, script, _ in script_calls(config)["setup_commands"]] == ["cluster/setup_node.sh"]
     setup = script_text("setup_node.sh")
-    assert re.search(r"^project=\$HOME/gensearch\b", setup, re.M) and re.search(r"^venv=\$project/\.venv\b", setup, re.M)
+    assert re.search(r"^project=\$HOME/gensearch\b", setup, re.M)
+    assert re.search(r"^venv=\$project/\.venv\b", setup, re.M)
     assert '"$venv/bin/python" -m pip install -q -e "$project[cluster]"' in setup
     assert "sys.version_info < (3, 11)" in setup and "python3.11-venv" in setup  # pyproject: requires-python >= 3.11
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())

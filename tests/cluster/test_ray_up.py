@@ -33,6 +33,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.cluster.ssh_machines import SshMachine, client_command, make_key, sandbox_problem, write_ssh_client_config
@@ -50,7 +51,8 @@ PLACEHOLDERS = {"head_ip": "192.168.1.10", "worker_ips": "[192.168.1.11, 192.168
                 "ssh_user": "REPLACE-WITH-YOUR-USER", "ssh_private_key": "~/.ssh/id_ed25519",
                 "nfs": "NFS-SERVER:/export/gensearch", "shared": "/mnt/gensearch"}
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(sandbox_problem()), reason=f"ray up over SSH: {sandbox_problem()}")]
+PROBLEM = sandbox_problem()
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(PROBLEM is not None, reason=f"ray up over SSH: {PROBLEM}")]
 
 
 def filled_local_yaml(shared: Path, key: Path) -> str:
@@ -96,6 +98,13 @@ def readme_job_command(shared: Path, dashboard_port: int) -> list[str]:
     return shlex.split(command)
 
 
+def ran(command: str, output: str) -> bool:
+    """Whether Ray's updater ran `command` (its `Running `...`` line; the worker's are prefixed with
+    `export RAY_HEAD_IP=...;`)."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", output)
+    return re.search(r"Running `[^`\n]*" + re.escape(command) + "`", plain) is not None
+
+
 def alive_nodes(dashboard_port: int) -> list[dict]:
     url = f"http://127.0.0.1:{dashboard_port}/api/v0/nodes?limit=100"
     with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - the head on loopback
@@ -113,8 +122,6 @@ def wait_until_gone(machines: list[SshMachine], timeout: float) -> list[str]:
 
 
 def test_ray_up_runs_a_study_on_the_cluster_it_starts_and_ray_down_stops_everything():
-    problem = sandbox_problem()
-    assert problem is None, problem
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="gsup-", dir="/tmp"))  # short: Ray's socket paths live under it
     shared, checkout, client_home = root / "shared", root / "checkout", root / "client"
@@ -128,7 +135,9 @@ def test_ray_up_runs_a_study_on_the_cluster_it_starts_and_ray_down_stops_everyth
         # every file under the folder it is run from, and this one's .venv alone holds gigabytes.
         subprocess.run(["rsync", "-a", "--filter", "dir-merge,- .gitignore", "--exclude", ".git",
                         f"{REPO}/", f"{checkout}/"], check=True)
-        (checkout / "cluster" / "local.yaml").write_text(filled_local_yaml(shared, key))
+        cluster_file = filled_local_yaml(shared, key)
+        (checkout / "cluster" / "local.yaml").write_text(cluster_file)
+        config = yaml.safe_load(cluster_file)
         ssh_config = write_ssh_client_config(root / "ssh_config", ssh_port, ["127.0.0.1", "127.0.0.2"])
         tiny_study(checkout / "search_spaces" / f"{STUDY}.yaml", name=STUDY, num_samples=NUM_SAMPLES, epochs=2)
 
@@ -165,6 +174,16 @@ def test_ray_up_runs_a_study_on_the_cluster_it_starts_and_ray_down_stops_everyth
             print(f"--- ray job submit ({job_done - up_done:.0f} s) ---\n{job.stdout}{job.stderr}")
             assert job.returncode == 0, f"the job failed:\n{(job.stdout + job.stderr)[-6000:]}"
             assert len(alive_nodes(dashboard_port)) == 2  # the head, and the worker its autoscaler started
+        # Every setup and start command of local.yaml ran: the head's through `ray up`, the worker's
+        # through the head's autoscaler (its log).
+        ray_up_log = up.stdout + up.stderr
+        autoscaler_log = (head.root / "tmp" / "ray" / "session_latest" / "logs" / "monitor.out").read_text()
+        for section, output in [("setup_commands", ray_up_log), ("head_setup_commands", ray_up_log),
+                                ("head_start_ray_commands", ray_up_log), ("setup_commands", autoscaler_log),
+                                ("worker_setup_commands", autoscaler_log),
+                                ("worker_start_ray_commands", autoscaler_log)]:
+            for command in config[section]:
+                assert ran(command, output), f"{section}: {command!r} did not run"
         # (the mirror is gone: the data was fetched once, by setup_head.sh)
         assert sorted(p.name for p in (shared / "data" / "MNIST" / "raw").iterdir()) == sorted(
             p.name for p in (SHARED_DATA / "MNIST" / "raw").iterdir())
