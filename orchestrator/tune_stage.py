@@ -24,7 +24,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.spec import Choice, Grid, IntRange, LogUniform, SpaceEntry, TuneStage, Uniform
 from orchestrator.study_state import BestTrial
-from orchestrator.tracking import Tracker, last_line, numeric_metrics
+from orchestrator.tracking import TAG_REASON, Tracker, last_line, numeric_metrics
 from orchestrator.trial_logger import STEP_MARKER, TUNE_BOOKKEEPING, MlflowTrialLogger
 from orchestrator.tune_reporter import TuneReporter
 from trainables import catalog
@@ -104,13 +104,18 @@ def make_trial_function(trainable_name: str, cpus: float):
 
 
 def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path, tracker: Tracker,
-                   parent_run_id: str, resume: bool) -> TuneOutcome:
+                   parent_run_id: str, resume: bool, retry_failed: bool = False) -> TuneOutcome:
+    """`retry_failed` (the stage failed last time): its errored trials run again, from their last checkpoint
+    (from scratch when they had none), under their own trial ids and MLflow runs. Tune's other way,
+    `restart_errored`, gives them new trial ids that the restored OptunaSearch does not know (KeyError on
+    the first result), so it cannot be used with a searcher."""
     experiment_dir = storage / stage.name
     trainable = tune.with_resources(make_trial_function(stage.trainable, stage.resources.cpu),
                                     {"cpu": stage.resources.cpu, "gpu": stage.resources.gpu})
     if resume and tune.Tuner.can_restore(str(experiment_dir)):
         print(f"[{stage.name}] resuming the Tune experiment in {experiment_dir}", flush=True)
-        tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True, resume_errored=False)
+        tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True,
+                                   resume_errored=retry_failed)
     else:
         logger = MlflowTrialLogger(tracker.target, tracker.experiment_name, tracker.study, stage.name,
                                    parent_run_id, stage.metric, stage.mode, stage.total_trials,
@@ -156,13 +161,17 @@ def reconcile(stage: TuneStage, results: Any, tracker: Tracker, parent_run_id: s
         if run is not None and not run.data.params and result.config:  # created just before an outage
             tracker.log_params(run_id, result.config)
         backfill_results(tracker, run_id, result, known=run is not None)
+        # The run's status as Tune ended it: one closed KILLED by an interrupt, or FAILED before a retry,
+        # may have ended otherwise since (or Tune's snapshot had it done already).
+        status = "FAILED" if result.error is not None else "FINISHED"
+        current = tracker.client.get_run(run_id) if run is not None else None
+        if current is None or current.info.status != status:
+            stale_reason = current is not None and status == "FINISHED" and TAG_REASON in current.data.tags
+            tracker.finish(run_id, status, _reason_from_error(result.error) if result.error is not None else None,
+                           clear_reason=stale_reason)
         if result.error is not None:
             failed += 1
-            if run is None or not tracker.is_terminal(run_id):
-                tracker.finish(run_id, "FAILED", _reason_from_error(result.error))
             continue
-        if run is None or not tracker.is_terminal(run_id):
-            tracker.finish(run_id, "FINISHED")
         value = best_value(result, stage.metric, stage.mode)
         if value is not None and (best is None or (value > best[0] if stage.mode == "max" else value < best[0])):
             best = (value, result, run_id)
