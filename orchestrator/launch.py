@@ -87,7 +87,6 @@ def stop_at_first_interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGINT, stop_at_first_interrupt)
     args = build_parser().parse_args(argv)
     if args.output and not args.dry_run:  # said at once, not after the seconds of importing torch for the spec
         from orchestrator.study_lock import in_use
@@ -345,6 +344,7 @@ def exit_now(code: int) -> None:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, stop_at_first_interrupt)
     try:
         exit_code = main()
     except KeyboardInterrupt:  # before the study started (reading the file, importing libraries)
