@@ -245,10 +245,9 @@ def run_study(spec, output: Path, target, args, state, plan) -> int:
     manifest.remove(output / "error.log")  # a stale log from an earlier failure would mislead
     state = state or StudyState(study=spec.name, tracking_uri=target.uri)
     tracker = Tracker(target, spec.tracking.experiment, spec.name)
-    aside = new_aside_folder(output)
+    aside, nothing_ran = new_aside_folder(output), not state.started
     if plan.restart:
         supersede_stages(output, state, plan.restart, tracker, aside)
-    nothing_ran = not state.started
     keep_study_file(Path(args.study), output, manifest, replace=nothing_ran or plan.file_changed,
                     aside=None if nothing_ran else aside)
     manifest.save()

@@ -103,6 +103,13 @@ def make_trial_function(trainable_name: str, cpus: float):
     return run_trial
 
 
+def can_restore(experiment_dir: Path) -> bool:
+    """Tune says yes as soon as `tuner.pkl` exists, but a launcher killed before Tune's first snapshot of the
+    experiment leaves only that, and restoring it fails on every resume ("no search space has been defined"):
+    such a stage starts afresh."""
+    return tune.Tuner.can_restore(str(experiment_dir)) and any(experiment_dir.glob("experiment_state-*.json"))
+
+
 def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path, tracker: Tracker,
                    parent_run_id: str, resume: bool, retry_failed: bool = False) -> TuneOutcome:
     """`retry_failed` (the stage failed last time): its errored trials run again, from their last checkpoint
@@ -112,7 +119,7 @@ def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path
     experiment_dir = storage / stage.name
     trainable = tune.with_resources(make_trial_function(stage.trainable, stage.resources.cpu),
                                     {"cpu": stage.resources.cpu, "gpu": stage.resources.gpu})
-    if resume and tune.Tuner.can_restore(str(experiment_dir)):
+    if resume and can_restore(experiment_dir):
         print(f"[{stage.name}] resuming the Tune experiment in {experiment_dir}", flush=True)
         tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True,
                                    resume_errored=retry_failed)
