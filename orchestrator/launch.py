@@ -170,6 +170,9 @@ def run(spec, output: Path, target, args) -> int:
         for line in error.lines:
             print(line, file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        lock.release(undo=True)
+        raise
     try:
         return run_study(spec, output, target, args, state, plan)
     finally:

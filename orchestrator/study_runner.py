@@ -114,8 +114,9 @@ class StudyRunner:
         resuming = stage_state.parent_run_id is not None
         retrying = stage_state.status == "failed"  # unchanged since (an edited one was set aside: see resume_plan)
         if retrying:
-            print(f"[{stage.name}] failed last time: retrying it (its failed trials run again, finished ones are "
-                  f"kept)", flush=True)
+            how = "running it again" if isinstance(stage, JobStage) else \
+                "retrying it: its failed trials run again, finished ones are kept"
+            print(f"[{stage.name}] failed last time: {how}", flush=True)
         inputs = resolve_inputs(stage, self.state)
         params = {**stage_params(stage), **({"profile": self.spec.profile} if self.spec.profile else {})}
         parent = self.tracker.start_parent(stage.name, stage.kind, params, stage_state.parent_run_id)

@@ -304,11 +304,6 @@ class Tracker:
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
-    def is_terminal(self, run_id: str) -> bool:
-        from mlflow.entities import RunStatus
-
-        return RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(run_id).info.status))
-
     def log_files(self, run_id: str, files: Mapping[str, bytes]) -> None:
         """In-memory files as artifacts of a run (MLflow logs paths: they go through a scratch folder)."""
         import tempfile
