@@ -25,7 +25,7 @@ EXAMPLE = textwrap.dedent("""\
       python -m orchestrator.launch search_spaces/smoke.yaml --dry-run   # check the file, print the plan
       python -m orchestrator.launch search_spaces/smoke.yaml             # run it (local Ray, embedded MLflow)
       python -m orchestrator.launch search_spaces/smoke.yaml --resume    # continue after a crash or Ctrl-C
-      python -m orchestrator.launch search_spaces/smoke.yaml --restart-from evaluate   # rerun a stage, edited
+      python -m orchestrator.launch search_spaces/smoke.yaml --resume --restart-from evaluate   # rerun a stage
       python -m orchestrator.launch search_spaces/gasten_mnist.yaml --profile paper   # the GPU-sized profile
       python -m orchestrator.launch study.yaml --address auto --tracking-uri http://HEAD:5000   # on a cluster
 
