@@ -61,7 +61,7 @@ def plan_resume(state: StudyState, launched: StudySpec | None, current: StudySpe
             changes = stage_changes(launched_stages[name], current.stage(name))
         if status == "failed" and changes:
             restart[name] = "the stage failed, then was edited: it runs again with the edited settings"
-        elif changes and status != "failed":  # an unchanged failed stage is retried by the runner
+        elif changes:  # (an unchanged failed stage is retried by the runner)
             refused[name] = (status, changes)
     if launched is not None and launched.tracking.experiment != current.tracking.experiment:
         raise ResumeRefused(f"{current.source}: tracking.experiment changed ({launched.tracking.experiment!r} -> "

@@ -112,15 +112,15 @@ def test_restart_from_takes_that_stage_and_every_later_one_that_ran(tmp_path):
 def test_resume_with_an_edited_stage_is_refused_and_the_study_as_launched_is_kept(tmp_path):
     """Defect 4: after a stop, lr bounds and num_samples were edited; --resume ran 8 trials, new ones outside
     the new bounds, without a word, and overwrote the folder's study.yaml with the edited file."""
-    spec = tiny_study(tmp_path / "tiny.yaml", num_samples=2, epochs=1, train_size=200)
+    spec = tiny_study(tmp_path / "tiny.yaml", num_samples=3, epochs=1, train_size=200)
     launched_text = spec.read_text()
     output = tmp_path / "out"
-    run_until(spec, output, r"\[classifier\] \d+ trials")
+    run_until(spec, output, r"\[classifier\] 1/3 done")
     runs_before = sorted(r.info.run_id for r in all_runs(client_for(output)))
     edit(spec, lambda s: (s["space"]["lr"].update(low=1e-2), s.update(num_samples=12)))
     result = run_launcher(str(spec), "--output", str(output), "--resume", timeout=600)
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "  classifier (running): space.lr.low: 0.001 -> 0.01; num_samples: 2 -> 12" in result.stderr
+    assert "  classifier (running): space.lr.low: 0.001 -> 0.01; num_samples: 3 -> 12" in result.stderr
     assert "--resume --restart-from classifier" in result.stderr and "Traceback" not in result.stderr
     assert "Starting Ray" not in result.stdout
     assert (output / "study.yaml").read_text() == launched_text
@@ -130,6 +130,22 @@ def test_resume_with_an_edited_stage_is_refused_and_the_study_as_launched_is_kep
     result = run_launcher(str(spec), "--output", str(output), "--resume", timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (output / "study.yaml").read_text() == launched_text
+
+
+@pytest.mark.slow
+def test_a_stage_killed_before_tunes_first_snapshot_resumes(tmp_path):
+    """A launcher killed between creating its Tuner and Tune's first snapshot leaves only `tuner.pkl`; Tune
+    restored that and failed every resume with "no search space has been defined"."""
+    spec = tiny_study(tmp_path / "tiny.yaml", num_samples=2, epochs=1, train_size=200)
+    output = tmp_path / "out"
+    run_until(spec, output, r"\[classifier\] \d+ trials")
+    experiment = output / "tune" / "classifier"
+    assert (experiment / "tuner.pkl").is_file()
+    for snapshot in experiment.glob("*state-*"):  # in case Tune saved its first snapshot just before the kill
+        snapshot.unlink()
+    result = run_launcher(str(spec), "--output", str(output), "--resume", timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "finished (2/2 ok)" in result.stdout
 
 
 @pytest.mark.slow
