@@ -44,6 +44,14 @@ def stage_runs(client, stage: str) -> tuple[list, list]:
             [r for r in runs if "mlflow.parentRunId" in r.data.tags])
 
 
+def search_only(spec: Path) -> Path:
+    """The tiny study without its evaluation stage: what these tests check happens in the search."""
+    study = yaml.safe_load(spec.read_text())
+    study["stages"] = study["stages"][:1]
+    spec.write_text(yaml.safe_dump(study, sort_keys=False))
+    return spec
+
+
 def progress_counts(text: str) -> list[tuple[int, int]]:
     return [(int(done), int(total)) for done, total in re.findall(r"\] (\d+)/(\d+) done", text)]
 
@@ -112,7 +120,7 @@ def test_restart_from_takes_that_stage_and_every_later_one_that_ran(tmp_path):
 def test_resume_with_an_edited_stage_is_refused_and_the_study_as_launched_is_kept(tmp_path):
     """Defect 4: after a stop, lr bounds and num_samples were edited; --resume ran 8 trials, new ones outside
     the new bounds, without a word, and overwrote the folder's study.yaml with the edited file."""
-    spec = tiny_study(tmp_path / "tiny.yaml", num_samples=3, epochs=1, train_size=200)
+    spec = search_only(tiny_study(tmp_path / "tiny.yaml", num_samples=3, epochs=1, train_size=200))
     launched_text = spec.read_text()
     output = tmp_path / "out"
     run_until(spec, output, r"\[classifier\] 1/3 done")
@@ -136,7 +144,7 @@ def test_resume_with_an_edited_stage_is_refused_and_the_study_as_launched_is_kep
 def test_a_stage_killed_before_tunes_first_snapshot_resumes(tmp_path):
     """A launcher killed between creating its Tuner and Tune's first snapshot leaves only `tuner.pkl`; Tune
     restored that and failed every resume with "no search space has been defined"."""
-    spec = tiny_study(tmp_path / "tiny.yaml", num_samples=2, epochs=1, train_size=200)
+    spec = search_only(tiny_study(tmp_path / "tiny.yaml", num_samples=2, epochs=1, train_size=200))
     output = tmp_path / "out"
     run_until(spec, output, r"\[classifier\] \d+ trials")
     experiment = output / "tune" / "classifier"
@@ -150,7 +158,7 @@ def test_a_stage_killed_before_tunes_first_snapshot_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_restart_from_reruns_with_the_new_settings_and_keeps_the_old_runs_superseded(tmp_path):
-    spec = tiny_study(tmp_path / "tiny.yaml", num_samples=3, epochs=2, train_size=300)
+    spec = search_only(tiny_study(tmp_path / "tiny.yaml", num_samples=3, epochs=2, train_size=300))
     old_text = spec.read_text()
     output = tmp_path / "out"
     run_until(spec, output, r"\[classifier\] 1/3 done")
@@ -237,7 +245,7 @@ def test_a_failed_stage_is_retried_by_resume_once_its_cause_is_fixed(tmp_path):
 def test_an_edited_failed_stage_runs_again_with_the_edits(tmp_path):
     """Defect 3, second half: fixing the study file (here an impossible val_size) and --resume still ran the
     old settings, and failed again."""
-    spec = failing_study(tmp_path / "broken.yaml", [100000])
+    spec = search_only(failing_study(tmp_path / "broken.yaml", [100000]))
     edit(spec, lambda s: s["config"].update(train_size=200))
     output = tmp_path / "out"
     assert run_launcher(str(spec), "--output", str(output), timeout=600).returncode == 1
@@ -261,7 +269,7 @@ def test_ctrl_c_closes_the_trials_in_flight_and_resume_clears_the_interruption(t
     """Defect 7: Ctrl-C left the in-flight trial's run RUNNING, the resumed parent kept the tag
     `gensearch.failure_reason = interrupted...`, a resume printed `9/8 done`, and repeated Ctrl-C printed
     `Exception ignored in atexit callback ... KeyboardInterrupt`."""
-    spec = tiny_study(tmp_path / "tiny.yaml", num_samples=3, epochs=4, train_size=600)
+    spec = search_only(tiny_study(tmp_path / "tiny.yaml", num_samples=3, epochs=4, train_size=400))
     output = tmp_path / "out"
     process = subprocess.Popen(launcher(str(spec), "--output", str(output)), cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True, env=launcher_env())
