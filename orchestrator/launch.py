@@ -88,12 +88,37 @@ def stop_at_first_interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.output and not args.dry_run:  # said at once, not after the seconds of importing torch for the spec
-        from orchestrator.study_lock import in_use
+    lock = None
+    if args.output and not args.dry_run:
+        # The folder is claimed first: a launcher started seconds later is refused at once, not after both
+        # spent seconds importing torch to read their study.
+        lock = claim_folder(Path(args.output).resolve())
+        if isinstance(lock, int):
+            return lock
+    try:
+        return load_and_run(args, lock)
+    except BaseException:
+        if lock is not None and lock.fd >= 0:  # stopped before the study started: leave nothing behind
+            lock.release(undo=True)
+        raise
 
-        busy = in_use(Path(args.output))
-        if busy:
-            return fail(busy, 2)
+
+def claim_folder(output: Path):
+    """The study folder's lock (see study_lock), or exit code 2 after one line saying why not."""
+    from orchestrator.study_folder import output_problem
+    from orchestrator.study_lock import FolderInUse, lock_study_folder
+
+    problem = output_problem(output)
+    if problem:
+        return fail(problem, 2)
+    try:
+        return lock_study_folder(output)
+    except FolderInUse as error:
+        return fail(str(error), 2)
+
+
+def load_and_run(args, lock) -> int:
+    """Read the study, then plan it (--dry-run) or run it; `lock`: the folder's, when --output named it."""
     from orchestrator.spec import SpecError, load_study
 
     try:
@@ -101,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as error:
         for line in error.lines():
             print(line, file=sys.stderr)
+        if lock is not None:
+            lock.release(undo=True)
         return 2
     if args.data_root:
         os.environ["GENSEARCH_DATA"] = str(Path(args.data_root).resolve())
@@ -113,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(plan_lines(spec, str(output), target)))
         print("Nothing was run (--dry-run).")
         return 0
-    return run(spec, output.resolve(), target, args)
+    return run(spec, output.resolve(), target, args, lock)
 
 
 def preflight_problems(spec) -> list[str]:
@@ -149,21 +176,19 @@ class Refused(Exception):
         self.lines = lines
 
 
-def run(spec, output: Path, target, args) -> int:
-    """Check what can be checked without writing, take the folder's lock, check the rest under it, and only
-    then write anything: a refusal at any point leaves the folder as it was."""
-    from orchestrator.study_folder import output_problem
-    from orchestrator.study_lock import FolderInUse, lock_study_folder
+def run(spec, output: Path, target, args, lock=None) -> int:
+    """Check what can be checked without writing, take the folder's lock (unless held already), check the
+    rest under it, and only then write anything: a refusal at any point leaves the folder as it was."""
     from orchestrator.tracking import local_store_problem
 
-    problem = output_problem(output) or local_store_problem(target)
-    if problem:
-        return fail(problem, 2)
+    if lock is None:
+        lock = claim_folder(output)
+        if isinstance(lock, int):
+            return lock
     try:
-        lock = lock_study_folder(output)
-    except FolderInUse as error:
-        return fail(str(error), 2)
-    try:
+        problem = local_store_problem(target)
+        if problem:
+            raise Refused(f"error: {problem}")
         state, plan = checks_under_lock(spec, output, target, args)
     except Refused as error:
         lock.release(undo=True)

@@ -56,41 +56,6 @@ def holder(path: Path) -> str:
     return f"pid {info['pid']} on {info.get('host', '?')} (since {info.get('since', '?')})"
 
 
-def in_use(output: Path) -> str | None:
-    """The refusal `lock_study_folder` would raise, found without taking the lock or writing anything; None
-    when the folder is free now. Lets a second launcher say so before the seconds spent reading its study."""
-    path = output / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return in_use_message(output, path)
-    finally:
-        os.close(fd)  # also releases the shared lock, if it was taken
-    return None
-
-
-def in_use_message(output: Path, path: Path) -> str:
-    return (f"{output} is in use by another launcher: {holder(path)}; wait for it to end or stop it (a launcher "
-            f"that dies frees the folder at once). Nothing was run.")
-
-
-def _try_lock(fd: int, tries: int = 4) -> bool:
-    """An exclusive lock, or False when another launcher holds it. A few quick tries: another launcher's
-    `in_use` probe holds a shared lock for an instant."""
-    for attempt in range(tries):
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if attempt < tries - 1:
-                time.sleep(0.05)
-    return False
-
-
 def lock_study_folder(output: Path) -> StudyLock:
     """Create `output` if needed and take its lock, or raise FolderInUse naming the holder."""
     created = [p for p in (output, *output.parents) if not p.exists()]
@@ -100,9 +65,12 @@ def lock_study_folder(output: Path) -> StudyLock:
         created.insert(0, path)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _try_lock(fd):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             os.close(fd)
-            raise FolderInUse(in_use_message(output, path))
+            raise FolderInUse(f"{output} is in use by another launcher: {holder(path)}; wait for it to end or "
+                              f"stop it (a launcher that dies frees the folder at once). Nothing was run.") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.study_lock import in_use, lock_study_folder
+from orchestrator.study_lock import FolderInUse, lock_study_folder
 from tests.orchestrator.study_helpers import REPO, launcher, launcher_env, run_launcher, tiny_study
 
 
@@ -147,8 +146,7 @@ def test_a_second_launcher_exits_2_at_once_naming_the_first_and_a_dead_one_frees
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
-    assert in_use(output) is None  # SIGKILL: the kernel freed the lock, nobody had to clean up
-    lock_study_folder(output).release()
+    lock_study_folder(output).release()  # SIGKILL: the kernel freed the lock, nobody had to clean up
 
 
 def test_a_launch_refused_under_the_lock_leaves_no_folder_behind(tmp_path):
@@ -156,6 +154,10 @@ def test_a_launch_refused_under_the_lock_leaves_no_folder_behind(tmp_path):
     result = run_launcher(str(spec), "--output", str(tmp_path / "new" / "out"), "--restart-from", "classifier",
                           timeout=300)
     assert_refused_in_one_line(result, "holds no study that ran")
+    assert not (tmp_path / "new").exists()
+    spec.write_text(spec.read_text().replace("num_samples: 1", "num_samples: 0"))  # the folder is claimed first
+    result = run_launcher(str(spec), "--output", str(tmp_path / "new" / "out"), timeout=300)
+    assert result.returncode == 2 and "num_samples" in result.stderr, result.stderr
     assert not (tmp_path / "new").exists()
 
 
@@ -166,14 +168,12 @@ def test_the_lock_names_its_holder_and_a_dead_holder_frees_it(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", code, str(output)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        message = in_use(output)
-        assert message and re.search(rf"pid {holder.pid} on \S+ \(since ", message), message
-        with pytest.raises(RuntimeError, match=f"pid {holder.pid}"):
+        with pytest.raises(FolderInUse, match=rf"pid {holder.pid} on \S+ \(since "):
             lock_study_folder(output)
     finally:
         holder.kill()
         holder.wait()
-    assert in_use(output) is None
-    lock = lock_study_folder(output)
-    assert in_use(output) is not None
+    lock = lock_study_folder(output)  # the dead holder's lock went with it
+    with pytest.raises(FolderInUse, match=f"pid {os.getpid()} on "):
+        lock_study_folder(output)
     lock.release()
