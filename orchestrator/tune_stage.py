@@ -168,14 +168,7 @@ def reconcile(stage: TuneStage, results: Any, tracker: Tracker, parent_run_id: s
         if run is not None and not run.data.params and result.config:  # created just before an outage
             tracker.log_params(run_id, result.config)
         backfill_results(tracker, run_id, result, known=run is not None)
-        # The run's status as Tune ended it: one closed KILLED by an interrupt, or FAILED before a retry,
-        # may have ended otherwise since (or Tune's snapshot had it done already).
-        status = "FAILED" if result.error is not None else "FINISHED"
-        current = tracker.client.get_run(run_id) if run is not None else None
-        if current is None or current.info.status != status:
-            stale_reason = current is not None and status == "FINISHED" and TAG_REASON in current.data.tags
-            tracker.finish(run_id, status, _reason_from_error(result.error) if result.error is not None else None,
-                           clear_reason=stale_reason)
+        close_as_tune_ended(tracker, run_id, result, new=run is None)
         if result.error is not None:
             failed += 1
             continue
@@ -196,6 +189,19 @@ def reconcile(stage: TuneStage, results: Any, tracker: Tracker, parent_run_id: s
         best=BestTrial(trial_id=trial_id_of(result), metric=stage.metric, value=value,
                        checkpoint=checkpoint.path, config=config, child_run_id=run_id, epoch=epoch, metrics=metrics),
         trials=len(seen), failed_trials=failed, experiment_dir=experiment_dir, child_runs=runs)
+
+
+def close_as_tune_ended(tracker: Tracker, run_id: str, result: Any, new: bool = False) -> None:
+    """Give a trial's run the status Tune ended the trial with. A run closed KILLED by an interrupt, or FAILED
+    before a retry, may have ended otherwise since (or Tune's snapshot had it done already); its old reason
+    goes when it FINISHED. `new`: the run was just made, so MLflow need not be asked what it holds."""
+    status = "FAILED" if result.error is not None else "FINISHED"
+    current = None if new else tracker.client.get_run(run_id)
+    if current is not None and current.info.status == status:
+        return
+    stale_reason = current is not None and status == "FINISHED" and TAG_REASON in current.data.tags
+    tracker.finish(run_id, status, _reason_from_error(result.error) if result.error is not None else None,
+                   clear_reason=stale_reason)
 
 
 def backfill_results(tracker: Tracker, run_id: str, result: Any, known: bool = True) -> int:
