@@ -90,7 +90,8 @@ def detail_lines(spec: StudySpec, state: StudyState) -> list[str]:
     return lines + ([""] if lines else [])
 
 
-def write_summary(lines: list[str], output: Path) -> Path:
-    path = output / "summary.md"
-    path.write_text("```\n" + "\n".join(lines) + "\n```\n")
-    return path
+def write_summary(lines: list[str], output: Path) -> Path | None:
+    """`<output>/summary.md`; None (nothing written) when a file there is not gensearch's."""
+    from orchestrator.study_folder import write_owned
+
+    return write_owned(output, "summary.md", "```\n" + "\n".join(lines) + "\n```\n")
