@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from orchestrator.seeds import with_stage_seed
 from orchestrator.spec import JobStage
 from orchestrator.tracking import Tracker
 from trainables import catalog
@@ -36,9 +37,11 @@ class MlflowRunReporter(Reporter):
 
 
 def run_job_stage(*, stage: JobStage, inputs: Mapping[str, str], workdir: Path, tracker: Tracker,
-                  run_id: str) -> dict[str, float]:
+                  run_id: str, study_seed: int = 0) -> dict[str, float]:
+    """`study_seed`: the job's `seed` (if it has one the YAML does not fix) derives from it (seeds.py)."""
     definition = catalog.job(stage.job)
-    config = build_config(definition.config_cls, {**stage.config, **inputs})
+    config = build_config(definition.config_cls,
+                          with_stage_seed(definition.config_cls, {**stage.config, **inputs}, study_seed, stage.name))
     workdir.mkdir(parents=True, exist_ok=True)
     reporter = MlflowRunReporter(tracker, run_id)
     print(f"[{stage.name}] running job {stage.job} -> {workdir}", flush=True)

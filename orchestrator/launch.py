@@ -13,6 +13,7 @@ anything starts, unless --offline.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ EXAMPLE = textwrap.dedent("""\
       python -m orchestrator.launch search_spaces/smoke.yaml --resume    # continue after a crash or Ctrl-C
       python -m orchestrator.launch search_spaces/smoke.yaml --resume --restart-from evaluate   # rerun a stage
       python -m orchestrator.launch search_spaces/gasten_mnist.yaml --profile paper   # the GPU-sized profile
+      python -m orchestrator.launch search_spaces/smoke.yaml --seed 1 --output runs/smoke-seed1   # another seed
       python -m orchestrator.launch study.yaml --address auto --tracking-uri http://HEAD:5000   # on a cluster
 
     A study YAML lists stages run in order. A `tune` stage searches a trainable's settings with
@@ -38,6 +40,11 @@ EXAMPLE = textwrap.dedent("""\
     A file may offer profiles (quick CPU settings, paper-sized GPU settings): --profile picks one.
     Results go to --output (default: the study's `output`, else runs/<study>); the summary at the
     end prints the exact `mlflow ui` command for this study.
+
+    The same file, seed, machine and thread count give the same study (trials, champions, tables): parallel
+    trials are suggested from a history that does not depend on which one finished first. --seed N (or
+    `seed:` in the file, default 0) changes every random choice but the fixed evaluation noise;
+    `reproducible: false` in the file trades that for throughput. Compare seeds with orchestrator.compare.
 
     --resume continues the study as it was launched (kept in OUTPUT/study.yaml): it refuses a file that
     changes a stage that already ran, and says how to go on. A failed stage is retried.
@@ -55,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", metavar="NAME",
                         help="apply one of the study's named profiles (e.g. `paper` in gasten_mnist.yaml: long GPU "
                              "runs); default: the file's own `profile:`, usually the quick CPU one")
+    parser.add_argument("--seed", metavar="N", type=int,
+                        help="the study seed (default: the file's `seed:`, else 0): every trial's seed, the samplers "
+                             "and each job's draws derive from it; the fixed evaluation noise does not. A resumed "
+                             "study keeps the seed it ran with")
     parser.add_argument("--resume", action="store_true",
                         help="continue the study already in the output folder: finished stages and trials are kept, "
                              "a failed stage is retried; refused if the file changes a stage that already ran")
@@ -135,6 +146,14 @@ def load_and_run(args, lock) -> int:
         if lock is not None:
             lock.release(undo=True)
         return 2
+    if args.seed is not None:
+        from orchestrator.spec import MAX_STUDY_SEED
+
+        if not 0 <= args.seed <= MAX_STUDY_SEED:
+            if lock is not None:
+                lock.release(undo=True)
+            return fail(f"--seed {args.seed}: give an integer from 0 to {MAX_STUDY_SEED}. Nothing was run.", 2)
+        spec = dataclasses.replace(spec, seed=args.seed)
     if args.data_root:
         if not Path(args.data_root).expanduser().is_dir():
             if lock is not None:
@@ -196,7 +215,7 @@ def run(spec, output: Path, target, args, lock=None) -> int:
         problem = local_store_problem(target)
         if problem:
             raise Refused(f"error: {problem}")
-        state, plan = checks_under_lock(spec, output, target, args)
+        state, plan, spec = checks_under_lock(spec, output, target, args)
     except Refused as error:
         lock.release(undo=True)
         for line in error.lines:
@@ -212,8 +231,9 @@ def run(spec, output: Path, target, args, lock=None) -> int:
 
 
 def checks_under_lock(spec, output: Path, target, args):
-    """The folder's study (if any) against this launch, the datasets, the tracking server: (state, plan)."""
-    from orchestrator.resume_plan import ResumePlan, ResumeRefused, plan_resume
+    """The folder's study (if any) against this launch, the datasets, the tracking server: (state, plan, spec),
+    the spec with the seed and mode a resumed study ran with."""
+    from orchestrator.resume_plan import ResumePlan, ResumeRefused, plan_resume, resumed_seed_and_mode
     from orchestrator.study_state import load_state
     from orchestrator.tracking import TrackingUnavailable, apply_client_defaults, check_reachable
 
@@ -236,10 +256,13 @@ def checks_under_lock(spec, output: Path, target, args):
                       f"--tracking-uri {state.tracking_uri} to resume it")
     plan = ResumePlan()
     if state is not None and state.started:
+        launched = launched_spec(output, state)
         try:
-            plan = plan_resume(state, launched_spec(output, state), spec, output, args.restart_from)
+            plan = plan_resume(state, launched, spec, output, args.restart_from)
+            seed, reproducible = resumed_seed_and_mode(state, launched, spec, output, seed_given=args.seed is not None)
         except ResumeRefused as error:
             raise Refused(*f"error: {error}".splitlines()) from None
+        spec = dataclasses.replace(spec, seed=seed, reproducible=reproducible)
     problems = preflight_problems(spec, offline=args.offline)
     if problems:
         raise Refused(*problems)
@@ -248,7 +271,7 @@ def checks_under_lock(spec, output: Path, target, args):
         check_reachable(target)
     except TrackingUnavailable as error:
         raise Refused(f"error: {spec.source}: tracking: {error}") from None
-    return state, plan
+    return state, plan, spec
 
 
 def launched_spec(output: Path, state):
@@ -287,6 +310,7 @@ def run_study(spec, output: Path, target, args, state, plan) -> int:
                     aside=None if nothing_ran else aside)
     manifest.save()
     state.spec_file, state.profile = str(output / KEPT_STUDY_FILE), spec.profile
+    state.seed, state.reproducible = spec.seed, spec.reproducible
     save_state(output, state)
     worker_env = {k: os.environ[k] for k in ("GENSEARCH_DATA", "GENSEARCH_CACHE") if k in os.environ}
     runner = StudyRunner(spec, output, tracker, state, resume=args.resume or args.restart_from is not None,

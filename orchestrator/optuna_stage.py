@@ -6,12 +6,22 @@ trials. They run in `n_jobs` threads of the launcher (UMAP's numba loops, hdbsca
 heavy work outside the GIL), and TPE then uses `constant_liar` so parallel trials do not all
 sample the same point. UMAP's numba compilation is paid once per launcher, not once per trial.
 
+Reproducible mode (the default): Optuna's own `n_jobs` threads ask the sampler whenever a thread is
+free, so a trial's settings depend on which trial finished first. Here (`run_in_order`) trials are
+drawn one at a time in the launcher's thread, each by a sampler seeded for that trial's place in the
+study (`gensearch.position`), after the results of every trial at least `n_jobs` places earlier were
+told, in trial order; the trials between are running (TPE's constant liar counts them as such). They
+are evaluated in `n_jobs` threads and told back in trial order. So `n_jobs: 2` keeps two trials
+running, and gives the same study every time.
+
 Persistence and resume: the study lives in `<workdir>/optuna.db` (SQLite) under the name
 `<study>.<stage>`. A resumed stage loads it and runs only the trials still missing, so the count
 of completed trials reaches `n_trials` exactly. A trial that was running when the launcher died
-cannot be continued (Optuna keeps no mid-trial state): it is marked FAIL and its parameters are
-queued again, re-using its MLflow child run, so MLflow never holds two runs for one trial. A trial
-that raised (which fails the stage) is queued again the same way when the stage is retried.
+cannot be continued (Optuna keeps no mid-trial state): in reproducible mode its settings (all drawn
+before it started) are evaluated again under the same trial number and MLflow run, as the uninterrupted
+study would have; in asynchronous mode it is marked FAIL and its parameters are queued again, re-using
+its MLflow child run, so MLflow never holds two runs for one trial. A trial that raised (which fails
+the stage) is queued again the same way when the stage is retried.
 """
 
 from __future__ import annotations
@@ -21,11 +31,13 @@ import math
 import shutil
 import threading
 import warnings
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.seeds import derive_seed, sampler_seed, with_stage_seed
 from orchestrator.spec import Choice, Constraint, IntRange, LogUniform, OptunaStage, SpaceEntry, Uniform
 from orchestrator.study_state import BestTrial
 from orchestrator.tracking import TAG_RUN_NAME, TAG_TRIAL, Tracker, last_line
@@ -37,6 +49,8 @@ CHILD_RUN = "gensearch.child_run_id"  # trial user attribute: its MLflow child r
 RETRY_OF = "gensearch.retry_of"  # trial user attribute: the number of the killed trial it re-runs
 METRICS = "gensearch.metrics"  # trial user attribute: everything the objective returned
 VIOLATIONS = "gensearch.constraint_violations"  # trial user attribute: <= 0 means met
+POSITION = "gensearch.position"  # trial user attribute (reproducible mode): its place in the study, once all drawn
+CUT_WHILE_DRAWN = "gensearch.cut_while_drawn"  # trial user attribute: a stop came before all its settings were drawn
 TAG_FEASIBLE = "gensearch.feasible"
 TAG_RETRY_OF = "gensearch.retry_of"
 BEST_FOLDER = "best"
@@ -96,11 +110,23 @@ def violations(constraints: tuple[Constraint, ...], metrics: Mapping[str, float]
     return [constraint.violation(metrics.get(constraint.metric)) for constraint in constraints]
 
 
-def make_sampler(stage: OptunaStage, completed: int):
+def picks_from_params(params: Mapping[str, Any], stage: OptunaStage) -> dict[str, tuple[str, dict[str, Any]]]:
+    """A trial's flat Optuna params (`reducer`, `reducer.pca.n_components`, ...) back as picks, with each option's
+    fixed settings: what `sample_picks` drew for it."""
+    return {branch: (params[branch], {**stage.branches[branch][params[branch]].fixed,
+                                      **{name.split(".", 2)[2]: value for name, value in params.items()
+                                         if name.startswith(f"{branch}.{params[branch]}.")}})
+            for branch in stage.branches}
+
+
+def stage_sampler_seed(stage: OptunaStage, study_seed: int) -> int:
+    """The stage's `sampler.seed` when the YAML pins one, else one derived from the study seed."""
+    return stage.sampler.seed if stage.sampler.seed is not None else sampler_seed(study_seed, stage.name)
+
+
+def make_sampler(stage: OptunaStage, seed: int | None):
     import optuna
 
-    # A resumed study gets a different seed, or it would replay the first run's random start-up points.
-    seed = None if stage.sampler.seed is None else stage.sampler.seed + completed
     if stage.sampler.type == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():  # `group` (sample each option's settings as a group) is "experimental"
@@ -108,19 +134,30 @@ def make_sampler(stage: OptunaStage, completed: int):
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=stage.n_jobs > 1)
 
 
-def requeue_unfinished_trials(study: Any, stage: OptunaStage, tracker: Tracker, parent_run_id: str) -> int:
+def requeue_unfinished_trials(study: Any, stage: OptunaStage, tracker: Tracker, parent_run_id: str,
+                              keep_drawn: bool = False) -> list[Any]:
     """Trials left RUNNING by a killed launcher, and trials that raised (the stage failed on them, so this
     is its retry): FAIL them and queue their parameters again, with their MLflow child run, which the
-    re-run reuses; each is queued once. Child runs no trial refers to any more (the kill came between
-    creating the run and recording it) are closed as KILLED."""
+    re-run reuses; each is queued once. `keep_drawn` (reproducible mode): a RUNNING trial whose settings
+    were all drawn stays RUNNING, to be evaluated again in place (returned, in trial order); one cut off
+    while they were drawn is FAILed and not queued (its place is drawn again). Child runs no trial refers
+    to any more (the kill came between creating the run and recording it) are closed as KILLED."""
+    import optuna
     from optuna.trial import TrialState
 
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for trial in stale:
+    stale, resumed = [], []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if keep_drawn and POSITION in trial.user_attrs:
+            resumed.append(trial)
+            continue
+        if keep_drawn:
+            optuna.trial.Trial(study, trial._trial_id).set_user_attr(CUT_WHILE_DRAWN, True)
         study.tell(trial.number, state=TrialState.FAIL)
+        stale.append(trial)
     retried = {t.user_attrs.get(RETRY_OF) for t in study.get_trials(deepcopy=False)}
     stale_numbers = {trial.number for trial in stale}
-    again = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number not in retried]
+    again = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+             if t.number not in retried and not t.user_attrs.get(CUT_WHILE_DRAWN)]
     for trial in again:
         attrs = {RETRY_OF: trial.number}
         if trial.user_attrs.get(CHILD_RUN):
@@ -129,10 +166,11 @@ def requeue_unfinished_trials(study: Any, stage: OptunaStage, tracker: Tracker, 
         why = "was cut off by the last stop" if trial.number in stale_numbers else "failed"
         print(f"[{stage.name}] trial {trial.number} {why}: queued again", flush=True)
     waiting = {t.user_attrs.get(CHILD_RUN) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
+    waiting |= {t.user_attrs.get(CHILD_RUN) for t in resumed}
     for run in tracker.children(parent_run_id).values():
         if run.info.status == "RUNNING" and run.info.run_id not in waiting:
             tracker.finish(run.info.run_id, "KILLED", "cut off by a stop before its trial was recorded")
-    return len(again)
+    return sorted(resumed, key=lambda t: t.number)
 
 
 class TrialRunner:
@@ -145,22 +183,28 @@ class TrialRunner:
         self.done, self.best = completed, None
         self.lock = threading.Lock()
 
-    def child_run(self, trial: Any, params: Mapping[str, Any]) -> str:
+    def child_run(self, trial: Any, params: Mapping[str, Any]) -> tuple[str, set[str]]:
+        """The trial's MLflow run and the metrics it holds already (a re-run's run may have them)."""
         run_id = trial.user_attrs.get(CHILD_RUN)
         trial_id = str(trial.number)
         if run_id:  # the re-run of a trial a stop cut off (or that failed): same run, now under this trial's number
+            logged = set(self.tracker.client.get_run(run_id).data.metrics)
             self.tracker.reopen(run_id)
             self.tracker.set_tags(run_id, {TAG_TRIAL: trial_id, TAG_RUN_NAME: f"{self.stage.name}-{trial_id}",
                                            TAG_RETRY_OF: trial.user_attrs.get(RETRY_OF, "")})
-            return run_id
+            return run_id, logged
         run_id = self.tracker.create_child(self.parent_run_id, self.stage.name, trial_id, params)
         trial.set_user_attr(CHILD_RUN, run_id)
-        return run_id
+        return run_id, set()
 
     def __call__(self, trial: Any) -> float:
-        raw_picks = sample_picks(trial, self.stage)
+        return self.evaluate(trial, sample_picks(trial, self.stage))
+
+    def evaluate(self, trial: Any, raw_picks: Mapping[str, tuple[str, dict[str, Any]]]) -> float:
+        """Evaluate settings already drawn for `trial`, log them to its MLflow run, return its objective. A
+        metric its run holds already (a trial evaluated again after a stop) is not logged twice."""
         params = flat_params(raw_picks)
-        run_id = self.child_run(trial, params)
+        run_id, logged = self.child_run(trial, params)
         try:
             picks: dict[str, BranchPick] = {
                 branch: (option, build_config(self.definition.branches[branch][option], settings))
@@ -176,7 +220,8 @@ class TrialRunner:
         trial.set_user_attr(VIOLATIONS, broken)
         for constraint, violation in zip(self.stage.constraints, broken):
             trial.set_constraint(str(constraint), violation)  # TPE learns where the feasible region is
-        self.tracker.log_metrics(run_id, {**metrics, "feasible": float(feasible)})
+        self.tracker.log_metrics(run_id, {k: v for k, v in {**metrics, "feasible": float(feasible)}.items()
+                                          if k not in logged})
         self.tracker.set_tags(run_id, {TAG_FEASIBLE: str(feasible).lower()})
         self.tracker.finish(run_id)
         value = metrics.get(self.stage.metric, math.nan)
@@ -225,8 +270,73 @@ def write_trials_csv(trials: list[Any], path: Path) -> None:
         writer.writerows(rows)
 
 
+def next_position(study: Any) -> int:
+    """The place of the next trial to draw: one after the last trial whose settings were all drawn."""
+    return 1 + max((t.user_attrs.get(POSITION, -1) for t in study.get_trials(deepcopy=False)), default=-1)
+
+
+def draw(study: Any, stage: OptunaStage, base_seed: int) -> tuple[Any, dict[str, tuple[str, dict[str, Any]]]]:
+    """Ask for the next trial and draw all its settings now, in this thread, from a sampler seeded for its
+    place: what it gets depends only on the seed, its place and the trials told so far (and, with constant
+    liar, the ones running), never on another thread's timing or on where an earlier run stopped."""
+    position = next_position(study)
+    study.sampler = make_sampler(stage, derive_seed(base_seed, stage.name, "sampler", position))
+    trial = study.ask()
+    picks = sample_picks(trial, stage)
+    trial.set_user_attr(POSITION, position)
+    return trial, picks
+
+
+def run_in_order(study: Any, runner: TrialRunner, stage: OptunaStage, base_seed: int, new: int,
+                 resumed: list[Any]) -> None:
+    """Evaluate `resumed` trials (RUNNING ones a stop cut off, settings all drawn) and `new` fresh ones,
+    `n_jobs` at a time in threads; trial k is drawn once trials 0 .. k-n_jobs are told, and results are
+    told in trial order (module docstring). The first error is raised once the trials in flight are told."""
+    import optuna
+    from concurrent.futures import ThreadPoolExecutor
+    from optuna.trial import TrialState
+
+    in_flight: deque[tuple[Any, Any]] = deque()
+    failure: BaseException | None = None
+
+    def tell_oldest() -> None:
+        nonlocal failure
+        trial, future = in_flight.popleft()
+        try:
+            study.tell(trial, future.result())
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:  # noqa: BLE001 - told FAIL; raised once the others in flight are told
+            study.tell(trial, state=TrialState.FAIL)
+            failure = failure or error
+
+    work = [(optuna.trial.Trial(study, t._trial_id), picks_from_params(t.params, stage)) for t in resumed]
+    pool = ThreadPoolExecutor(max_workers=stage.n_jobs, thread_name_prefix=f"optuna-{stage.name}")
+    try:
+        while failure is None and (work or new > 0):
+            while len(in_flight) >= stage.n_jobs:
+                tell_oldest()
+            if failure is not None:
+                break
+            if work:
+                trial, picks = work.pop(0)
+            else:
+                trial, picks = draw(study, stage, base_seed)
+                new -= 1
+            in_flight.append((trial, pool.submit(runner.evaluate, trial, picks)))
+        while in_flight:
+            tell_oldest()
+    finally:
+        pool.shutdown(wait=failure is not None or not in_flight, cancel_futures=True)
+    if failure is not None:
+        raise failure
+
+
 def run_optuna_stage(*, stage: OptunaStage, inputs: Mapping[str, str], workdir: Path, tracker: Tracker,
-                     parent_run_id: str, study_name: str) -> OptunaOutcome:
+                     parent_run_id: str, study_name: str, study_seed: int = 0,
+                     reproducible: bool = True) -> OptunaOutcome:
+    """`study_seed`: the objective's `seed` and the sampler's derive from it unless the YAML fixes them;
+    `reproducible`: trials drawn and told in order (`run_in_order`), else Optuna's own `n_jobs` threads."""
     import optuna
     from optuna.trial import TrialState
 
@@ -234,7 +344,8 @@ def run_optuna_stage(*, stage: OptunaStage, inputs: Mapping[str, str], workdir: 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our one line per trial says more
     definition = catalog.objective(stage.objective)
-    config = build_config(definition.config_cls, {**stage.config, **inputs})
+    config = build_config(definition.config_cls,
+                          with_stage_seed(definition.config_cls, {**stage.config, **inputs}, study_seed, stage.name))
     workdir.mkdir(parents=True, exist_ok=True)
     data = definition.prepare(config, workdir)
     if definition.describe_data is not None:
@@ -247,9 +358,13 @@ def run_optuna_stage(*, stage: OptunaStage, inputs: Mapping[str, str], workdir: 
         completed = len(previous.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     except KeyError:  # a first run: no such study yet
         completed = 0
-    study = optuna.create_study(study_name=study_name, storage=storage, sampler=make_sampler(stage, completed),
+    base_seed = stage_sampler_seed(stage, study_seed)
+    # Asynchronous mode: a resumed study gets a different seed, or it would replay the first run's random
+    # start-up points. (The reproducible mode seeds a sampler per trial: see `draw`.)
+    study = optuna.create_study(study_name=study_name, storage=storage,
+                                sampler=make_sampler(stage, base_seed + completed),
                                 direction="maximize" if stage.mode == "max" else "minimize", load_if_exists=True)
-    requeue_unfinished_trials(study, stage, tracker, parent_run_id)
+    resumed = requeue_unfinished_trials(study, stage, tracker, parent_run_id, keep_drawn=reproducible)
     remaining = stage.n_trials - completed
     where = f"{workdir / 'optuna.db'} (study {study_name!r})"
     if remaining > 0:
@@ -260,7 +375,10 @@ def run_optuna_stage(*, stage: OptunaStage, inputs: Mapping[str, str], workdir: 
         queued = min(remaining, len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
         if queued:
             study.optimize(runner, n_trials=queued, n_jobs=1, catch=())
-        if remaining > queued:
+        if reproducible:
+            resumed = resumed[:remaining - queued]
+            run_in_order(study, runner, stage, base_seed, remaining - queued - len(resumed), resumed)
+        elif remaining > queued:
             study.optimize(runner, n_trials=remaining - queued, n_jobs=stage.n_jobs, catch=())
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     best = best_trial(trials, stage)
@@ -268,10 +386,7 @@ def run_optuna_stage(*, stage: OptunaStage, inputs: Mapping[str, str], workdir: 
         rules = "; ".join(map(str, stage.constraints)) or "a finite objective"
         raise RuntimeError(f"none of the {len(trials)} trials met the constraints ({rules}); loosen `constraints` "
                            f"or widen the space")
-    picks = {branch: (best.params[branch], {**stage.branches[branch][best.params[branch]].fixed,
-                                            **{name.split(".", 2)[2]: value for name, value in best.params.items()
-                                               if name.startswith(f"{branch}.{best.params[branch]}.")}})
-             for branch in stage.branches}
+    picks = picks_from_params(best.params, stage)
     built = {branch: (option, build_config(definition.branches[branch][option], settings))
              for branch, (option, settings) in picks.items()}
     folder = workdir / BEST_FOLDER

@@ -57,6 +57,18 @@ def describe_metrics(stage: TuneStage) -> str:
     return "[" + ", ".join(f"{m} ({mode})" for m, mode in stage.objectives) + f"], champion: {stage.champion}"
 
 
+def pinned_seed_notes(spec: StudySpec) -> list[str]:
+    """A stage whose YAML pins its sampler's seed keeps it whatever the study seed: say so, since `--seed` is
+    then not a seed of everything."""
+    pinned = [stage.name for stage in spec.stages
+              if isinstance(stage, TuneStage) and stage.searcher.seed is not None
+              or isinstance(stage, OptunaStage) and stage.sampler.seed is not None]
+    if not pinned:
+        return []
+    return [f"  note: {', '.join(pinned)} pin their sampler's seed in the file; --seed changes their trials' seeds "
+            f"but not their samplers (drop `seed:` under searcher/sampler to derive it from the study seed)"]
+
+
 def plan_lines(spec: StudySpec, output: str, target: TrackingTarget) -> list[str]:
     lines = [f"Study {spec.name!r} from {spec.source}: {len(spec.stages)} stage(s), output {output}"]
     if spec.description:
@@ -65,6 +77,11 @@ def plan_lines(spec: StudySpec, output: str, target: TrackingTarget) -> list[str
         others = [name for name in spec.profiles if name != spec.profile]
         lines.append(f"  profile: {spec.profile}" + (f" (also offered: {', '.join(others)}; pick with --profile)"
                                                       if others else ""))
+    lines.append(f"  seed {spec.seed}; " + ("reproducible: the same seed, machine and thread count give the same study"
+                                            if spec.reproducible else
+                                            "reproducible: false (asynchronous: slots never wait, results depend on "
+                                            "timing)"))
+    lines += pinned_seed_notes(spec)
     for number, stage in enumerate(spec.stages, 1):
         if isinstance(stage, TuneStage):
             searcher = ("Optuna " + stage.searcher.sampler) if stage.searcher.type == "optuna" else "basic (random/grid)"

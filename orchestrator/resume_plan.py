@@ -90,3 +90,30 @@ def refusal(refused: dict[str, tuple[str, list[str]]], current: StudySpec, outpu
                      f"their folders move to {output / SUPERSEDED_DIR}/")
     lines.append("Nothing was run.")
     return "\n".join(lines)
+
+
+def resumed_seed_and_mode(state: StudyState, launched: StudySpec | None, current: StudySpec, output: Path, *,
+                          seed_given: bool) -> tuple[int, bool]:
+    """The study seed and mode (`reproducible`) a resumed study goes on with: those it ran with.
+
+    `current` carries --seed when `seed_given`, else the file's `seed`. Without --seed, the recorded seed is
+    kept even when the file names another one, unless the file's seed was edited since the launch (then
+    the edit is a request for another seed). Another seed or mode would mix two studies in one folder:
+    refused, like an edited stage."""
+    recorded_seed = state.seed if state.seed is not None else (launched or current).seed
+    recorded_mode = state.reproducible if state.reproducible is not None else (launched or current).reproducible
+    edited = launched is not None and current.seed != launched.seed
+    wanted = current.seed if seed_given or edited else recorded_seed
+    where = "--seed" if seed_given else f"{current.source}: seed"
+    if wanted != recorded_seed:
+        raise ResumeRefused(f"{output} ran with seed {recorded_seed}; {where} {wanted} would mix two seeds in one "
+                            f"study. Resume with seed {recorded_seed} (drop --seed, or undo the edit), or run seed "
+                            f"{wanted} with --output NEW_DIR. Nothing was run.")
+    if current.reproducible != recorded_mode:
+        def mode(flag: bool) -> str:
+            return "reproducible: true" if flag else "reproducible: false"
+
+        raise ResumeRefused(f"{output} ran with {mode(recorded_mode)}; {current.source} now says "
+                            f"{mode(current.reproducible)}, which would continue its trials another way. Undo the "
+                            f"edit to resume, or run the edited study with --output NEW_DIR. Nothing was run.")
+    return recorded_seed, recorded_mode

@@ -23,6 +23,7 @@ from trainables.config import ConfigError, build_config, check_value, field_name
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 REFERENCE_PATTERN = re.compile(r"^(?P<stage>[A-Za-z][A-Za-z0-9_-]*)\.(?P<selector>[A-Za-z_]+)$")
 SELECTORS = ("best",)
+MAX_STUDY_SEED = 2**31 - 1
 
 
 # ---------------------------------------------------------------- errors
@@ -351,6 +352,12 @@ class StudySpec:
     description: str = ""
     profile: str = ""  # the profile these stages were built with ("" when the file declares none)
     profiles: tuple[str, ...] = ()  # every profile the file offers, the base one first
+    # Every seed of the study derives from this one (orchestrator/seeds.py); `--seed` replaces it.
+    seed: int = 0
+    # True: parallel trials are suggested and stopped from a history that does not depend on which trial
+    # finished first, so the same seed gives the same study (orchestrator/trial_order.py); False: Tune's
+    # and Optuna's own asynchronous way, which keeps every slot busy but depends on timing.
+    reproducible: bool = True
 
     def stage(self, name: str) -> Stage:
         for stage in self.stages:
@@ -550,21 +557,22 @@ def _closest(name: str, options: tuple[str, ...]) -> str | None:
 
 def _number(raw: Mapping[str, Any], name: str, key: str, problems: _Problems, *, integer: bool = False,
             default: Any = None, required: bool = False) -> Any:
+    where = f"{key}.{name}" if key else name
     if name not in raw or raw[name] is None:
         if required:
-            problems.add(f"{key}.{name}", "required")
+            problems.add(where, "required")
         return default
     value = raw[name]
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok:
-        problems.add(f"{key}.{name}", f"expected {'an integer' if integer else 'a number'}, got {_kind(value)}")
+        problems.add(where, f"expected {'an integer' if integer else 'a number'}, got {_kind(value)}")
         return default
     try:
         finite = math.isfinite(value)
     except OverflowError:  # an integer too large for a float
         finite = False
     if not finite:
-        problems.add(f"{key}.{name}", f"expected a finite number, got {str(value)[:20]}")
+        problems.add(where, f"expected a finite number, got {str(value)[:20]}")
         return default
     return value
 
@@ -1298,8 +1306,16 @@ def parse_study(raw: Any, source: str, default_output: Path | None = None, profi
     problems = _Problems()
     if not isinstance(raw, Mapping):
         raise SpecError(label, [("", f"expected a mapping with keys study, stages, ... at the top, got {_kind(raw)}")])
-    _unknown_keys(raw, ("study", "description", "output", "tracking", "stages"), "", problems)
+    _unknown_keys(raw, ("study", "description", "output", "tracking", "seed", "reproducible", "stages"), "",
+                  problems)
     study = _string(raw, "study", "", problems, required=True)
+    seed = _number(raw, "seed", "", problems, integer=True, default=0)
+    if seed is not None and not 0 <= seed <= MAX_STUDY_SEED:
+        problems.add("seed", f"must be an integer from 0 to {MAX_STUDY_SEED}, got {seed}")
+    reproducible = raw.get("reproducible", True)
+    if not isinstance(reproducible, bool):
+        problems.add("reproducible", f"expected true (the same seed gives the same study) or false (asynchronous: "
+                                     f"every slot kept busy, results depend on timing), got {_kind(reproducible)}")
     if study is not None and not NAME_PATTERN.match(study):
         problems.add("study", f"use letters, digits, '_', '-', '.' and start with a letter (got {study!r})")
     description = _string(raw, "description", "", problems, default="")
@@ -1350,7 +1366,8 @@ def parse_study(raw: Any, source: str, default_output: Path | None = None, profi
                                                  else f"{study}-{profile_name}")
     output_path = Path(output) if output else default
     return StudySpec(name=study, output=output_path, tracking=tracking, stages=tuple(stages), source=source,
-                     description=description, profile=profile_name, profiles=profile_names)
+                     description=description, profile=profile_name, profiles=profile_names, seed=seed or 0,
+                     reproducible=reproducible)
 
 
 def load_study(path: str | Path, profile: str | None = None) -> StudySpec:

@@ -134,7 +134,8 @@ class StudyRunner:
                 "retrying it: its failed trials run again, finished ones are kept"
             print(f"[{stage.name}] failed last time: {how}", flush=True)
         inputs = resolve_inputs(stage, self.state)
-        params = {**stage_params(stage), **({"profile": self.spec.profile} if self.spec.profile else {})}
+        params = {**stage_params(stage), **({"profile": self.spec.profile} if self.spec.profile else {}),
+                  "study_seed": self.spec.seed, "reproducible": self.spec.reproducible}
         parent = self.tracker.start_parent(stage.name, stage.kind, params, stage_state.parent_run_id)
         stage_state.parent_run_id, stage_state.status = parent, "running"
         self.save()
@@ -187,8 +188,10 @@ class StudyRunner:
             stage = dataclasses.replace(stage, resources=resources)
         stage_state = self.state.stage(stage.name)
         stage_state.trial_cpu, stage_state.trial_gpu = float(stage.resources.cpu), float(stage.resources.gpu)
+        window = self.reproducible_window(stage) if self.spec.reproducible else None
         outcome = run_tune_stage(stage=stage, inputs=inputs, storage=self.output / "tune", tracker=self.tracker,
-                                 parent_run_id=parent, resume=self.resume, retry_failed=retrying)
+                                 parent_run_id=parent, resume=self.resume, retry_failed=retrying,
+                                 study_seed=self.spec.seed, window=window)
         best = outcome.best
         stage_state.best, stage_state.output = best, str(outcome.experiment_dir)
         stage_state.trials, stage_state.failed_trials = outcome.trials, outcome.failed_trials
@@ -220,12 +223,30 @@ class StudyRunner:
         else:
             print(f"[{stage.name}] best trial {best.trial_id}: {best.metric}={best.value:.4g}", flush=True)
 
+    def reproducible_window(self, stage: TuneStage) -> int:
+        """How many trials run at once in reproducible mode: `max_concurrent_trials`, else as many as this
+        machine's Ray fits (said once, since the study then depends on the machine's size)."""
+        import math
+
+        import ray
+
+        if stage.max_concurrent_trials:
+            return stage.max_concurrent_trials
+        available = ray.cluster_resources()
+        fits = [math.floor(available.get(kind, 0.0) / need + 1e-9)
+                for kind, need in (("CPU", stage.resources.cpu), ("GPU", stage.resources.gpu)) if need > 0]
+        window = max(1, min([*fits, stage.total_trials]))
+        print(f"[{stage.name}] {window} trial(s) at a time: what this machine fits; set max_concurrent_trials for a "
+              f"study that is the same on any machine", flush=True)
+        return window
+
     def run_optuna(self, stage: OptunaStage, inputs: dict[str, str], parent: str) -> None:
         from orchestrator.optuna_stage import run_optuna_stage
 
         outcome = run_optuna_stage(stage=stage, inputs=inputs, workdir=self.output / "optuna" / stage.name,
                                    tracker=self.tracker, parent_run_id=parent,
-                                   study_name=f"{self.spec.name}.{stage.name}")
+                                   study_name=f"{self.spec.name}.{stage.name}", study_seed=self.spec.seed,
+                                   reproducible=self.spec.reproducible)
         best = outcome.best
         stage_state = self.state.stage(stage.name)
         stage_state.best, stage_state.output = best, str(outcome.workdir)
@@ -247,7 +268,8 @@ class StudyRunner:
         from orchestrator.job_stage import run_job_stage
 
         workdir = self.output / "jobs" / stage.name
-        metrics = run_job_stage(stage=stage, inputs=inputs, workdir=workdir, tracker=self.tracker, run_id=parent)
+        metrics = run_job_stage(stage=stage, inputs=inputs, workdir=workdir, tracker=self.tracker, run_id=parent,
+                                study_seed=self.spec.seed)
         stage_state = self.state.stage(stage.name)
         stage_state.metrics, stage_state.output = {k: float(v) for k, v in metrics.items()}, str(workdir)
         print(f"[{stage.name}] " + ", ".join(f"{k}={v:.4g}" for k, v in list(metrics.items())[:4]), flush=True)

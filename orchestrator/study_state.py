@@ -63,6 +63,10 @@ class StudyState:
     stages: dict[str, StageState] = field(default_factory=dict)
     spec_file: str = ""  # the study YAML as launched, copied into the output folder (see launch.py)
     profile: str = ""
+    # The study seed the stages ran with (the file's `seed`, or --seed) and whether they ran reproducibly;
+    # None in a folder from before seeds were recorded. --resume keeps both.
+    seed: int | None = None
+    reproducible: bool | None = None
 
     def stage(self, name: str) -> StageState:
         return self.stages.setdefault(name, StageState())
@@ -90,7 +94,8 @@ def load_state(output: Path) -> StudyState | None:
         stages[name] = StageState(best=best, registered=registered, **stage)
     return StudyState(study=raw["study"], tracking_uri=raw["tracking_uri"],
                       experiment_id=raw.get("experiment_id", ""), stages=stages,
-                      spec_file=raw.get("spec_file", ""), profile=raw.get("profile", ""))
+                      spec_file=raw.get("spec_file", ""), profile=raw.get("profile", ""), seed=raw.get("seed"),
+                      reproducible=raw.get("reproducible"))
 
 
 def save_state(output: Path, state: StudyState) -> None:

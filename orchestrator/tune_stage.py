@@ -21,6 +21,7 @@ import optuna
 import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import Searcher
 
 from orchestrator.champion import Champion, Point, choose_champion, pareto_front
 from orchestrator.plan import describe_metrics
@@ -29,6 +30,9 @@ from orchestrator.study_state import BestTrial
 from orchestrator.tracking import TAG_REASON, Tracker, last_line, numeric_metrics
 from orchestrator.trial_logger import STEP_MARKER, TUNE_BOOKKEEPING, MlflowTrialLogger
 from orchestrator.tune_reporter import TuneReporter
+from orchestrator.rung_scheduler import OrderedASHA
+from orchestrator.seeds import sampler_seed, seeds_config
+from orchestrator.trial_order import OrderedSearch, SeededSearch, VariantSearch, suggestion_place
 from orchestrator.tune_searcher import BudgetAwareOptunaSearch
 from trainables import catalog
 from trainables.config import build_config
@@ -64,12 +68,19 @@ def tune_domain(entry: SpaceEntry) -> Any:
     raise TypeError(entry)
 
 
-def param_space(stage: TuneStage, inputs: Mapping[str, str]) -> dict[str, Any]:
-    """Constants, resolved references and searched domains in one mapping: each trial's full config."""
-    return {**stage.config, **inputs, **{name: tune_domain(entry) for name, entry in stage.space.items()}}
+def param_space(stage: TuneStage, inputs: Mapping[str, str], searched: bool = True) -> dict[str, Any]:
+    """Constants, resolved references and (`searched`) searched domains in one mapping: each trial's full
+    config. Without `searched`, the searcher supplies every searched setting itself (VariantSearch)."""
+    domains = {name: tune_domain(entry) for name, entry in stage.space.items()} if searched else {}
+    return {**stage.config, **inputs, **domains}
 
 
-def make_searcher(stage: TuneStage) -> BudgetAwareOptunaSearch | None:
+def stage_sampler_seed(stage: TuneStage, study_seed: int) -> int:
+    """The stage's `searcher.seed` when the YAML pins one, else one derived from the study seed."""
+    return stage.searcher.seed if stage.searcher.seed is not None else sampler_seed(study_seed, stage.name)
+
+
+def make_searcher(stage: TuneStage, study_seed: int = 0) -> BudgetAwareOptunaSearch | None:
     """Optuna for a stage with something to search, over its one metric or its several (Optuna's samplers
     are multi-objective); None (Tune's own grid/random) otherwise, since OptunaSearch refuses an empty
     space (every setting a constant)."""
@@ -77,35 +88,67 @@ def make_searcher(stage: TuneStage) -> BudgetAwareOptunaSearch | None:
     spec, total_trials = stage.searcher, stage.total_trials
     if spec.type == "basic" or not stage.space:
         return None
+    seed = stage_sampler_seed(stage, study_seed)
     if spec.sampler == "random":
-        sampler = optuna.samplers.RandomSampler(seed=spec.seed)
+        sampler = optuna.samplers.RandomSampler(seed=seed)
     elif spec.sampler == "qmc":
         with warnings.catch_warnings():  # "experimental" since Optuna 3.0; the sequence itself is scipy's
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.QMCSampler(qmc_type="halton", scramble=True, seed=spec.seed)
+            sampler = optuna.samplers.QMCSampler(qmc_type="halton", scramble=True, seed=seed)
     else:
         # Optuna's default of 10 random start-up trials would leave a small study all random.
         startup = max(2, min(10, total_trials // 2))
-        sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup)
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
     metrics, modes = zip(*stage.objectives)
     return BudgetAwareOptunaSearch(sampler=sampler, metric=list(metrics) if stage.multi_objective else metrics[0],
                                    mode=list(modes) if stage.multi_objective else modes[0],
                                    budget=stage.scheduler.max_t if stage.scheduler else None)
 
 
-def make_scheduler(stage: TuneStage) -> ASHAScheduler | None:
+def make_search(stage: TuneStage, *, study_seed: int, window: int | None) -> tuple[Searcher, bool]:
+    """Tune's search algorithm for the stage, and whether the param space should hold the searched domains
+    (False: the searcher holds them itself). Optuna, or Tune's basic variants, wrapped to give every trial
+    its seed; with a `window` (reproducible mode) also ordered (trial_order.py), else Tune limits
+    concurrency itself."""
+    searcher = make_searcher(stage, study_seed)
+    domains_in_space = searcher is not None
+    if searcher is None:
+        searcher = VariantSearch({name: tune_domain(entry) for name, entry in stage.space.items()},
+                                 stage.num_samples, stage_sampler_seed(stage, study_seed))
+    config_cls = catalog.trainable(stage.trainable).config_cls
+    seeded = seeds_config(config_cls, {**stage.config, **stage.inputs}, stage.space)
+    search = SeededSearch(searcher, stage=stage.name, study_seed=study_seed if seeded else None)
+    return (OrderedSearch(search, window) if window else search), domains_in_space
+
+
+def make_scheduler(stage: TuneStage, window: int | None = None) -> ASHAScheduler | None:
+    """Tune's ASHA; with a `window` (reproducible mode), the ordered variant whose rung decisions do not
+    depend on which trial arrived first (rung_scheduler.py)."""
     if stage.scheduler is None:
         return None
-    return ASHAScheduler(time_attr="training_iteration", max_t=stage.scheduler.max_t,
-                         grace_period=stage.scheduler.grace_period,
-                         reduction_factor=stage.scheduler.reduction_factor)
+    settings = {"time_attr": "training_iteration", "max_t": stage.scheduler.max_t,
+                "grace_period": stage.scheduler.grace_period, "reduction_factor": stage.scheduler.reduction_factor}
+    return OrderedASHA(window=window, **settings) if window else ASHAScheduler(**settings)
 
 
-def make_trial_function(trainable_name: str, cpus: float):
-    """The function Tune runs per trial: typed config in, metrics out through `TuneReporter`."""
+def use_deterministic_kernels() -> None:
+    """torch's deterministic GPU kernels where it has them (a warning where it has none)."""
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts, as torch asks
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def make_trial_function(trainable_name: str, cpus: float, deterministic_gpu: bool = False):
+    """The function Tune runs per trial: typed config in, metrics out through `TuneReporter`.
+    `deterministic_gpu`: ask torch for its deterministic kernels (cuDNN, cuBLAS) where it has them; a CPU
+    trial with a fixed thread count is deterministic already."""
 
     def run_trial(config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, int(cpus)))
+        if deterministic_gpu:
+            use_deterministic_kernels()
         definition = catalog.trainable(trainable_name)
         definition.run(build_config(definition.config_cls, config), TuneReporter())
 
@@ -121,14 +164,17 @@ def can_restore(experiment_dir: Path) -> bool:
 
 
 def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path, tracker: Tracker,
-                   parent_run_id: str, resume: bool, retry_failed: bool = False) -> TuneOutcome:
+                   parent_run_id: str, resume: bool, retry_failed: bool = False, study_seed: int = 0,
+                   window: int | None = None) -> TuneOutcome:
     """`retry_failed` (the stage failed last time): its errored trials run again, from their last checkpoint
     (from scratch when they had none), under their own trial ids and MLflow runs. Tune's other way,
     `restart_errored`, gives them new trial ids that the restored OptunaSearch does not know (KeyError on
-    the first result), so it cannot be used with a searcher."""
+    the first result), so it cannot be used with a searcher. `window`: the reproducible mode's number of
+    trials at a time (trial_order.py); None: Tune's asynchronous way, `max_concurrent_trials` at a time."""
     experiment_dir = storage / stage.name
-    trainable = tune.with_resources(make_trial_function(stage.trainable, stage.resources.cpu),
-                                    {"cpu": stage.resources.cpu, "gpu": stage.resources.gpu})
+    run_trial = make_trial_function(stage.trainable, stage.resources.cpu,
+                                    deterministic_gpu=window is not None and stage.resources.gpu > 0)
+    trainable = tune.with_resources(run_trial, {"cpu": stage.resources.cpu, "gpu": stage.resources.gpu})
     if resume and can_restore(experiment_dir):
         print(f"[{stage.name}] resuming the Tune experiment in {experiment_dir}", flush=True)
         tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True,
@@ -141,13 +187,14 @@ def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path
                                    headline=f"metrics {describe_metrics(stage)}" if stage.multi_objective else "")
         # Tune's own metric is the one ASHA stops on; the searcher keeps the stage's objectives.
         metric, mode = stage.scheduler_metric
+        search, domains_in_space = make_search(stage, study_seed=study_seed, window=window)
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space(stage, inputs),
+            param_space=param_space(stage, inputs, searched=domains_in_space),
             tune_config=tune.TuneConfig(
-                metric=metric, mode=mode, num_samples=stage.num_samples,
-                max_concurrent_trials=stage.max_concurrent_trials,
-                search_alg=make_searcher(stage), scheduler=make_scheduler(stage),
+                metric=metric, mode=mode, num_samples=stage.total_trials,
+                max_concurrent_trials=None if window else stage.max_concurrent_trials,
+                search_alg=search, scheduler=make_scheduler(stage, window),
                 trial_dirname_creator=trial_folder_name,
             ),
             run_config=tune.RunConfig(
@@ -158,9 +205,10 @@ def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             ),
         )
-    results = tuner.fit()
+    grid = tuner.fit()
+    results = in_suggestion_order(grid)  # ties between trials are broken the same way in every run
     outcome = reconcile(stage, results, tracker, parent_run_id, experiment_dir)
-    write_trials_table(results, experiment_dir / "trials.csv")
+    write_trials_table(grid, experiment_dir / "trials.csv")
     if stage.multi_objective:
         write_pareto_front(stage, outcome, experiment_dir / PARETO_FRONT_FILE)
         tag_front_trials(tracker, outcome)
@@ -362,8 +410,33 @@ def _first_error(results: Any) -> str:
     return "no trial reported the metric"
 
 
-def write_trials_table(results: Any, path: Path) -> None:
-    frame = results.get_dataframe()
+def trials_by_place(grid: Any) -> list[tuple[int, Any, Any]]:
+    """(place in suggestion order, Tune trial, result) of every trial of a finished stage, by place. Tune's
+    own order is that of its trial list, which a resume rebuilds by last result time."""
+    trials = list(getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or [])
+    if len(trials) != len(grid):  # a ResultGrid without its trials (not Ray 2.60's): keep Tune's order
+        return [(index, None, result) for index, result in enumerate(grid)]
+    rows = []
+    for index, (trial, result) in enumerate(zip(trials, grid)):
+        try:
+            place = suggestion_place(trial)
+        except ValueError:
+            place = len(trials) + index
+        rows.append((place, trial, result))
+    return sorted(rows, key=lambda row: row[0])
+
+
+def in_suggestion_order(grid: Any) -> list[Any]:
+    return [result for _, _, result in trials_by_place(grid)]
+
+
+def write_trials_table(grid: Any, path: Path) -> None:
+    """trials.csv: one row per trial (its last result and config), in suggestion order, its place first."""
+    frame = grid.get_dataframe()
+    places = {getattr(trial, "trial_id", None): place for place, trial, _ in trials_by_place(grid)}
+    if "trial_id" in frame and places:
+        frame.insert(0, "trial_index", frame["trial_id"].map(places))
+        frame = frame.sort_values("trial_index", kind="stable")
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False)
 
