@@ -53,6 +53,9 @@ class TrainableDef:
     # each is compared with (e.g. acd -> acd_step1: where fine-tuning started).
     curves: tuple[str, ...] = ()
     baselines: Mapping[str, str] = field(default_factory=dict)
+    # Reference points drawn on the Pareto plot, label -> (x metric, y metric) reported by every trial,
+    # e.g. GASTeN's real boundary digits: ("fid_real_ambiguous", "acd_real_ambiguous").
+    pareto_references: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     def metric(self, name: str) -> Metric:
         for metric in self.metrics:
