@@ -22,7 +22,7 @@ from trainables.dcgan import DCGAN, DCGANConfig, Discriminator, FidScorer, Gener
 from trainables.dcgan import train as train_dcgan
 from trainables.gasten import (ACD_NOISE_SEED, GASTEN, GastenConfig, continue_step1_optimizers,
                                load_frozen_classifier, load_gan, measure_acd, positive_probability, scored_samples,
-                               tradeoff)
+                               tradeoff, tradeoff_real)
 from trainables.gasten import train as train_gasten
 from trainables.metrics.acd import band_share, fixed_noise
 from trainables.real_ambiguous import real_ambiguous
@@ -127,6 +127,8 @@ def test_gasten_fine_tuning_moves_the_generator_towards_the_decision_boundary(ca
     for r in reporter.results:
         assert r["acd_ratio"] == pytest.approx(r["acd"] / r["acd_step1"])
         assert r["tradeoff"] == pytest.approx(r["acd_ratio"] + max(0.0, r["fid_ratio"] - config.fid_budget))
+        assert r["tradeoff_real"] == pytest.approx(
+            r["acd_ratio"] + max(0.0, r["fid_mnist"] / r["fid_real_ambiguous"] - 1))
     assert reporter.files["samples.png"].startswith(PNG)
     # Seeded: about 0.30 before and 0.24 after on this setting; the margin is wide.
     assert after < before - 0.02, (before, after)
@@ -152,6 +154,13 @@ def test_tradeoff_is_confidence_left_plus_realism_lost_beyond_the_budget():
     # FID tripled: 1.5 over the budget on top of the ACD ratio; the step-1 generator itself scores 1.
     assert tradeoff(acd=0.1, fid=30.0, acd_step1=0.2, fid_step1=10.0)["tradeoff"] == pytest.approx(2.0)
     assert tradeoff(acd=0.2, fid=10.0, acd_step1=0.2, fid_step1=10.0)["tradeoff"] == pytest.approx(1.0)
+
+
+def test_tradeoff_real_charges_only_the_realism_lost_beyond_real_boundary_digits():
+    # ACD a quarter of step 1's at FID 80 against real boundary digits at 100: only the ACD counts.
+    assert tradeoff_real(acd=0.1, fid=80.0, acd_step1=0.4, fid_real_ambiguous=100.0) == pytest.approx(0.25)
+    # FID 150 against 100: half again less realistic than real boundary digits, 0.25 + 0.5.
+    assert tradeoff_real(acd=0.1, fid=150.0, acd_step1=0.4, fid_real_ambiguous=100.0) == pytest.approx(0.75)
 
 
 def test_continuing_step1_optimizers_keeps_their_moments_but_this_configs_lr(dcgan_run):
