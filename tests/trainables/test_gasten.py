@@ -93,6 +93,8 @@ def test_gasten_requires_both_checkpoints_and_the_contract_test_skips_it():
         build_config(GastenConfig, {"generator": "/g", "classifier": ""})
     with pytest.raises(ConfigError, match="alpha must be >= 0"):
         build_config(GastenConfig, {"generator": "/g", "classifier": "/c", "alpha": -1})
+    with pytest.raises(ConfigError, match="band must be"):
+        build_config(GastenConfig, {"generator": "/g", "classifier": "/c", "band": [0.6, 0.4]})
 
 
 def test_gasten_fine_tuning_moves_the_generator_towards_the_decision_boundary(cache, dcgan_run,
