@@ -53,10 +53,10 @@ from trainables.data import load_images, locate
 from trainables.dcgan import (FID_INCEPTION, Discriminator, FidScorer, Generator, build_model, check_gan_training,
                               generate, load_fid_reference, train_gan_epoch)
 from trainables.device import resolve_device
+from trainables.feature_net import FEATURE_NET_VERSION
 from trainables.fit import fit
 from trainables.metrics.acd import (DEFAULT_BAND, average_confusion_distance, band_share, check_band,
                                     confusion_distance, fixed_noise)
-from trainables.feature_net import FEATURE_NET_VERSION
 from trainables.real_ambiguous import RealAmbiguous, cache_key, cached_real_ambiguous, real_ambiguous
 from trainables.reporter import CheckpointState, Reporter
 from trainables.sample_grid import sample_grid_png
@@ -213,6 +213,7 @@ def train(config: GastenConfig, reporter: Reporter) -> dict[str, float]:
     step1 = {"fid_mnist_step1": fid(generator),
              **{f"{name}_step1": value for name, value in
                 confusion_scores(generator, classifier, acd_noise, device, config.band).items()}}
+
     # The yardstick ranks every training image of the pair, whatever share of them fine-tuning reads.
     def pair_images() -> torch.Tensor:
         return (data if not config.train_size else load_images(dataset, "train", classes=classes)).images
