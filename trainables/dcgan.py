@@ -218,12 +218,16 @@ class FidScorer:
 
     def scores(self, generator: Generator) -> dict[str, float]:
         images = generate(generator, self.noise, self.device)
-        self.metric.reset(keep_real=True)
-        self.metric.update(embed_images(self.net, images), real=False)
-        scores = {"fid_mnist": self.metric.compute()}
+        scores = {"fid_mnist": self.fid_mnist(images)}
         if self.inception is not None:
             scores["fid_inception"] = self.inception(images)
         return scores
+
+    def fid_mnist(self, images: torch.Tensor) -> float:
+        """fid_mnist of any (N, 1, 28, 28) images in [0, 1] against the same real statistics."""
+        self.metric.reset(keep_real=True)
+        self.metric.update(embed_images(self.net, images), real=False)
+        return self.metric.compute()
 
 
 def load_fid_reference(dataset: str, classes: tuple[int, ...], fid_images: int, allow_fallback: bool,
