@@ -10,16 +10,17 @@ Reproducible mode (the default): Optuna's own `n_jobs` threads ask the sampler w
 free, so a trial's settings depend on which trial finished first. Here (`run_in_order`) trials are
 drawn one at a time in the launcher's thread, each by a sampler seeded for that trial's place in the
 study (`gensearch.position`), after the results of every trial at least `n_jobs` places earlier were
-told, in trial order; the trials between are running (TPE's constant liar counts them as such). They
-are evaluated in `n_jobs` threads and told back in trial order. So `n_jobs: 2` keeps two trials
-running, and gives the same study every time.
+told, in trial order; the trials between are running (TPE's constant liar counts them as such). A
+trial's settings are drawn on a copy of the study in memory and written in one step, so a stop never
+leaves one half drawn. Trials are evaluated in `n_jobs` threads and told back in trial order. So
+`n_jobs: 2` keeps two trials running, and gives the same study every time.
 
 Persistence and resume: the study lives in `<workdir>/optuna.db` (SQLite) under the name
 `<study>.<stage>`. A resumed stage loads it and runs only the trials still missing, so the count
 of completed trials reaches `n_trials` exactly. A trial that was running when the launcher died
 cannot be continued (Optuna keeps no mid-trial state): in reproducible mode its settings (all drawn
 before it started) are evaluated again under the same trial number and MLflow run, as the uninterrupted
-study would have; in asynchronous mode it is marked FAIL and its parameters are queued again, re-using
+study would have (so is a trial drawn but not yet started); in asynchronous mode it is marked FAIL and its parameters are queued again, re-using
 its MLflow child run, so MLflow never holds two runs for one trial. A trial that raised (which fails
 the stage) is queued again the same way when the stage is retried.
 """
@@ -49,8 +50,7 @@ CHILD_RUN = "gensearch.child_run_id"  # trial user attribute: its MLflow child r
 RETRY_OF = "gensearch.retry_of"  # trial user attribute: the number of the killed trial it re-runs
 METRICS = "gensearch.metrics"  # trial user attribute: everything the objective returned
 VIOLATIONS = "gensearch.constraint_violations"  # trial user attribute: <= 0 means met
-POSITION = "gensearch.position"  # trial user attribute (reproducible mode): its place in the study, once all drawn
-CUT_WHILE_DRAWN = "gensearch.cut_while_drawn"  # trial user attribute: a stop came before all its settings were drawn
+POSITION = "gensearch.position"  # trial user attribute (reproducible mode): its place in the study
 TAG_FEASIBLE = "gensearch.feasible"
 TAG_RETRY_OF = "gensearch.retry_of"
 BEST_FOLDER = "best"
@@ -135,29 +135,29 @@ def make_sampler(stage: OptunaStage, seed: int | None):
 
 
 def requeue_unfinished_trials(study: Any, stage: OptunaStage, tracker: Tracker, parent_run_id: str,
-                              keep_drawn: bool = False) -> list[Any]:
+                              keep_drawn: bool = False, storage: Any = None) -> list[Any]:
     """Trials left RUNNING by a killed launcher, and trials that raised (the stage failed on them, so this
     is its retry): FAIL them and queue their parameters again, with their MLflow child run, which the
-    re-run reuses; each is queued once. `keep_drawn` (reproducible mode): a RUNNING trial whose settings
-    were all drawn stays RUNNING, to be evaluated again in place (returned, in trial order); one cut off
-    while they were drawn is FAILed and not queued (its place is drawn again). Child runs no trial refers
-    to any more (the kill came between creating the run and recording it) are closed as KILLED."""
-    import optuna
+    re-run reuses; each is queued once. `keep_drawn` (reproducible mode): a trial `draw` made (it carries
+    its place) that a stop cut off, running or not yet started, is kept, to be evaluated in place
+    (returned, RUNNING, in trial order). Child runs no trial refers to any more (the kill came between
+    creating the run and recording it) are closed as KILLED. `storage`: the study's, to start a kept trial."""
     from optuna.trial import TrialState
 
+    if keep_drawn and storage is not None:  # drawn, then cut off before `ask` started it: start it now, in its place
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if POSITION in trial.user_attrs:
+                storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING)
     stale, resumed = [], []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if keep_drawn and POSITION in trial.user_attrs:
             resumed.append(trial)
             continue
-        if keep_drawn:
-            optuna.trial.Trial(study, trial._trial_id).set_user_attr(CUT_WHILE_DRAWN, True)
         study.tell(trial.number, state=TrialState.FAIL)
         stale.append(trial)
     retried = {t.user_attrs.get(RETRY_OF) for t in study.get_trials(deepcopy=False)}
     stale_numbers = {trial.number for trial in stale}
-    again = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-             if t.number not in retried and not t.user_attrs.get(CUT_WHILE_DRAWN)]
+    again = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number not in retried]
     for trial in again:
         attrs = {RETRY_OF: trial.number}
         if trial.user_attrs.get(CHILD_RUN):
@@ -271,20 +271,24 @@ def write_trials_csv(trials: list[Any], path: Path) -> None:
 
 
 def next_position(study: Any) -> int:
-    """The place of the next trial to draw: one after the last trial whose settings were all drawn."""
+    """The place of the next trial to draw: one after the last trial drawn."""
     return 1 + max((t.user_attrs.get(POSITION, -1) for t in study.get_trials(deepcopy=False)), default=-1)
 
 
-def draw(study: Any, stage: OptunaStage, base_seed: int) -> tuple[Any, dict[str, tuple[str, dict[str, Any]]]]:
-    """Ask for the next trial and draw all its settings now, in this thread, from a sampler seeded for its
-    place: what it gets depends only on the seed, its place and the trials told so far (and, with constant
-    liar, the ones running), never on another thread's timing or on where an earlier run stopped."""
+def draw(study: Any, stage: OptunaStage, base_seed: int) -> Any:
+    """The next trial, its settings all drawn now, in this thread, by a sampler seeded for its place, over
+    a copy of the study in memory: what it gets depends only on the seed, its place and the trials told so
+    far (and, with constant liar, the ones running), never on another thread's timing or on where an
+    earlier run stopped. The settings land in the study in one write (a queued trial carrying its place),
+    so a stop never leaves a trial half drawn; `ask` then starts it."""
+    import optuna
+
     position = next_position(study)
-    study.sampler = make_sampler(stage, derive_seed(base_seed, stage.name, "sampler", position))
-    trial = study.ask()
-    picks = sample_picks(trial, stage)
-    trial.set_user_attr(POSITION, position)
-    return trial, picks
+    scratch = optuna.create_study(direction=study.direction,
+                                  sampler=make_sampler(stage, derive_seed(base_seed, stage.name, "sampler", position)))
+    scratch.add_trials(study.get_trials(deepcopy=False))
+    study.enqueue_trial(flat_params(sample_picks(scratch.ask(), stage)), user_attrs={POSITION: position})
+    return study.ask()
 
 
 def run_in_order(study: Any, runner: TrialRunner, stage: OptunaStage, base_seed: int, new: int,
@@ -310,7 +314,7 @@ def run_in_order(study: Any, runner: TrialRunner, stage: OptunaStage, base_seed:
             study.tell(trial, state=TrialState.FAIL)
             failure = failure or error
 
-    work = [(optuna.trial.Trial(study, t._trial_id), picks_from_params(t.params, stage)) for t in resumed]
+    work = [optuna.trial.Trial(study, t._trial_id) for t in resumed]
     pool = ThreadPoolExecutor(max_workers=stage.n_jobs, thread_name_prefix=f"optuna-{stage.name}")
     try:
         while failure is None and (work or new > 0):
@@ -319,11 +323,12 @@ def run_in_order(study: Any, runner: TrialRunner, stage: OptunaStage, base_seed:
             if failure is not None:
                 break
             if work:
-                trial, picks = work.pop(0)
+                trial = work.pop(0)
             else:
-                trial, picks = draw(study, stage, base_seed)
+                trial = draw(study, stage, base_seed)
                 new -= 1
-            in_flight.append((trial, pool.submit(runner.evaluate, trial, picks)))
+            # Its settings were drawn already: this reads them back (and records any a stop cut off).
+            in_flight.append((trial, pool.submit(runner.evaluate, trial, sample_picks(trial, stage))))
         while in_flight:
             tell_oldest()
     finally:
@@ -364,7 +369,8 @@ def run_optuna_stage(*, stage: OptunaStage, inputs: Mapping[str, str], workdir: 
     study = optuna.create_study(study_name=study_name, storage=storage,
                                 sampler=make_sampler(stage, base_seed + completed),
                                 direction="maximize" if stage.mode == "max" else "minimize", load_if_exists=True)
-    resumed = requeue_unfinished_trials(study, stage, tracker, parent_run_id, keep_drawn=reproducible)
+    resumed = requeue_unfinished_trials(study, stage, tracker, parent_run_id, keep_drawn=reproducible,
+                                        storage=storage)
     remaining = stage.n_trials - completed
     where = f"{workdir / 'optuna.db'} (study {study_name!r})"
     if remaining > 0:

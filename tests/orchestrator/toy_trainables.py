@@ -15,15 +15,18 @@ tells which epoch it came from.
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from trainables.catalog import Metric, TrainableDef
+from trainables.catalog import Metric, ObjectiveDef, TrainableDef
 from trainables.reporter import CheckpointState, Reporter
 
 FOLDER = Path(__file__).resolve().parent
@@ -82,3 +85,85 @@ def with_path(env: Mapping[str, str]) -> dict[str, str]:
     """`env` with this folder on PYTHONPATH: a launcher, and the Ray workers it starts, can import NAME."""
     paths = [str(FOLDER), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     return {**env, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+# ---------------------------------------------------------------- seeded toys with jittery timing
+# `toy_trainables:NOISY` (a Tune trainable) and `toy_trainables:BOWL` (an Optuna objective) take a `seed`, as
+# real ones do, and sleep a random time from an unseeded source before each result: the order in which
+# parallel trials end changes from run to run, which is what a reproducible study must not depend on.
+
+NOISY_NAME = "toy_trainables:NOISY"
+BOWL_NAME = "toy_trainables:BOWL"
+_TIMING = random.SystemRandom()  # deliberately unseeded
+
+
+@dataclass(frozen=True)
+class NoisyConfig:
+    x: float = 0.5
+    epochs: int = 4
+    seed: int = 0
+    jitter_s: float = 0.0  # the most a result may be delayed
+
+
+def noisy_loss(x: float, epoch: int, seed: int) -> float:
+    """The tradeoff's loss plus noise drawn from (seed, epoch): a resumed trial draws what it would have."""
+    return 1.0 / (epoch * (0.5 + x)) + 0.3 * float(np.random.default_rng((seed, epoch)).normal())
+
+
+def train_noisy(config: NoisyConfig, reporter: Reporter) -> dict[str, float]:
+    state = reporter.restore()
+    metrics: dict[str, float] = {}
+    for epoch in range((state or {}).get("epoch", 0) + 1, config.epochs + 1):
+        time.sleep(_TIMING.uniform(0.0, config.jitter_s))
+        metrics = {"loss": noisy_loss(config.x, epoch, config.seed)}
+        reporter.report(metrics, checkpoint={"trainable": "noisy", "epoch": epoch})
+    return metrics
+
+
+NOISY = TrainableDef(
+    name="noisy", config_cls=NoisyConfig, run=train_noisy,
+    metrics=(Metric("loss", higher_is_better=False),),
+    description="toy: a falling loss with seeded noise and jittery timing",
+)
+
+
+@dataclass(frozen=True)
+class BowlConfig:
+    seed: int = 0
+    jitter_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Point:
+    a: float = 0.5
+    b: float = 0.5
+
+
+@dataclass(frozen=True)
+class Line:
+    a: float = 0.5
+
+
+def prepare_bowl(config: BowlConfig, workdir: Path) -> float:
+    """The bowl's centre, drawn from the stage's seed."""
+    return float(np.random.default_rng(config.seed).uniform(0.2, 0.8))
+
+
+def evaluate_bowl(config: BowlConfig, picks: Mapping[str, Any], centre: float) -> dict[str, float]:
+    time.sleep(_TIMING.uniform(0.0, config.jitter_s))
+    option, settings = picks["shape"]
+    b = settings.b if option == "point" else 0.5
+    return {"distance": (settings.a - centre) ** 2 + (b - 0.4) ** 2}
+
+
+def finalize_bowl(config: BowlConfig, picks: Mapping[str, Any], centre: float, folder: Path) -> None:
+    option, settings = picks["shape"]
+    (folder / "best.txt").write_text(f"{option} {settings}\n")
+
+
+BOWL = ObjectiveDef(
+    name="bowl", config_cls=BowlConfig, branches={"shape": {"point": Point, "line": Line}},
+    prepare=prepare_bowl, evaluate=evaluate_bowl, finalize=finalize_bowl,
+    metrics=(Metric("distance", higher_is_better=False),),
+    description="toy: the squared distance to a seeded point",
+)
