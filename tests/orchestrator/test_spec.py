@@ -159,6 +159,9 @@ MALFORMED = [
     ("choice-duplicates", space("nf", {"type": "choice", "values": [1, 1]}), "stages[0].space.nf.values",
      "has duplicates"),
     ("job-config-typo", second_stage(config={"limt": 5}), "stages[1].config.limt", "did you mean 'limit'"),
+    ("negative-seed", top(seed=-1), "seed", "must be an integer from 0 to"),
+    ("float-seed", top(seed=1.5), "seed", "expected an integer"),
+    ("reproducible-not-bool", top(reproducible="yes"), "reproducible", "expected true"),
 ]
 
 # A stage that cannot be parsed takes its name with it, so a later reference to it is reported too.
