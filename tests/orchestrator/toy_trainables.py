@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.catalog import Metric, ObjectiveDef, TrainableDef
+from trainables.catalog import JobDef, Metric, ObjectiveDef, TrainableDef
 from trainables.reporter import CheckpointState, Reporter
 
 FOLDER = Path(__file__).resolve().parent
@@ -166,4 +166,28 @@ BOWL = ObjectiveDef(
     prepare=prepare_bowl, evaluate=evaluate_bowl, finalize=finalize_bowl,
     metrics=(Metric("distance", higher_is_better=False),),
     description="toy: the squared distance to a seeded point",
+)
+
+
+# `toy_trainables:SCORE`: an evaluation job reading the bowl stage's best result (`bowl.best`), whose
+# headline metrics move with the study seed, as a few-shot evaluation's do.
+SCORE_NAME = "toy_trainables:SCORE"
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    best: str = ""
+    seed: int = 0
+
+
+def run_score(config: ScoreConfig, reporter: Reporter, workdir: Path) -> dict[str, float]:
+    assert (Path(config.best) / "best.txt").is_file(), config.best
+    noise = np.random.default_rng(config.seed).normal(0.0, 0.02, 2)
+    return {"acc_k1": 0.6 + float(noise[0]), "acc_k5": 0.8 + float(noise[1])}
+
+
+SCORE = JobDef(
+    name="score", config_cls=ScoreConfig, run=run_score,
+    metrics=(Metric("acc_k1", higher_is_better=True), Metric("acc_k5", higher_is_better=True)),
+    description="toy: an evaluation whose scores move with the seed",
 )
