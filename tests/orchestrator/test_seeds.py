@@ -81,3 +81,15 @@ def test_the_basic_search_hands_out_the_same_variants_for_a_seed():
     drawn = [[[search.suggest(str(i)) for i in range(5)] for search in pair] for pair in runs]
     assert drawn[0][0] == drawn[0][1] and drawn[0][0] != drawn[1][0]
     assert drawn[0][0][4] == Searcher.FINISHED and sorted(v["n"] for v in drawn[0][0][:4]) == [1, 1, 2, 2]
+
+
+def test_reproducible_false_keeps_tunes_own_asha_and_concurrency():
+    from ray.tune.schedulers import ASHAScheduler
+
+    from orchestrator.rung_scheduler import OrderedASHA
+    from orchestrator.tune_stage import make_scheduler, make_search
+
+    stage = parse_study(valid_study(), "study.yaml").stages[0]
+    assert type(make_scheduler(stage, None)) is ASHAScheduler and isinstance(make_scheduler(stage, 2), OrderedASHA)
+    assert not isinstance(make_search(stage, study_seed=0, window=None)[0], OrderedSearch)
+    assert isinstance(make_search(stage, study_seed=0, window=2)[0], OrderedSearch)
