@@ -10,9 +10,10 @@ window of W trials (the stage's `max_concurrent_trials`):
 - trial i is suggested once every trial at least W places earlier (0 .. i-W) has ended, and the
   searcher is told exactly those, in suggestion order, first; trials i-W+1 .. i-1 are still pending in
   its eyes (Optuna 5's TPE treats them all as running, whatever they reported meanwhile: constant
-  liar). The searcher's history at trial i is therefore the same in every run, and a slot freed by a
-  trial that ASHA stopped early is refilled as soon as the trial W places back has ended, not when the
-  whole batch has (at most W trials run at once, as before);
+  liar). The searcher's history at trial i is therefore the same in every run (once every trial is
+  suggested, it is told the rest in order as they end, so its saved state holds them all), and a slot
+  freed by a trial that ASHA stopped early is refilled as soon as the trial W places back has ended,
+  not when the whole batch has (at most W trials run at once, as before);
 - `OrderedASHA` (orchestrator/rung_scheduler.py) decides trial i at a rung against trials 0 .. i-W
   only, whose results are final by then.
 
@@ -82,24 +83,30 @@ class OrderedSearch(ConcurrencyLimiter):
     places before it (see the module's docstring). A ConcurrencyLimiter, so that Tune keeps `window`
     trials pending, as it does for `max_concurrent_trials`."""
 
-    def __init__(self, searcher: Searcher, window: int) -> None:
+    def __init__(self, searcher: Searcher, window: int, total: int | None = None) -> None:
         super().__init__(searcher, max_concurrent=window)
-        self.window = window
+        self.window, self.total = window, total  # total: the stage's number of trials
         self.order: dict[str, int] = {}  # trial id -> place in suggestion order
         self.ended: dict[int, tuple[str, dict | None, bool]] = {}  # place -> (trial id, result, error), untold
         self.told = 0  # the searcher knows the results of trials 0 .. told-1
+
+    def tell_up_to(self, place: int) -> bool:
+        """Tell the searcher the results of trials told .. place-1, in order; False when one still runs."""
+        while self.told < place:
+            if self.told not in self.ended:
+                return False
+            ended_id, result, error = self.ended.pop(self.told)
+            self.searcher.on_trial_complete(ended_id, result=result, error=error)
+            self.told += 1
+        return True
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:
         return False  # the window is the study's, not Tune's to change
 
     def suggest(self, trial_id: str) -> dict | str | None:
         place = len(self.order)
-        while self.told <= place - self.window:
-            if self.told not in self.ended:
-                return None  # a trial `window` places back still runs: Tune asks again later
-            ended_id, result, error = self.ended.pop(self.told)
-            self.searcher.on_trial_complete(ended_id, result=result, error=error)
-            self.told += 1
+        if not self.tell_up_to(place - self.window + 1):
+            return None  # a trial `window` places back still runs: Tune asks again later
         suggestion = self.searcher.suggest(trial_id)
         if suggestion not in (None, Searcher.FINISHED):
             self.order[trial_id] = place
@@ -112,6 +119,8 @@ class OrderedSearch(ConcurrencyLimiter):
             return
         self.ended[place] = (trial_id, result, error)  # a retried trial's latest ending wins
         self.live_trials.discard(trial_id)
+        if getattr(self, "total", None) is not None and len(self.order) >= self.total:
+            self.tell_up_to(self.total)  # nothing is left to suggest: the searcher may learn every result now
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self.searcher.on_trial_result(trial_id, result)

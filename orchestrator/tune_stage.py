@@ -118,7 +118,7 @@ def make_search(stage: TuneStage, *, study_seed: int, window: int | None) -> tup
     config_cls = catalog.trainable(stage.trainable).config_cls
     seeded = seeds_config(config_cls, {**stage.config, **stage.inputs}, stage.space)
     search = SeededSearch(searcher, stage=stage.name, study_seed=study_seed if seeded else None)
-    return (OrderedSearch(search, window) if window else search), domains_in_space
+    return (OrderedSearch(search, window, stage.total_trials) if window else search), domains_in_space
 
 
 def make_scheduler(stage: TuneStage, window: int | None = None) -> ASHAScheduler | None:

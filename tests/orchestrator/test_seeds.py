@@ -62,7 +62,7 @@ def test_a_trial_is_suggested_from_the_trials_two_places_back_told_in_trial_orde
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     searcher = OptunaSearch(space={"x": tune.uniform(0, 1)}, metric="loss", mode="min",
                             sampler=optuna.samplers.RandomSampler(seed=0))
-    ordered = OrderedSearch(searcher, window=2)
+    ordered = OrderedSearch(searcher, window=2, total=4)
     assert ordered.suggest("t0") and ordered.suggest("t1")
     assert ordered.suggest("t2") is None  # two at a time
     ordered.on_trial_complete("t1", {"loss": 1.0, "x": 0})
@@ -73,6 +73,10 @@ def test_a_trial_is_suggested_from_the_trials_two_places_back_told_in_trial_orde
     assert told(searcher) == [2.0]  # t0 only: t1 counts as running for t2, as it would had it ended last
     assert ordered.suggest("t3") is not None
     assert told(searcher) == [2.0, 1.0]
+    ordered.on_trial_complete("t3", {"loss": 4.0, "x": 0})
+    assert told(searcher) == [2.0, 1.0]  # t2 still runs
+    ordered.on_trial_complete("t2", {"loss": 3.0, "x": 0})
+    assert told(searcher) == [2.0, 1.0, 3.0, 4.0]  # all suggested: the last results are told, in order
 
 
 def test_the_basic_search_hands_out_the_same_variants_for_a_seed():
