@@ -21,8 +21,8 @@ of completed trials reaches `n_trials` exactly. A trial that was running when th
 cannot be continued (Optuna keeps no mid-trial state): in reproducible mode its settings (all drawn
 before it started) are evaluated again under the same trial number and MLflow run, as the uninterrupted
 study would have (so is a trial drawn but not yet started); in asynchronous mode it is marked FAIL and
-its parameters are queued again, re-using its MLflow child run, so MLflow never holds two runs for one trial. A trial that raised (which fails
-the stage) is queued again the same way when the stage is retried.
+its parameters are queued again, re-using its MLflow child run, so MLflow never holds two runs for one
+trial. A trial that raised (which fails the stage) is queued again the same way when the stage is retried.
 """
 
 from __future__ import annotations
