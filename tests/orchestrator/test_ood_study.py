@@ -9,6 +9,7 @@ per-metric values on the evaluation run, and the registered K+1 detector.
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 import yaml
 
 from orchestrator.spec import load_study
@@ -48,6 +49,7 @@ def test_the_shipped_ood_study_validates_with_its_profiles():
         assert "gaussian_noise" not in spec.stage("evaluate").config["test_sets"]  # never tuned on a test set
 
 
+@pytest.mark.slow
 def test_a_tiny_ood_study_lands_its_table_curves_and_detector_in_mlflow(tmp_path):
     spec = tmp_path / "tinyood.yaml"
     spec.write_text(yaml.safe_dump(TINY, sort_keys=False))
