@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -202,6 +203,10 @@ class NearestGeneratedDetector(Detector):
         return self.score(images) >= self.threshold
 
 
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
 def quantize(images: torch.Tensor) -> torch.Tensor:
     """[0, 1] floats -> uint8 pixels, the way the bank is stored (the datasets' own resolution)."""
     return (images.clamp(0.0, 1.0) * 255).round().to(torch.uint8)
@@ -266,11 +271,15 @@ def train(config: GeneratorNNConfig, reporter: Reporter) -> dict[str, float]:
         reporter.report(metrics)
         return metrics
 
+    started = time.perf_counter()
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     data = load_images(config.dataset, "train", allow_fallback=config.allow_fallback, seed=config.seed)
     train_set, val_set = split_train_val(data, config)
     bank, bank_labels = generate_bank(train_set, config, device)
+    train_seconds = time.perf_counter() - started
+    vae_config = config.vae_config()
+    generator_params = len(train_set.classes) * parameter_count(VAE(vae_config.latent_dim, vae_config.nf))
 
     detector = NearestGeneratedDetector(dequantize(bank), bank_labels, device=str(device))
     nearest, distances = detector.nearest(val_set.images)
@@ -285,6 +294,8 @@ def train(config: GeneratorNNConfig, reporter: Reporter) -> dict[str, float]:
         "val_reject_rate": selective["reject_rate"],
         "val_selective_accuracy": selective["selective_accuracy"],
         "threshold": threshold,
+        "generator_params": float(generator_params),
+        "train_seconds": train_seconds,
     }
     state: CheckpointState = {"trainable": NAME, "config": dataclasses.asdict(config), "epoch": 1,
                               "metrics": dict(metrics), "bank": bank, "bank_labels": bank_labels,
@@ -312,6 +323,10 @@ GENERATOR_NN = TrainableDef(
         Metric("threshold", higher_is_better=True,
                description="the chosen threshold on the score (minus pixel distance); informational, higher = "
                            "the accepted validation images lie closer to the bank"),
+        Metric("generator_params", higher_is_better=False,
+               description="parameters of the per-class VAEs together (classes x one VAE)"),
+        Metric("train_seconds", higher_is_better=False,
+               description="wall time of training the per-class VAEs and drawing the bank"),
     ),
     description="class-wise VAE sample banks: nearest generated image classifies, its distance rejects (OOD)",
     preflight=require_training_data,
