@@ -47,9 +47,8 @@ from trainables.classifier import split_train_val
 from trainables.data import ImageSet, load_images, require_training_data
 from trainables.device import resolve_device
 from trainables.ood.detectors import Detector, check_batch_size, check_images
-from trainables.ood.generator_nn import (dequantize, parameter_count, quantize, selective_metrics,
-                                         threshold_at_tpr)
-from trainables.ood.metrics import ood_metrics
+from trainables.ood.generator_nn import (dequantize, parameter_count, quantize, republish_final,
+                                         validation_metrics, validation_metric_defs)
 from trainables.ood.sets import check_validation_ood, ood_set
 from trainables.reporter import CheckpointState, Reporter
 from trainables.vae import VAE, vae_loss
@@ -326,14 +325,9 @@ def describe(state: CheckpointState) -> str:
 def train(config: ConditionalNNConfig, reporter: Reporter) -> dict[str, float]:
     """The trainable: trains the conditional VAE, draws the bank, trains the siamese network, picks the
     threshold, reports once (epoch 1)."""
-    resumed = reporter.restore()
-    if resumed is not None:
-        # The only checkpoint is the final one: publish its result again so this attempt has one too.
-        if resumed.get("trainable") != NAME:
-            raise ValueError(f"asked to resume from a {resumed.get('trainable')!r} checkpoint, not a {NAME} one")
-        metrics = dict(resumed["metrics"])
-        reporter.report(metrics)
-        return metrics
+    republished = republish_final(reporter, NAME)
+    if republished is not None:
+        return republished
 
     started = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -347,21 +341,13 @@ def train(config: ConditionalNNConfig, reporter: Reporter) -> dict[str, float]:
 
     detector = MostSimilarDetector(siamese, dequantize(bank), bank_labels, device=str(device))
     similarities = detector.similarities(val_set.images)
-    scores_in = similarities.max(dim=1).values.numpy()
-    threshold = threshold_at_tpr(scores_in, config.target_tpr)
-    selective = selective_metrics(scores_in >= threshold, similarities.argmax(dim=1).numpy(), val_set.labels.numpy())
     validation_ood = ood_set(config.validation_ood, count=config.val_size, seed=VALIDATION_SEED)
-    metrics = {
-        "epoch": 1.0,
-        "val_auroc": ood_metrics(scores_in, detector.score(validation_ood))["auroc"],
-        "val_accuracy": selective["accuracy"],
-        "val_reject_rate": selective["reject_rate"],
-        "val_selective_accuracy": selective["selective_accuracy"],
-        "threshold": threshold,
-        "generator_params": float(parameter_count(cvae)),
-        "similarity_params": float(parameter_count(siamese)),
-        "train_seconds": train_seconds,
-    }
+    metrics = {**validation_metrics(similarities.max(dim=1).values.numpy(), similarities.argmax(dim=1).numpy(),
+                                    val_set.labels.numpy(), detector.score(validation_ood), config.target_tpr),
+               "generator_params": float(parameter_count(cvae)),
+               "similarity_params": float(parameter_count(siamese)),
+               "train_seconds": train_seconds}
+    threshold = metrics["threshold"]
     state: CheckpointState = {"trainable": NAME, "config": dataclasses.asdict(config), "epoch": 1,
                               "metrics": dict(metrics), "bank": bank, "bank_labels": bank_labels,
                               "threshold": threshold,
@@ -375,17 +361,7 @@ CONDITIONAL_NN = TrainableDef(
     config_cls=ConditionalNNConfig,
     run=train,
     metrics=(
-        Metric("val_auroc", higher_is_better=True,
-               description="AUROC of the best siamese similarity: validation images vs the validation_ood set "
-                           "(not a test set)"),
-        Metric("val_accuracy", higher_is_better=True,
-               description="most-similar-generated-image accuracy on all held-out validation images"),
-        Metric("val_reject_rate", higher_is_better=False,
-               description="share of validation images rejected at the threshold (about 1 - target_tpr by "
-                           "construction: the threshold is picked on these images)"),
-        Metric("val_selective_accuracy", higher_is_better=True,
-               description="accuracy on the validation images the threshold accepts"),
-        Metric("threshold", higher_is_better=True, description="the chosen similarity threshold; informational"),
+        *validation_metric_defs("the best siamese similarity to a class's reproduction", "most-similar-reproduction"),
         Metric("generator_params", higher_is_better=False,
                description="parameters of the one conditional VAE (shared VAE + 512 per class)"),
         Metric("similarity_params", higher_is_better=False, description="parameters of the siamese network"),

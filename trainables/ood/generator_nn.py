@@ -136,6 +136,54 @@ def selective_metrics(accepted: np.ndarray, predictions: np.ndarray, labels: np.
     }
 
 
+def validation_metrics(scores_in: np.ndarray, predictions: np.ndarray, labels: np.ndarray, scores_ood: np.ndarray,
+                       target_tpr: float) -> dict[str, float]:
+    """What a generator-based trainable reports once (epoch 1): the threshold at `target_tpr` of the validation
+    scores, what it costs there (val_reject_rate, val_selective_accuracy; val_accuracy rejects nothing) and
+    val_auroc of the validation images against the validation OOD set."""
+    threshold = threshold_at_tpr(scores_in, target_tpr)
+    selective = selective_metrics(scores_in >= threshold, predictions, labels)
+    return {
+        "epoch": 1.0,
+        "val_auroc": ood_metrics(scores_in, scores_ood)["auroc"],
+        "val_accuracy": selective["accuracy"],
+        "val_reject_rate": selective["reject_rate"],
+        "val_selective_accuracy": selective["selective_accuracy"],
+        "threshold": threshold,
+    }
+
+
+def validation_metric_defs(score: str, classify: str) -> tuple[Metric, ...]:
+    """The Metric declarations of `validation_metrics`, for a method whose score is `score` and that
+    classifies by `classify`."""
+    return (
+        Metric("val_auroc", higher_is_better=True,
+               description=f"AUROC of {score}: validation images vs the validation_ood set (not a test set)"),
+        Metric("val_accuracy", higher_is_better=True,
+               description=f"{classify} accuracy on all held-out validation images (nothing rejected)"),
+        Metric("val_reject_rate", higher_is_better=False,
+               description="share of validation images rejected at the threshold (about 1 - target_tpr by "
+                           "construction: the threshold is picked on these images)"),
+        Metric("val_selective_accuracy", higher_is_better=True,
+               description="accuracy on the validation images the threshold accepts"),
+        Metric("threshold", higher_is_better=True,
+               description=f"the chosen threshold on the score ({score}); informational"),
+    )
+
+
+def republish_final(reporter: Reporter, name: str) -> dict[str, float] | None:
+    """For a trainable whose only checkpoint is its final one: when resumed, publish that result again (so
+    this attempt has one too) and return it; None on a fresh start."""
+    resumed = reporter.restore()
+    if resumed is None:
+        return None
+    if resumed.get("trainable") != name:
+        raise ValueError(f"asked to resume from a {resumed.get('trainable')!r} checkpoint, not a {name} one")
+    metrics = dict(resumed["metrics"])
+    reporter.report(metrics)
+    return metrics
+
+
 def _check_images(images: torch.Tensor, what: str = "images") -> None:
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
@@ -262,14 +310,9 @@ def detector_from_state(state: CheckpointState, device: str = "auto") -> Nearest
 def train(config: GeneratorNNConfig, reporter: Reporter) -> dict[str, float]:
     """The trainable: builds the bank, picks the threshold, reports once (epoch 1): val_auroc,
     val_accuracy, val_reject_rate, val_selective_accuracy and threshold."""
-    resumed = reporter.restore()
-    if resumed is not None:
-        # The only checkpoint is the final one: publish its result again so this attempt has one too.
-        if resumed.get("trainable") != NAME:
-            raise ValueError(f"asked to resume from a {resumed.get('trainable')!r} checkpoint, not a {NAME} one")
-        metrics = dict(resumed["metrics"])
-        reporter.report(metrics)
-        return metrics
+    republished = republish_final(reporter, NAME)
+    if republished is not None:
+        return republished
 
     started = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -283,20 +326,11 @@ def train(config: GeneratorNNConfig, reporter: Reporter) -> dict[str, float]:
 
     detector = NearestGeneratedDetector(dequantize(bank), bank_labels, device=str(device))
     nearest, distances = detector.nearest(val_set.images)
-    scores_in = -distances
-    threshold = threshold_at_tpr(scores_in, config.target_tpr)
-    selective = selective_metrics(scores_in >= threshold, bank_labels[nearest].numpy(), val_set.labels.numpy())
     validation_ood = ood_set(config.validation_ood, count=config.val_size, seed=VALIDATION_SEED)
-    metrics = {
-        "epoch": 1.0,
-        "val_auroc": ood_metrics(scores_in, detector.score(validation_ood))["auroc"],
-        "val_accuracy": selective["accuracy"],
-        "val_reject_rate": selective["reject_rate"],
-        "val_selective_accuracy": selective["selective_accuracy"],
-        "threshold": threshold,
-        "generator_params": float(generator_params),
-        "train_seconds": train_seconds,
-    }
+    metrics = {**validation_metrics(-distances, bank_labels[nearest].numpy(), val_set.labels.numpy(),
+                                    detector.score(validation_ood), config.target_tpr),
+               "generator_params": float(generator_params), "train_seconds": train_seconds}
+    threshold = metrics["threshold"]
     state: CheckpointState = {"trainable": NAME, "config": dataclasses.asdict(config), "epoch": 1,
                               "metrics": dict(metrics), "bank": bank, "bank_labels": bank_labels,
                               "threshold": threshold}
@@ -310,19 +344,7 @@ GENERATOR_NN = TrainableDef(
     config_cls=GeneratorNNConfig,
     run=train,
     metrics=(
-        Metric("val_auroc", higher_is_better=True,
-               description="AUROC of minus the nearest-generated distance: validation images vs the "
-                           "validation_ood set (not a test set)"),
-        Metric("val_accuracy", higher_is_better=True,
-               description="nearest-generated-image accuracy on all held-out validation images (nothing rejected)"),
-        Metric("val_reject_rate", higher_is_better=False,
-               description="share of validation images rejected at the threshold (about 1 - target_tpr by "
-                           "construction: the threshold is picked on these images)"),
-        Metric("val_selective_accuracy", higher_is_better=True,
-               description="accuracy on the validation images the threshold accepts"),
-        Metric("threshold", higher_is_better=True,
-               description="the chosen threshold on the score (minus pixel distance); informational, higher = "
-                           "the accepted validation images lie closer to the bank"),
+        *validation_metric_defs("minus the pixel distance to the nearest generated image", "nearest-generated-image"),
         Metric("generator_params", higher_is_better=False,
                description="parameters of the per-class VAEs together (classes x one VAE)"),
         Metric("train_seconds", higher_is_better=False,

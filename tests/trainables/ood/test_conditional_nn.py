@@ -16,14 +16,6 @@ from trainables.reporter import ListReporter
 from trainables.vae import VAE
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convolutions: threads only contend on a busy 2-core machine
-    yield
-    torch.set_num_threads(previous)
-
-
 def bars(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Toy two-class images: class 0 a horizontal bar, class 1 a vertical one, jittered by a few pixels, noisy."""
     generator = torch.Generator().manual_seed(seed)
@@ -134,7 +126,7 @@ def test_the_selective_threshold_on_toy_scores_accepts_the_target_share_and_reje
 
 
 @pytest.fixture(scope="module")
-def tiny(one_thread) -> ListReporter:
+def tiny(one_thread_module) -> ListReporter:
     reporter = ListReporter()
     train(build_config(ConditionalNNConfig, dict(CONDITIONAL_NN.tiny_config)), reporter)
     return reporter

@@ -21,15 +21,7 @@ NEG = -1e4  # a logit whose probability is 0 in float32
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convolutions: threads only contend on a busy 2-core machine
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def trained(one_thread) -> ListReporter:
+def trained(one_thread_module) -> ListReporter:
     reporter = ListReporter()
     train(build_config(LeaveOutConfig, {"train_size": 1500, "val_size": 300, "groups": 5, "epochs": 2,
                                         "margin_weight": 0.5, "validation_images": 100,
