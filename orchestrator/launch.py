@@ -3,8 +3,11 @@
 Exit codes: 0 success; 1 a stage failed (its MLflow run is marked FAILED with the reason and all
 completed work is kept; fix the cause and re-run with --resume), or the tracking server stopped
 answering mid-study (one line naming it; trials go on while it is down, and --resume copies into
-MLflow whatever it missed); 2 nothing ran (bad spec, output folder already used, unreachable tracking
-server, missing dataset); 130 interrupted (resumable).
+MLflow whatever it missed); 2 nothing ran and nothing was written (bad spec, an output folder that
+cannot be used or belongs to someone else, another launcher on the same folder, a --resume whose file
+changed a stage that already ran, a tracking store that cannot be used, missing or corrupt dataset); 130
+interrupted (resumable). A dataset on none of the data roots is downloaded into the cache before
+anything starts, unless --offline.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import textwrap
 import traceback
@@ -22,6 +26,7 @@ EXAMPLE = textwrap.dedent("""\
       python -m orchestrator.launch search_spaces/smoke.yaml --dry-run   # check the file, print the plan
       python -m orchestrator.launch search_spaces/smoke.yaml             # run it (local Ray, embedded MLflow)
       python -m orchestrator.launch search_spaces/smoke.yaml --resume    # continue after a crash or Ctrl-C
+      python -m orchestrator.launch search_spaces/smoke.yaml --resume --restart-from evaluate   # rerun a stage
       python -m orchestrator.launch search_spaces/gasten_mnist.yaml --profile paper   # the GPU-sized profile
       python -m orchestrator.launch study.yaml --address auto --tracking-uri http://HEAD:5000   # on a cluster
 
@@ -33,6 +38,9 @@ EXAMPLE = textwrap.dedent("""\
     A file may offer profiles (quick CPU settings, paper-sized GPU settings): --profile picks one.
     Results go to --output (default: the study's `output`, else runs/<study>); the summary at the
     end prints the exact `mlflow ui` command for this study.
+
+    --resume continues the study as it was launched (kept in OUTPUT/study.yaml): it refuses a file that
+    changes a stage that already ran, and says how to go on. A failed stage is retried.
 
     exit codes: 0 done, 1 a stage failed (fix, then --resume), 2 nothing ran (bad input), 130 interrupted
     """)
@@ -48,7 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="apply one of the study's named profiles (e.g. `paper` in gasten_mnist.yaml: long GPU "
                              "runs); default: the file's own `profile:`, usually the quick CPU one")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the study already in the output folder: finished stages and trials are kept")
+                        help="continue the study already in the output folder: finished stages and trials are kept, "
+                             "a failed stage is retried; refused if the file changes a stage that already ran")
+    parser.add_argument("--restart-from", metavar="STAGE",
+                        help="with --resume: run STAGE and every later stage again with the file's current settings; "
+                             "their earlier MLflow runs are kept (tagged gensearch.superseded) and their folders "
+                             "move to OUTPUT/superseded/")
     parser.add_argument("--tracking-uri", metavar="URI",
                         help="MLflow tracking server (default: $MLFLOW_TRACKING_URI, the study's tracking.uri, "
                              "else an embedded SQLite store in the output folder)")
@@ -57,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "local Ray just for this run")
     parser.add_argument("--output", metavar="DIR", help="output folder (default: the study's `output`)")
     parser.add_argument("--data-root", metavar="DIR",
-                        help="folder with datasets in torchvision's layout (default: $GENSEARCH_DATA, ../shared/data)")
+                        help="folder with datasets in torchvision's layout (MNIST/raw/...), looked in first; then "
+                             "$GENSEARCH_DATA, ../shared/data, the cache (~/.cache/gensearch/data or $GENSEARCH_CACHE)")
+    parser.add_argument("--offline", action="store_true",
+                        help="never download: a dataset on none of the data roots stops the launch (also "
+                             "GENSEARCH_OFFLINE=1). Default: download it once into the cache before anything starts "
+                             "(from torchvision's mirrors, or $GENSEARCH_DATA_MIRROR)")
     parser.add_argument("--verbose", action="store_true", help="show Ray's and the trials' own logs")
     return parser
 
@@ -67,8 +85,46 @@ def fail(message: str, code: int) -> int:
     return code
 
 
+def stop_at_first_interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C: stop the study once. Later presses are ignored: the clean-up that follows (closing the
+    MLflow runs, stopping Ray) must not be cut short into a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    lock = None
+    if args.output and not args.dry_run:
+        # The folder is claimed first: a launcher started seconds later is refused at once, not after both
+        # spent seconds importing torch to read their study.
+        lock = claim_folder(Path(args.output).resolve())
+        if isinstance(lock, int):
+            return lock
+    try:
+        return load_and_run(args, lock)
+    except BaseException:
+        if lock is not None and lock.fd >= 0:  # stopped before the study started: leave nothing behind
+            lock.release(undo=True)
+        raise
+
+
+def claim_folder(output: Path):
+    """The study folder's lock (see study_lock), or exit code 2 after one line saying why not."""
+    from orchestrator.study_folder import output_problem
+    from orchestrator.study_lock import FolderInUse, lock_study_folder
+
+    problem = output_problem(output)
+    if problem:
+        return fail(problem, 2)
+    try:
+        return lock_study_folder(output)
+    except FolderInUse as error:
+        return fail(str(error), 2)
+
+
+def load_and_run(args, lock) -> int:
+    """Read the study, then plan it (--dry-run) or run it; `lock`: the folder's, when --output named it."""
     from orchestrator.spec import SpecError, load_study
 
     try:
@@ -76,90 +132,176 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as error:
         for line in error.lines():
             print(line, file=sys.stderr)
+        if lock is not None:
+            lock.release(undo=True)
         return 2
     if args.data_root:
-        os.environ["GENSEARCH_DATA"] = str(Path(args.data_root).resolve())
+        if not Path(args.data_root).expanduser().is_dir():
+            if lock is not None:
+                lock.release(undo=True)
+            return fail(f"--data-root {args.data_root}: no such folder. Nothing was run.", 2)
+        os.environ["GENSEARCH_DATA"] = str(Path(args.data_root).expanduser().resolve())
     output = Path(args.output) if args.output else spec.output
     from orchestrator.plan import plan_lines
     from orchestrator.tracking import resolve_target
 
     target = resolve_target(output, args.tracking_uri, spec.tracking.uri)
     if args.dry_run:
+        if problems := preflight_problems(spec, offline=args.offline, dry_run=True):
+            print("\n".join(problems), file=sys.stderr)
+            return 2
         print("\n".join(plan_lines(spec, str(output), target)))
         print("Nothing was run (--dry-run).")
         return 0
-    return run(spec, output.resolve(), target, args)
+    return run(spec, output.resolve(), target, args, lock)
 
 
-def preflight_problems(spec) -> list[str]:
-    """Cheap checks that would otherwise fail inside every trial (a missing dataset, say)."""
-    from orchestrator.spec import OptunaStage, TuneStage, representative_values
-    from trainables import catalog
-    from trainables.config import ConfigError, build_config
+def preflight_problems(spec, *, offline: bool = False, dry_run: bool = False) -> list[str]:
+    """Checks that would otherwise fail inside every trial: the datasets (fetched here when missing, unless
+    `offline`; only named by a dry run), their archives' MD5, the classes asked for, and each definition's
+    own preflight."""
+    from orchestrator.data import data_problems, offline_by_env, representative_config, stage_definition
+    from trainables.config import ConfigError
 
-    problems = []
+    problems = data_problems(spec, offline=offline or offline_by_env(), dry_run=dry_run)
     for index, stage in enumerate(spec.stages):
-        if isinstance(stage, TuneStage):
-            definition = catalog.trainable(stage.trainable)
-            space = {k: representative_values(v)[0] for k, v in stage.space.items()}
-        elif isinstance(stage, OptunaStage):
-            definition, space = catalog.objective(stage.objective), {}
-        else:
-            continue
+        definition = stage_definition(stage)
         if definition.preflight is None:
             continue
-        values = {**stage.config, **space, **{k: "/unresolved" for k in stage.inputs}}
         try:
-            definition.preflight(build_config(definition.config_cls, values))
+            definition.preflight(representative_config(stage, definition))
         except (ConfigError, OSError, RuntimeError, ValueError) as error:
             problems.append(f"{spec.source}: stages[{index}].config: {error}")
     return problems
 
 
-def run(spec, output: Path, target, args) -> int:
-    from orchestrator.study_runner import StageError, StudyRunner
-    from orchestrator.study_state import StudyState, load_state
-    from orchestrator.summary import summary_lines, write_summary
-    from orchestrator.tracking import (Tracker, TrackingUnavailable, apply_client_defaults, check_reachable,
-                                       tracking_outage)
+class Refused(Exception):
+    """Nothing may run; the lines to print, as they are."""
 
-    state = load_state(output)
-    if state is not None and state.started and not args.resume:
-        done = ", ".join(f"{name} {s.status}" for name, s in state.stages.items())
-        return fail(f"{output} already holds study {state.study!r} ({done}); re-run with --resume to continue it, "
-                    f"or pass --output NEW_DIR for a fresh run. Nothing was run.", 2)
-    if state is not None and state.study != spec.name:
-        return fail(f"{output} holds study {state.study!r}, not {spec.name!r}; pass --output NEW_DIR", 2)
-    if state is not None and state.tracking_uri != target.uri:
-        return fail(f"{output} was tracked in {state.tracking_uri}, not {target.uri}; pass "
-                    f"--tracking-uri {state.tracking_uri} to resume it", 2)
-    problems = preflight_problems(spec)
-    if problems:
-        for line in problems:
-            print(line, file=sys.stderr)
+    def __init__(self, *lines: str) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def run(spec, output: Path, target, args, lock=None) -> int:
+    """Check what can be checked without writing, take the folder's lock (unless held already), check the
+    rest under it, and only then write anything: a refusal at any point leaves the folder as it was."""
+    from orchestrator.tracking import local_store_problem
+
+    if lock is None:
+        lock = claim_folder(output)
+        if isinstance(lock, int):
+            return lock
+    try:
+        problem = local_store_problem(target)
+        if problem:
+            raise Refused(f"error: {problem}")
+        state, plan = checks_under_lock(spec, output, target, args)
+    except Refused as error:
+        lock.release(undo=True)
+        for line in error.lines:
+            print(line, file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        lock.release(undo=True)
+        raise
+    try:
+        return run_study(spec, output, target, args, state, plan)
+    finally:
+        lock.release()
+
+
+def checks_under_lock(spec, output: Path, target, args):
+    """The folder's study (if any) against this launch, the datasets, the tracking server: (state, plan)."""
+    from orchestrator.resume_plan import ResumePlan, ResumeRefused, plan_resume
+    from orchestrator.study_state import load_state
+    from orchestrator.tracking import TrackingUnavailable, apply_client_defaults, check_reachable
+
+    try:
+        state = load_state(output)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise Refused(f"error: {output / 'study_state.json'} cannot be read ({type(error).__name__}: {error}); "
+                      f"pass --output NEW_DIR") from None
+    resume = args.resume or args.restart_from is not None
+    if state is not None and state.started and not resume:
+        done = ", ".join(f"{name} {s.status}" for name, s in state.stages.items())
+        raise Refused(f"error: {output} already holds study {state.study!r} ({done}); re-run with --resume to continue "
+                      f"it, or pass --output NEW_DIR for a fresh run. Nothing was run.")
+    if (state is None or not state.started) and args.restart_from is not None:
+        raise Refused(f"error: --restart-from {args.restart_from}: {output} holds no study that ran; run without it")
+    if state is not None and state.study != spec.name:
+        raise Refused(f"error: {output} holds study {state.study!r}, not {spec.name!r}; pass --output NEW_DIR")
+    if state is not None and state.tracking_uri != target.uri:
+        raise Refused(f"error: {output} was tracked in {state.tracking_uri}, not {target.uri}; pass "
+                      f"--tracking-uri {state.tracking_uri} to resume it")
+    plan = ResumePlan()
+    if state is not None and state.started:
+        try:
+            plan = plan_resume(state, launched_spec(output, state), spec, output, args.restart_from)
+        except ResumeRefused as error:
+            raise Refused(*f"error: {error}".splitlines()) from None
+    problems = preflight_problems(spec, offline=args.offline)
+    if problems:
+        raise Refused(*problems)
     apply_client_defaults()  # before any MLflow client exists: give up on a dead server in seconds
     try:
         check_reachable(target)
     except TrackingUnavailable as error:
-        return fail(f"{spec.source}: tracking: {error}", 2)
+        raise Refused(f"error: {spec.source}: tracking: {error}") from None
+    return state, plan
 
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "error.log").unlink(missing_ok=True)  # a stale log from an earlier failure would mislead
+
+def launched_spec(output: Path, state):
+    """The study as launched in this folder (its kept `study.yaml`, with the profile it ran), or None with a
+    printed line when there is none to compare with."""
+    from orchestrator.spec import SpecError, load_study
+
+    kept = output / KEPT_STUDY_FILE
+    if not kept.is_file():
+        print(f"note: {output} keeps no {KEPT_STUDY_FILE}: the file given is taken as the study launched", flush=True)
+        return None
+    try:
+        return load_study(kept, profile=state.profile or None)
+    except SpecError as error:
+        print(f"note: the study as launched ({kept}) no longer validates ({error.lines()[0]}); the file given is "
+              f"taken as the study launched", flush=True)
+        return None
+
+
+def run_study(spec, output: Path, target, args, state, plan) -> int:
+    from orchestrator.study_folder import Manifest
+    from orchestrator.study_runner import StageError, StudyRunner
+    from orchestrator.study_state import StudyState, save_state
+    from orchestrator.summary import summary_lines, write_summary
+    from orchestrator.supersede import new_aside_folder, supersede_stages
+    from orchestrator.tracking import Tracker, tracking_outage
+
+    manifest = Manifest(output)
+    manifest.remove(output / "error.log")  # a stale log from an earlier failure would mislead
     state = state or StudyState(study=spec.name, tracking_uri=target.uri)
-    state.spec_file, state.profile = str(keep_spec_copy(Path(args.study), output)), spec.profile
     tracker = Tracker(target, spec.tracking.experiment, spec.name)
+    aside, nothing_ran = new_aside_folder(output), not state.started
+    if plan.restart:
+        supersede_stages(output, state, plan.restart, tracker, aside)
+    keep_study_file(Path(args.study), output, manifest, replace=nothing_ran or plan.file_changed,
+                    aside=None if nothing_ran else aside)
+    manifest.save()
+    state.spec_file, state.profile = str(output / KEPT_STUDY_FILE), spec.profile
+    save_state(output, state)
     worker_env = {k: os.environ[k] for k in ("GENSEARCH_DATA", "GENSEARCH_CACHE") if k in os.environ}
-    runner = StudyRunner(spec, output, tracker, state, resume=args.resume, address=args.address,
-                         worker_env=worker_env, verbose=args.verbose)
+    runner = StudyRunner(spec, output, tracker, state, resume=args.resume or args.restart_from is not None,
+                         address=args.address, worker_env=worker_env, verbose=args.verbose)
     code = 0
     try:
         runner.run()
     except StageError as error:
-        log = output / "error.log"
-        log.write_text("".join(traceback.format_exception(error.__cause__ or error)))
+        log = manifest.claim(output / "error.log")
+        if log is not None:
+            log.write_text("".join(traceback.format_exception(error.__cause__ or error)))
+            manifest.save()
+        where = f"traceback: {log}" if log else "traceback not saved: error.log there is not gensearch's"
         print(f"error: {error}. Completed trials and stages are kept; fix the cause and re-run with --resume "
-              f"(traceback: {log})", file=sys.stderr, flush=True)
+              f"({where})", file=sys.stderr, flush=True)
         code = 1
     except KeyboardInterrupt:
         print("\ninterrupted: completed work is kept; continue with --resume", file=sys.stderr, flush=True)
@@ -173,7 +315,8 @@ def run(spec, output: Path, target, args) -> int:
               file=sys.stderr, flush=True)
         code = 1
     lines = summary_lines(spec, state, output, target)
-    write_summary(lines, output)
+    if write_summary(lines, output) is None:
+        print(f"note: {output / 'summary.md'} is not gensearch's: left alone", flush=True)
     print("\n" + "\n".join(lines), flush=True)
     write_study_report(output, spec, target)
     return code
@@ -193,13 +336,28 @@ def write_study_report(output: Path, spec, target) -> None:
     print(f"report: {path}", flush=True)
 
 
-def keep_spec_copy(source: Path, output: Path) -> Path:
-    """The study YAML as launched, beside its results (`study.yaml`): the report reads each stage's
-    resources from it, and a researcher sees what ran even after editing the original."""
-    copy = output / "study.yaml"
-    if source.resolve() != copy.resolve():
-        shutil.copyfile(source, copy)
-    return copy
+KEPT_STUDY_FILE = "study.yaml"
+
+
+def keep_study_file(source: Path, output: Path, manifest, replace: bool, aside: Path | None) -> None:
+    """The study YAML as launched, beside its results (`study.yaml`, read-only): --resume compares the file
+    it is given with it, the report reads each stage's resources from it, and a researcher sees what ran
+    even after editing the original. Once a stage ran, only an accepted change (a stage restarted, a stage
+    not yet run edited) replaces it (`replace`), and the copy it replaces moves to `aside`."""
+    kept = output / KEPT_STUDY_FILE
+    if source.resolve() == kept.resolve() or kept.exists() and not replace:
+        return
+    if manifest.claim(kept) is None:
+        print(f"note: {kept} is not gensearch's: left alone", flush=True)
+        return
+    if kept.exists() and aside is not None:
+        from orchestrator.supersede import set_aside
+
+        set_aside(output, KEPT_STUDY_FILE, aside)
+        print(f"{KEPT_STUDY_FILE}: the study file it replaces is kept in {aside / KEPT_STUDY_FILE}", flush=True)
+    kept.unlink(missing_ok=True)  # read-only: replaced, not written over
+    shutil.copyfile(source, kept)
+    kept.chmod(0o444)
 
 
 def exit_now(code: int) -> None:
@@ -220,4 +378,10 @@ def exit_now(code: int) -> None:
 
 
 if __name__ == "__main__":
-    exit_now(main())
+    signal.signal(signal.SIGINT, stop_at_first_interrupt)
+    try:
+        exit_code = main()
+    except KeyboardInterrupt:  # before the study started (reading the file, importing libraries)
+        print("\ninterrupted: nothing was run", file=sys.stderr, flush=True)
+        exit_code = 130
+    exit_now(exit_code)

@@ -10,7 +10,8 @@ Persistence and resume: the study lives in `<workdir>/optuna.db` (SQLite) under 
 `<study>.<stage>`. A resumed stage loads it and runs only the trials still missing, so the count
 of completed trials reaches `n_trials` exactly. A trial that was running when the launcher died
 cannot be continued (Optuna keeps no mid-trial state): it is marked FAIL and its parameters are
-queued again, re-using its MLflow child run, so MLflow never holds two runs for one trial.
+queued again, re-using its MLflow child run, so MLflow never holds two runs for one trial. A trial
+that raised (which fails the stage) is queued again the same way when the stage is retried.
 """
 
 from __future__ import annotations
@@ -107,25 +108,31 @@ def make_sampler(stage: OptunaStage, completed: int):
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=stage.n_jobs > 1)
 
 
-def requeue_stale_trials(study: Any, stage: OptunaStage, tracker: Tracker, parent_run_id: str) -> int:
-    """Trials left RUNNING by a killed launcher: FAIL them and queue their parameters again, with
-    their MLflow child run, which the re-run reuses. Child runs no trial refers to any more (the
-    kill came between creating the run and recording it) are closed as KILLED."""
+def requeue_unfinished_trials(study: Any, stage: OptunaStage, tracker: Tracker, parent_run_id: str) -> int:
+    """Trials left RUNNING by a killed launcher, and trials that raised (the stage failed on them, so this
+    is its retry): FAIL them and queue their parameters again, with their MLflow child run, which the
+    re-run reuses; each is queued once. Child runs no trial refers to any more (the kill came between
+    creating the run and recording it) are closed as KILLED."""
     from optuna.trial import TrialState
 
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
         study.tell(trial.number, state=TrialState.FAIL)
+    retried = {t.user_attrs.get(RETRY_OF) for t in study.get_trials(deepcopy=False)}
+    stale_numbers = {trial.number for trial in stale}
+    again = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number not in retried]
+    for trial in again:
         attrs = {RETRY_OF: trial.number}
         if trial.user_attrs.get(CHILD_RUN):
             attrs[CHILD_RUN] = trial.user_attrs[CHILD_RUN]
         study.enqueue_trial(dict(trial.params), user_attrs=attrs)
-        print(f"[{stage.name}] trial {trial.number} was cut off by the last stop: queued again", flush=True)
+        why = "was cut off by the last stop" if trial.number in stale_numbers else "failed"
+        print(f"[{stage.name}] trial {trial.number} {why}: queued again", flush=True)
     waiting = {t.user_attrs.get(CHILD_RUN) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
     for run in tracker.children(parent_run_id).values():
         if run.info.status == "RUNNING" and run.info.run_id not in waiting:
             tracker.finish(run.info.run_id, "KILLED", "cut off by a stop before its trial was recorded")
-    return len(stale)
+    return len(again)
 
 
 class TrialRunner:
@@ -141,8 +148,8 @@ class TrialRunner:
     def child_run(self, trial: Any, params: Mapping[str, Any]) -> str:
         run_id = trial.user_attrs.get(CHILD_RUN)
         trial_id = str(trial.number)
-        if run_id:  # the re-run of a trial a stop cut off: same run, now under this trial's number
-            self.tracker.client.update_run(run_id, status="RUNNING")
+        if run_id:  # the re-run of a trial a stop cut off (or that failed): same run, now under this trial's number
+            self.tracker.reopen(run_id)
             self.tracker.set_tags(run_id, {TAG_TRIAL: trial_id, TAG_RUN_NAME: f"{self.stage.name}-{trial_id}",
                                            TAG_RETRY_OF: trial.user_attrs.get(RETRY_OF, "")})
             return run_id
@@ -242,7 +249,7 @@ def run_optuna_stage(*, stage: OptunaStage, inputs: Mapping[str, str], workdir: 
         completed = 0
     study = optuna.create_study(study_name=study_name, storage=storage, sampler=make_sampler(stage, completed),
                                 direction="maximize" if stage.mode == "max" else "minimize", load_if_exists=True)
-    requeue_stale_trials(study, stage, tracker, parent_run_id)
+    requeue_unfinished_trials(study, stage, tracker, parent_run_id)
     remaining = stage.n_trials - completed
     where = f"{workdir / 'optuna.db'} (study {study_name!r})"
     if remaining > 0:

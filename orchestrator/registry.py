@@ -2,7 +2,8 @@
 
 The model is logged into the best trial's own child run, so the registered version's source run
 *is* the trial that earned it. Registration is idempotent: re-running it for the same run (after
-a resume) finds the existing version instead of adding another.
+a resume) finds the existing version instead of adding another. The version's description says
+where it came from (study, stage, metric, trial, report), so the registry page explains itself.
 """
 
 from __future__ import annotations
@@ -25,8 +26,15 @@ from trainables.checkpoint import load_checkpoint
 PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}"]
 
 
+def describe_version(study: str, stage: str, best: BestTrial, mode: str, report: Path) -> str:
+    """The registered version's description (markdown, shown on its page in the MLflow UI)."""
+    epoch = f" at epoch {best.epoch}" if best.epoch is not None else ""
+    return (f"Best trial of stage `{stage}` in study `{study}`: **{best.metric} = {best.value:.6g}** ({mode}){epoch}, "
+            f"trial `{best.trial_id}` (run `{best.child_run_id}`). Report: `{report}`")
+
+
 def register_best(tracker: Tracker, definition: TrainableDef, best: BestTrial, spec: RegisterSpec,
-                  stage: str) -> RegisteredVersion:
+                  stage: str, report: Path) -> RegisteredVersion:
     client = tracker.client
     existing = client.search_model_versions(f"name = '{spec.name}' and run_id = '{best.child_run_id}'")
     if existing:
@@ -49,6 +57,13 @@ def register_best(tracker: Tracker, definition: TrainableDef, best: BestTrial, s
         if version.run_id != best.child_run_id:  # MLflow resolves the source run from the logged model
             raise RuntimeError(f"registered {spec.name} v{version.version} points at run {version.run_id}, "
                                f"not the best trial's run {best.child_run_id}")
+    description = describe_version(tracker.study, stage, best, definition.metric(best.metric).mode, report)
+    if version.description != description:
+        client.update_model_version(spec.name, version.version, description=description)
+    if not client.get_registered_model(spec.name).description:
+        client.update_registered_model(spec.name, description=f"The best `{stage}` model of each run of study "
+                                                                f"`{tracker.study}` (gensearch); the alias `{spec.alias}` marks "
+                                                                f"the one in use.")
     client.set_registered_model_alias(spec.name, spec.alias, version.version)
     return RegisteredVersion(name=spec.name, version=str(version.version), alias=spec.alias,
                              run_id=best.child_run_id or "")

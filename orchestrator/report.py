@@ -436,21 +436,35 @@ def gather_facts(ctx: ReportContext, runs: Mapping[str, Any]) -> None:
 
 class Gallery:
     """Copies the files the report shows under `<output>/report/` and returns relative links to them,
-    so report.md and report/ travel together (copies, not links: a zip keeps copies)."""
+    so report.md and report/ travel together (copies, not links: a zip keeps copies). Only files listed in
+    the folder's manifest (`study_folder.Manifest`) are ever replaced or removed: anything else a user
+    keeps in report/ stays, and a copy whose name is taken by such a file gets another name."""
 
     def __init__(self, output: Path) -> None:
+        from orchestrator.study_folder import Manifest
+
         self.output = output
         self.root = output / REPORT_DIR
+        self.manifest = Manifest(output)
         self.copied: list[Path] = []
 
     def reset(self) -> None:
-        """Start from an empty report/ folder: a re-run must not keep images of a stage that changed."""
-        shutil.rmtree(self.root, ignore_errors=True)
-        self.root.mkdir(parents=True)
+        """Remove the pictures the previous report copied: a re-run must not keep images of a stage that changed."""
+        for path in self.manifest.under(self.root):
+            self.manifest.remove(path)
+        for folder in sorted((p for p in self.root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
+                             reverse=True):
+            if not any(folder.iterdir()):
+                folder.rmdir()
+        self.root.mkdir(parents=True, exist_ok=True)
 
     def add(self, source: Path, *parts: str) -> str:
         """Copy `source` to report/<parts...> and return its link relative to report.md."""
         destination = self.root.joinpath(*parts)
+        number = 1
+        while self.manifest.claim(destination) is None:  # a user's file has that name
+            destination = destination.with_name(f"{Path(parts[-1]).stem}-{number}{Path(parts[-1]).suffix}")
+            number += 1
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, destination)
         self.copied.append(destination)
@@ -589,7 +603,7 @@ def header_lines(ctx: ReportContext) -> list[str]:
     lines += ["## MLflow", "", f"Tracking URI `{ctx.target.uri}`, experiment {experiment}: one parent run per "
               f"stage, one child run per trial. Open it with", "", "```sh", ctx.target.ui_command(), "```", ""]
     if ctx.target.embedded:
-        lines += ["then browse <http://127.0.0.1:5000> and pick the experiment.", ""]
+        lines += [f"then browse <{ctx.target.ui_url(ctx.state.experiment_id)}> (the experiment's runs).", ""]
     return lines
 
 
@@ -929,9 +943,13 @@ def write_report(output: Path, tracking_uri: str | None = None, log_to_mlflow: b
         spec = None
     ctx = build_context(output, state, target, client, spec)
     gallery = Gallery(output)
+    report = gallery.manifest.claim(output / REPORT_FILE)
+    if report is None:
+        raise FileExistsError(f"{output / REPORT_FILE} was not written by gensearch: left alone (move it away, "
+                              f"then: python -m orchestrator.report {output})")
     gallery.reset()
-    report = output / REPORT_FILE
     report.write_text(render(ctx, gallery))
+    gallery.manifest.save()
     if log_to_mlflow:
         publish(client, ctx, report, why_not)
     return report

@@ -2,8 +2,9 @@
 
 A stage is `running` from the moment its parent run exists until it is `finished` (or `failed`);
 `--resume` skips finished stages, reuses the parent run of an unfinished one and lets Tune pick
-up its trials where they stopped. Whatever happens, no run is left in RUNNING: a failure marks
-the stage's run FAILED with the reason, an interrupt marks it KILLED, both resumable.
+up its trials where they stopped; a failed stage is retried the same way, its failed trials too.
+Whatever happens, no run is left in RUNNING: a failure marks the stage's run FAILED with the reason,
+an interrupt marks it and its trials in flight KILLED, both resumable.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def stage_params(stage: Stage) -> dict[str, Any]:
                 "constraints": "; ".join(map(str, stage.constraints)) or "none", "config": dict(stage.config),
                 "space": {branch: describe_branches({branch: options}) for branch, options in stage.branches.items()},
                 "inputs": {k: str(v) for k, v in stage.inputs.items()}}
+    from orchestrator.plan import describe_entry
+
     asha = {}
     if stage.scheduler is not None:
         asha = {f"asha.{k}": getattr(stage.scheduler, k) for k in ("max_t", "grace_period", "reduction_factor")}
@@ -84,6 +87,7 @@ def stage_params(stage: Stage) -> dict[str, Any]:
         **{f"resources.{k}": getattr(stage.resources, k) for k in ("gpu_memory_gb", "device_memory_gb", "fallback")
            if getattr(stage.resources, k) is not None},
         "max_failures": stage.max_failures, "config": dict(stage.config),
+        "space": {name: describe_entry(entry) for name, entry in stage.space.items()},  # e.g. loguniform[0.0001, 0.03]
         "inputs": {k: str(v) for k, v in stage.inputs.items()},
     }
 
@@ -124,6 +128,11 @@ class StudyRunner:
     def run_stage(self, stage: Stage) -> None:
         stage_state = self.state.stage(stage.name)
         resuming = stage_state.parent_run_id is not None
+        retrying = stage_state.status == "failed"  # unchanged since (an edited one was set aside: see resume_plan)
+        if retrying:
+            how = "running it again" if isinstance(stage, JobStage) else \
+                "retrying it: its failed trials run again, finished ones are kept"
+            print(f"[{stage.name}] failed last time: {how}", flush=True)
         inputs = resolve_inputs(stage, self.state)
         params = {**stage_params(stage), **({"profile": self.spec.profile} if self.spec.profile else {})}
         parent = self.tracker.start_parent(stage.name, stage.kind, params, stage_state.parent_run_id)
@@ -135,7 +144,7 @@ class StudyRunner:
         started = time.monotonic()
         try:
             if isinstance(stage, TuneStage):
-                self.run_tune(stage, inputs, parent)
+                self.run_tune(stage, inputs, parent, retrying)
             elif isinstance(stage, OptunaStage):
                 self.run_optuna(stage, inputs, parent)
             else:
@@ -143,7 +152,11 @@ class StudyRunner:
         except KeyboardInterrupt:
             stage_state.wall_s += time.monotonic() - started
             self.save()
-            self.tracker.finish(parent, "KILLED", "interrupted by the user; continue with --resume")
+            reason = "interrupted by the user; continue with --resume"
+            for run in self.tracker.children(parent).values():  # the trials in flight
+                if run.info.status == "RUNNING":
+                    self.tracker.finish(run.info.run_id, "KILLED", reason)
+            self.tracker.finish(parent, "KILLED", reason)
             raise
         except Exception as error:  # noqa: BLE001 - any failure must close the run with its reason
             stage_state.wall_s += time.monotonic() - started
@@ -162,7 +175,7 @@ class StudyRunner:
         self.save()
         self.tracker.finish(parent, "FINISHED")
 
-    def run_tune(self, stage: TuneStage, inputs: dict[str, str], parent: str) -> None:
+    def run_tune(self, stage: TuneStage, inputs: dict[str, str], parent: str, retrying: bool) -> None:
         from orchestrator.registry import register_best
         from orchestrator.tune_stage import run_tune_stage
         from trainables import catalog
@@ -175,7 +188,7 @@ class StudyRunner:
         stage_state = self.state.stage(stage.name)
         stage_state.trial_cpu, stage_state.trial_gpu = float(stage.resources.cpu), float(stage.resources.gpu)
         outcome = run_tune_stage(stage=stage, inputs=inputs, storage=self.output / "tune", tracker=self.tracker,
-                                 parent_run_id=parent, resume=self.resume)
+                                 parent_run_id=parent, resume=self.resume, retry_failed=retrying)
         best = outcome.best
         stage_state.best, stage_state.output = best, str(outcome.experiment_dir)
         stage_state.trials, stage_state.failed_trials = outcome.trials, outcome.failed_trials
@@ -195,7 +208,7 @@ class StudyRunner:
             print(f"[{stage.name}] registering the best model as {stage.register.name} @{stage.register.alias}",
                   flush=True)
             registered = register_best(self.tracker, catalog.trainable(stage.trainable), best, stage.register,
-                                       stage.name)
+                                       stage.name, report=self.output / "report.md")
             stage_state.registered = registered
             self.tracker.set_tags(parent, {"gensearch.registered": f"{registered.name} v{registered.version}"})
         if stage.multi_objective:

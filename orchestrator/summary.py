@@ -49,7 +49,8 @@ def summary_lines(spec: StudySpec, state: StudyState, output: Path, target: Trac
             lines.append(f"  {stage.name} best checkpoint: {s.best.checkpoint}")
     lines += ["", f"Open this study in MLflow:  {target.ui_command()}"]
     if target.embedded:
-        lines.append(f"  then browse http://127.0.0.1:5000 and pick the experiment {spec.tracking.experiment!r}")
+        lines.append(f"  then browse {target.ui_url(state.experiment_id)} (the runs of experiment "
+                     f"{spec.tracking.experiment!r})")
     return lines
 
 
@@ -89,7 +90,8 @@ def detail_lines(spec: StudySpec, state: StudyState) -> list[str]:
     return lines + ([""] if lines else [])
 
 
-def write_summary(lines: list[str], output: Path) -> Path:
-    path = output / "summary.md"
-    path.write_text("```\n" + "\n".join(lines) + "\n```\n")
-    return path
+def write_summary(lines: list[str], output: Path) -> Path | None:
+    """`<output>/summary.md`; None (nothing written) when a file there is not gensearch's."""
+    from orchestrator.study_folder import write_owned
+
+    return write_owned(output, "summary.md", "```\n" + "\n".join(lines) + "\n```\n")

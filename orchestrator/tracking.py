@@ -28,6 +28,14 @@ TAG_STATUS = "gensearch.status"
 TAG_REASON = "gensearch.failure_reason"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
+# The experiment's kind for MLflow's UI: model training, not a GenAI app (traces, tokens). MLflow 3.17's own
+# UI decides by its GenAI / Model training switch instead (see TrackingTarget.ui_url); the tag tells other
+# MLflow UIs and tools.
+TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# An earlier attempt of a stage, set aside by --restart-from or the retry of an edited failed stage: kept,
+# never deleted, and no longer counted as the stage's runs.
+TAG_SUPERSEDED = "gensearch.superseded"
+TAG_SUPERSEDED_REASON = "gensearch.superseded_reason"
 MAX_PARAM_LENGTH = 6000
 
 
@@ -72,15 +80,59 @@ class TrackingTarget:
             return f"mlflow ui --backend-store-uri {self.uri} --default-artifact-root {self.artifact_root} --port 5000"
         return f"open {self.uri} in a browser (the tracking server's own UI)"
 
+    def ui_url(self, experiment_id: str) -> str:
+        """The experiment's runs in the MLflow UI that `ui_command` starts (or the server's own UI).
+
+        MLflow 3.17's UI opens an experiment on its GenAI overview whatever the experiment's kind tag
+        says, unless the page is asked for the model-training view (`workflowType=machine_learning`)."""
+        base = "http://127.0.0.1:5000" if self.embedded else self.uri.rstrip("/")
+        return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` URI (relative or absolute), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0] or ".")
+
 
 def resolve_target(output: Path, cli_uri: str | None, spec_uri: str | None) -> TrackingTarget:
-    """--tracking-uri beats MLFLOW_TRACKING_URI beats the study's `tracking.uri` beats embedded SQLite."""
+    """--tracking-uri beats MLFLOW_TRACKING_URI beats the study's `tracking.uri` beats embedded SQLite.
+
+    A SQLite store given by URI keeps its artifacts in `mlartifacts/` beside the database, as the
+    embedded one does: MLflow's own default would be `./mlruns` of whatever folder the command was typed in."""
     uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or spec_uri
+    database = sqlite_file(uri) if uri else None
+    if database is not None:
+        return TrackingTarget(uri=uri, artifact_root=(database.resolve().parent / "mlartifacts").as_uri(),
+                              embedded=False)
     if uri:
         return TrackingTarget(uri=uri, artifact_root=None, embedded=False)
     output = output.resolve()
     return TrackingTarget(uri=f"sqlite:///{output / 'mlflow.db'}", artifact_root=(output / "mlartifacts").as_uri(),
                           embedded=True)
+
+
+def local_store_problem(target: TrackingTarget) -> str | None:
+    """Why a SQLite store named by URI cannot be used (its folder missing, not a folder, not writable), or
+    None. The embedded store's folder is the output folder, checked on its own; a server has its own check."""
+    database = sqlite_file(target.uri)
+    if database is None or target.embedded:
+        return None
+    from orchestrator.study_folder import blocking_file, write_problem
+
+    folder = database.parent
+    blocking = blocking_file(folder)
+    if blocking is not None:
+        return f"tracking URI {target.uri}: {blocking} is a file, not a folder"
+    if not folder.is_dir():
+        return f"tracking URI {target.uri}: the folder {folder} does not exist; create it or pick another URI"
+    if database.exists() and not database.is_file():
+        return f"tracking URI {target.uri}: {database} is not a file"
+    if database.exists() and not os.access(database, os.W_OK):
+        return f"tracking URI {target.uri}: cannot write {database}"
+    problem = write_problem(folder)  # SQLite writes its journal beside the database
+    return f"tracking URI {target.uri}: {problem}" if problem else None
 
 
 def unreachable_reason(target: TrackingTarget, timeout_s: float = 5.0) -> str | None:
@@ -186,18 +238,20 @@ class Tracker:
             found = self.client.get_experiment_by_name(self.experiment_name)
             if found is not None:
                 self._experiment_id = found.experiment_id
+                kind = found.tags.get(TAG_EXPERIMENT_KIND, "")
+                if not kind or kind.endswith("_inferred") or kind == "no_inferred_type":  # not a user's choice
+                    self.client.set_experiment_tag(found.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
             else:
                 self._experiment_id = self.client.create_experiment(
                     self.experiment_name, artifact_location=self.target.artifact_root,
-                    tags={TAG_STUDY: self.study},
+                    tags={TAG_STUDY: self.study, TAG_EXPERIMENT_KIND: EXPERIMENT_KIND},
                 )
         return self._experiment_id
 
     def start_parent(self, stage: str, kind: str, params: Mapping[str, Any], run_id: str | None = None) -> str:
         """The stage's parent run: reused (set back to RUNNING) when resuming, else created."""
         if run_id is not None:
-            self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, TAG_STATUS, "resumed")
+            self.reopen(run_id, status_tag="resumed")
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=stage, tags={
             TAG_STUDY: self.study, TAG_STAGE: stage, TAG_KIND: kind, TAG_STATUS: "running"})
@@ -226,19 +280,37 @@ class Tracker:
 
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def finish(self, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
-        """Close a run for good: FINISHED, FAILED (with the reason as a tag) or KILLED."""
+    def finish(self, run_id: str, status: str = "FINISHED", reason: str | None = None,
+               clear_reason: bool = False) -> None:
+        """Close a run for good: FINISHED, FAILED (with the reason as a tag) or KILLED. `clear_reason`: the
+        run carries the reason of an earlier stop (an interrupt, a failure since retried), which is no longer true."""
+        if clear_reason:
+            self.client.delete_tag(run_id, TAG_REASON)
         tags = {TAG_STATUS: status.lower()}
         if reason:
             tags[TAG_REASON] = reason[:5000]
         self.set_tags(run_id, tags)
         self.client.set_terminated(run_id, status=status)
 
+    def reopen(self, run_id: str, status_tag: str = "running") -> None:
+        """A closed run (killed by an interrupt, failed) that runs again: RUNNING, without the old stop's reason."""
+        if TAG_REASON in self.client.get_run(run_id).data.tags:
+            self.client.delete_tag(run_id, TAG_REASON)
+        self.client.update_run(run_id, status="RUNNING")
+        self.client.set_tag(run_id, TAG_STATUS, status_tag)
+
+    def supersede(self, run_id: str, reason: str) -> None:
+        """Set an earlier attempt's run aside (kept, never deleted); one left RUNNING by a dead launcher is closed."""
+        self.set_tags(run_id, {TAG_SUPERSEDED: "true", TAG_SUPERSEDED_REASON: reason})
+        if self.client.get_run(run_id).info.status == "RUNNING":
+            self.finish(run_id, "KILLED", f"superseded: {reason}")
+
     def children(self, parent_run_id: str) -> dict[str, Any]:
-        """Child runs of a parent, by trial id (deleted runs excluded)."""
+        """Child runs of a parent, by trial id (deleted and superseded runs excluded)."""
         runs = self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'", max_results=5000)
-        return {run.data.tags.get(TAG_TRIAL): run for run in runs if run.data.tags.get(TAG_TRIAL)}
+        return {run.data.tags.get(TAG_TRIAL): run for run in runs
+                if run.data.tags.get(TAG_TRIAL) and run.data.tags.get(TAG_SUPERSEDED) != "true"}
 
     def create_child(self, parent_run_id: str, stage: str, trial_id: str, params: Mapping[str, Any]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=f"{stage}-{trial_id}", tags={
@@ -246,11 +318,6 @@ class Tracker:
             TAG_TRIAL: trial_id, TAG_STATUS: "running"})
         self.log_params(run.info.run_id, params)
         return run.info.run_id
-
-    def is_terminal(self, run_id: str) -> bool:
-        from mlflow.entities import RunStatus
-
-        return RunStatus.is_terminated(RunStatus.from_string(self.client.get_run(run_id).info.status))
 
     def log_files(self, run_id: str, files: Mapping[str, bytes]) -> None:
         """In-memory files as artifacts of a run (MLflow logs paths: they go through a scratch folder)."""

@@ -67,7 +67,10 @@ class MlflowTrialLogger(Callback):
         self._last_step: dict[str, int] = {}
         self._outage_since: float | None = None  # monotonic time the tracking server stopped answering
         self._last_probe = 0.0
-        self._done = 0
+        # Trials counted as done, by id: a trial Tune runs again (its snapshot predates its end, or a
+        # retry) is counted once, so the progress line never reads 9/8.
+        self._done_ids: set[str] = set()
+        self._closed: set[str] = set()  # trials whose run a stop or a failure closed: reopened if they run again
         self._best: float | None = None
         self._started = self._last_heartbeat = time.monotonic()
 
@@ -86,16 +89,22 @@ class MlflowTrialLogger(Callback):
         self._started = self._last_heartbeat = time.monotonic()
         self._tagged_node, self._last_step = {}, {}
         self._outage_since, self._last_probe = None, 0.0
-        self._runs, self._done = {}, 0
+        self._runs, self._done_ids, self._closed = {}, set(), set()
         children = self._tracking(lambda: self.tracker.children(self.parent_run_id))
         if children is not None:
             self._runs = {trial_id: run.info.run_id for trial_id, run in children.items()}
-            self._done = sum(1 for run in children.values() if run.info.status in ("FINISHED", "FAILED"))
+            self._done_ids = {trial_id for trial_id, run in children.items()
+                              if run.info.status in ("FINISHED", "FAILED")}
+            self._closed = {trial_id for trial_id, run in children.items() if run.info.status in ("FAILED", "KILLED")}
             for run in children.values():  # a resumed stage's progress lines keep the best of the finished trials
                 if run.info.status == "FINISHED":
                     self._note(run.data.metrics.get(self.metric))
         print(f"[{self.stage}] {self.total_trials} trials, {self.headline or f'metric {self.metric} ({self.mode})'}"
               + (f"; resuming with {self._done} already done" if self._done else ""), flush=True)
+
+    @property
+    def _done(self) -> int:
+        return min(len(self._done_ids), self.total_trials)
 
     def _note(self, value: Any) -> None:
         """Keep the best value of a finished trial, for the progress lines (a single-metric stage only)."""
@@ -150,7 +159,14 @@ class MlflowTrialLogger(Callback):
         return run_id
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._tracking(lambda: self._run_id(trial))
+        self._done_ids.discard(trial.trial_id)  # running (again)
+        self._tracking(lambda: self._start_run(trial))
+
+    def _start_run(self, trial: Any) -> None:
+        run_id = self._run_id(trial)
+        if trial.trial_id in self._closed:  # interrupted or failed last time, now running again
+            self.tracker.reopen(run_id)
+            self._closed.discard(trial.trial_id)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self._tracking(lambda: self._log_result(trial, result))
@@ -193,7 +209,7 @@ class MlflowTrialLogger(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._tracking(lambda: self.tracker.finish(self._run_id(trial), "FINISHED"))  # else: reconcile closes it
-        self._done += 1
+        self._done_ids.add(trial.trial_id)
         last = trial.last_result or {}
         self._note(last.get(self.metric))
         steps = last.get("training_iteration", 0)
@@ -220,7 +236,7 @@ class MlflowTrialLogger(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         reason = _reason(trial)
         self._tracking(lambda: self.tracker.finish(self._run_id(trial), "FAILED", reason))
-        self._done += 1
+        self._done_ids.add(trial.trial_id)
         where = f" (details: {trial.path}/error.txt)" if getattr(trial, "path", None) else ""
         print(f"[{self.stage}] {self._done}/{self.total_trials} done · trial {trial.trial_id} FAILED: {reason}{where}",
               flush=True)

@@ -26,7 +26,7 @@ from orchestrator.champion import Champion, Point, choose_champion, pareto_front
 from orchestrator.plan import describe_metrics
 from orchestrator.spec import Choice, Grid, IntRange, LogUniform, SpaceEntry, TuneStage, Uniform
 from orchestrator.study_state import BestTrial
-from orchestrator.tracking import Tracker, last_line, numeric_metrics
+from orchestrator.tracking import TAG_REASON, Tracker, last_line, numeric_metrics
 from orchestrator.trial_logger import STEP_MARKER, TUNE_BOOKKEEPING, MlflowTrialLogger
 from orchestrator.tune_reporter import TuneReporter
 from orchestrator.tune_searcher import BudgetAwareOptunaSearch
@@ -113,14 +113,26 @@ def make_trial_function(trainable_name: str, cpus: float):
     return run_trial
 
 
+def can_restore(experiment_dir: Path) -> bool:
+    """Tune says yes as soon as `tuner.pkl` exists, but a launcher killed before Tune's first snapshot of the
+    experiment leaves only that, and restoring it fails on every resume ("no search space has been defined"):
+    such a stage starts afresh."""
+    return tune.Tuner.can_restore(str(experiment_dir)) and any(experiment_dir.glob("experiment_state-*.json"))
+
+
 def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path, tracker: Tracker,
-                   parent_run_id: str, resume: bool) -> TuneOutcome:
+                   parent_run_id: str, resume: bool, retry_failed: bool = False) -> TuneOutcome:
+    """`retry_failed` (the stage failed last time): its errored trials run again, from their last checkpoint
+    (from scratch when they had none), under their own trial ids and MLflow runs. Tune's other way,
+    `restart_errored`, gives them new trial ids that the restored OptunaSearch does not know (KeyError on
+    the first result), so it cannot be used with a searcher."""
     experiment_dir = storage / stage.name
     trainable = tune.with_resources(make_trial_function(stage.trainable, stage.resources.cpu),
                                     {"cpu": stage.resources.cpu, "gpu": stage.resources.gpu})
-    if resume and tune.Tuner.can_restore(str(experiment_dir)):
+    if resume and can_restore(experiment_dir):
         print(f"[{stage.name}] resuming the Tune experiment in {experiment_dir}", flush=True)
-        tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True, resume_errored=False)
+        tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True,
+                                   resume_errored=retry_failed)
     else:
         logger = MlflowTrialLogger(tracker.target, tracker.experiment_name, tracker.study, stage.name,
                                    parent_run_id, stage.metric, stage.mode, stage.total_trials,
@@ -172,13 +184,10 @@ def reconcile(stage: TuneStage, results: Any, tracker: Tracker, parent_run_id: s
         if run is not None and not run.data.params and result.config:  # created just before an outage
             tracker.log_params(run_id, result.config)
         backfill_results(tracker, run_id, result, known=run is not None)
+        close_as_tune_ended(tracker, run_id, result, new=run is None)
         if result.error is not None:
             failed += 1
-            if run is None or not tracker.is_terminal(run_id):
-                tracker.finish(run_id, "FAILED", _reason_from_error(result.error))
             continue
-        if run is None or not tracker.is_terminal(run_id):
-            tracker.finish(run_id, "FINISHED")
         finished.append((result, run_id))
     for trial_id, run in children.items():
         if trial_id not in seen:  # a trial the interrupted Tune state never recorded: not a real trial
@@ -253,6 +262,19 @@ def evaluated_points(result: Any) -> list[tuple[Point, Any]]:
         values = numeric_metrics({k: _plain(v) for k, v in metrics.items() if k not in TUNE_BOOKKEEPING})
         by_step[step] = (Point(trial, step, values), checkpoint)
     return [by_step[step] for step in sorted(by_step)]
+
+
+def close_as_tune_ended(tracker: Tracker, run_id: str, result: Any, new: bool = False) -> None:
+    """Give a trial's run the status Tune ended the trial with. A run closed KILLED by an interrupt, or FAILED
+    before a retry, may have ended otherwise since (or Tune's snapshot had it done already); its old reason
+    goes when it FINISHED. `new`: the run was just made, so MLflow need not be asked what it holds."""
+    status = "FAILED" if result.error is not None else "FINISHED"
+    current = None if new else tracker.client.get_run(run_id)
+    if current is not None and current.info.status == status:
+        return
+    stale_reason = current is not None and status == "FINISHED" and TAG_REASON in current.data.tags
+    tracker.finish(run_id, status, _reason_from_error(result.error) if result.error is not None else None,
+                   clear_reason=stale_reason)
 
 
 def backfill_results(tracker: Tracker, run_id: str, result: Any, known: bool = True) -> int:

@@ -26,8 +26,8 @@ from trainables.checkpoint import load_checkpoint
 from trainables.dcgan import generator_from_state_dict
 from trainables.device import resolve_device
 from trainables.gasten import load_frozen_classifier, positive_probability
+from trainables.metrics.acd import DEFAULT_BAND, check_band, in_band
 
-DEFAULT_BAND = (0.4, 0.6)
 _ARRAYS = ("images", "scores", "embeddings", "generated", "band", "classes")
 
 
@@ -57,12 +57,6 @@ class AmbiguousSet:
 
     def __len__(self) -> int:
         return len(self.scores)
-
-
-def check_band(band: tuple[float, float]) -> None:
-    """A band is two probabilities, low first (a single value, low == high, is allowed)."""
-    if len(band) != 2 or not 0.0 <= band[0] <= band[1] <= 1.0:
-        raise ValueError(f"band must be (low, high) with 0 <= low <= high <= 1, got {tuple(band)}")
 
 
 def _distance_to_band(scores: torch.Tensor, band: tuple[float, float]) -> torch.Tensor:
@@ -106,7 +100,7 @@ def generate_ambiguous(generator_folder: str, classifier_folder: str, images: in
         z = torch.randn(min(batch_size, images - start), generator.z_dim, generator=latents)
         batch = generator(z.to(target))
         scores = positive_probability(classifier, batch)
-        keep = (scores >= band[0]) & (scores <= band[1])
+        keep = in_band(scores, band)
         distance = _distance_to_band(scores, band)
         nearest = int(distance.argmin())
         if float(distance[nearest]) < closest_distance:

@@ -2,8 +2,9 @@
 
 A `TrainableDef` is everything the orchestrator needs to know about a trainable without reading
 its code: its config class, the metrics it reports (and which way is better, so a scheduler's
-mode is never guessed), how to rebuild its model from a checkpoint for the model registry, and a
-cheap `preflight` that fails fast (e.g. a missing dataset) before any trial starts.
+mode is never guessed), how to rebuild its model from a checkpoint for the model registry, the datasets it reads (so the
+launcher fetches and verifies them once, before any trial starts), and a cheap `preflight` that
+fails fast on anything else (e.g. a missing input file).
 
 Besides the built-in names, a YAML may name `package.module:ATTRIBUTE` for a user's own
 TrainableDef/JobDef, so research code plugs in without editing this file.
@@ -19,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from trainables.data import DatasetUse
 from trainables.reporter import CheckpointState, Reporter
 
 
@@ -45,6 +47,7 @@ class TrainableDef:
     description: str
     build_model: Callable[[CheckpointState], nn.Module] | None = None
     preflight: Callable[[Any], None] | None = None
+    datasets: Callable[[Any], tuple[DatasetUse, ...]] | None = None  # what a config reads (trainables.data)
     tiny_config: Mapping[str, Any] = field(default_factory=dict)
     # Two metrics that pull against each other (GASTeN: fid_mnist vs acd): each stage of this
     # trainable gets a Pareto plot of them across its trials.
@@ -77,6 +80,7 @@ class JobDef:
     metrics: tuple[Metric, ...]
     description: str
     preflight: Callable[[Any], None] | None = None
+    datasets: Callable[[Any], tuple[DatasetUse, ...]] | None = None
 
 
 # A trial's pick in one branch of a conditional space: the option's name and its built config,
@@ -108,6 +112,7 @@ class ObjectiveDef:
     metrics: tuple[Metric, ...]
     description: str
     preflight: Callable[[Any], None] | None = None
+    datasets: Callable[[Any], tuple[DatasetUse, ...]] | None = None
     describe_data: Callable[[Any], Mapping[str, float]] | None = None  # logged on the stage's run
 
     def metric(self, name: str) -> Metric:

@@ -1,10 +1,16 @@
 """A small CNN image classifier: GASTeN's frozen judge, and gensearch's first real trainable.
 
-Read top to bottom: the config, the model, the training step, the trainable entry point.
+Read top to bottom: the config, the two architectures, the training step, the trainable entry point.
 `nf` is the width multiplier of the GASTeN paper (1, 2 or 4). With two `classes` (default 7 vs 1)
 it is the binary classifier whose confusion GASTeN's generator is trained to provoke; with all ten
 it is a general MNIST classifier. Validation images are carved from the training split, so a
 search never looks at the test split.
+
+Two architectures (`arch`): `cnn`, a BatchNorm/ReLU CNN with an MLP head (the default, and the
+network behind the fid_mnist features), and `paper`, the GASTeN reference classifier (two linear
+convolutions with max-pooling and one linear output; 129 / 293 / 729 parameters for nf 1 / 2 / 4 on
+two classes). The reference is far less confident on generated images, which is what leaves the
+confusion loss a gradient to follow. Both give logits per class, so every user calls them alike.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.catalog import Metric, TrainableDef
-from trainables.data import ImageSet, load_images, require_training_data
+from trainables.data import ImageSet, load_images, training_data
 from trainables.device import resolve_device
 from trainables.fit import fit
 from trainables.reporter import CheckpointState, Reporter
@@ -29,6 +35,7 @@ class ClassifierConfig:
     classes: tuple[int, ...] = (7, 1)  # () means all ten classes
     train_size: int = 0  # 0 keeps every remaining training image of those classes
     val_size: int = 1000
+    arch: Literal["cnn", "paper"] = "cnn"  # see the module docstring; GASTeN's studies use "paper"
     nf: int = 1
     lr: float = 1e-3
     batch_size: int = 64
@@ -64,6 +71,42 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class PaperClassifier(nn.Module):
+    """GASTeN's reference classifier: conv(1->nf) -> max-pool -> conv(nf->2nf) -> max-pool -> linear.
+
+    No ReLU and no BatchNorm, as in the reference (Cunha et al.); images are rescaled to [-1, 1] first,
+    the range the reference trained on. With two classes the reference has one output z and a
+    sigmoid; here that z is returned as the logits [0, z], so softmax(...)[:, 1] == sigmoid(z) and
+    cross-entropy == the reference's binary cross-entropy, with no extra parameter. `embed` is the
+    flattened 7x7 feature maps the linear layer reads (2nf * 49 values).
+    """
+
+    def __init__(self, nf: int = 1, num_classes: int = 2) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, nf, 3, padding="same"), nn.MaxPool2d(2),  # 14x14
+            nn.Conv2d(nf, 2 * nf, 3, padding="same"), nn.MaxPool2d(2),  # 7x7
+            nn.Flatten(),
+        )
+        self.binary = num_classes == 2
+        self.head = nn.Linear(2 * nf * 7 * 7, 1 if self.binary else num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x * 2 - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self.embed(x))
+        return torch.cat([torch.zeros_like(logits), logits], dim=1) if self.binary else logits
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"cnn": Classifier, "paper": PaperClassifier}
+
+
+def make_classifier(arch: str, nf: int, num_classes: int) -> nn.Module:
+    """A fresh classifier of architecture `arch` ("cnn" or "paper")."""
+    return ARCHITECTURES[arch](nf, num_classes)
 
 
 def split_train_val(data: ImageSet, config: ClassifierConfig) -> tuple[ImageSet, ImageSet]:
@@ -105,7 +148,7 @@ def train(config: ClassifierConfig, reporter: Reporter) -> dict[str, float]:
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     train_set, val_set = split_train_val(load_training_data(config), config)
-    model = Classifier(config.nf, len(train_set.classes)).to(device)
+    model = make_classifier(config.arch, config.nf, len(train_set.classes)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     def train_epoch(epoch: int) -> dict[str, float]:
         # The order is a function of (seed, epoch), so a run resumed at any epoch sees the same batches.
@@ -129,14 +172,15 @@ def train(config: ClassifierConfig, reporter: Reporter) -> dict[str, float]:
                optimizers={"model": optimizer}, train_epoch=train_epoch, evaluate=validate, reporter=reporter)
 
 
-def build_model(state: CheckpointState) -> Classifier:
-    """Rebuild the trained classifier from a checkpoint state (used by the model registry)."""
+def build_model(state: CheckpointState) -> nn.Module:
+    """Rebuild the trained classifier from a checkpoint state (used by the model registry).
+
+    Checkpoints written before `arch` existed hold the CNN."""
     config = state["config"]
     num_classes = len(config["classes"]) or 10
-    model = Classifier(config["nf"], num_classes)
+    model = make_classifier(config.get("arch", "cnn"), config["nf"], num_classes)
     model.load_state_dict(state["modules"]["model"])
     return model.eval()
-
 
 
 CLASSIFIER = TrainableDef(
@@ -148,8 +192,8 @@ CLASSIFIER = TrainableDef(
         Metric("val_loss", higher_is_better=False, description="cross-entropy on the validation images"),
         Metric("train_loss", higher_is_better=False, description="mean training cross-entropy of the epoch"),
     ),
-    description="small CNN classifier over MNIST-like images (class subsets such as 7 vs 1)",
+    description="small CNN classifier over MNIST-like images (class subsets such as 7 vs 1); arch cnn or paper",
     build_model=build_model,
-    preflight=require_training_data,
+    datasets=training_data,
     tiny_config={"train_size": 64, "val_size": 32, "epochs": 1, "batch_size": 32},
 )

@@ -7,7 +7,12 @@ shared copy is read-only and torchvision insists on extracting next to the archi
 
 Every archive is checked against torchvision's published MD5 before use: the shared files were
 partly rebuilt by hand, and a silently corrupt pixel file would only show up as a strange
-accuracy curve days later.
+accuracy curve days later. A file that passed is remembered (by path, size and mtime) in
+`verified.json` in the cache folder, so each archive is hashed once per machine, not once per trial.
+
+Trainables never download: `fetch` is for the launcher (before any trial starts, see
+orchestrator/data.py) and for `python -m orchestrator.data fetch`. A definition declares what it
+reads with `DatasetUse`s, so the launcher knows a study's datasets before Ray starts.
 """
 
 from __future__ import annotations
@@ -15,8 +20,14 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import http.client
+import json
 import os
-from collections.abc import Sequence
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +45,7 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 _FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
 _TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "kmnist": "KMNIST"}
 _PREFIXES = {"train": "train", "test": "t10k"}
+_DATASET_OF_FOLDER = {folder: name for name, folder in _FOLDERS.items()}
 _IMAGES, _LABELS = "images-idx3-ubyte", "labels-idx1-ubyte"
 
 # The checksums in torchvision's `resources` lists, so a cache filled by torchvision passes too.
@@ -52,11 +64,16 @@ _MD5 = {
     ("KMNIST", "t10k-labels-idx1-ubyte.gz"): "7320c461ea6c1c855c0b718fb2a4b134",
 }
 
+_CLASS_COUNT = 10  # MNIST, Fashion-MNIST and KMNIST all have ten classes, 0..9
+_DOWNLOAD_TIMEOUT_S = 30
+MIRROR_ENV = "GENSEARCH_DATA_MIRROR"
+
 _DIGITS_TRAIN = 1500  # of scikit-learn's 1797 digits; a fixed cut keeps fallback runs comparable
 _DIGITS_SOURCE = "scikit-learn digits {split} (fallback for MNIST, upsampled 8x8 -> 28x28)"
 
 # (resolved path, size, mtime_ns) of archives whose MD5 matched: hashing 26 MB on every trial
-# start would cost more than parsing, and a replaced file changes size or mtime.
+# start would cost more than parsing, and a replaced file changes size or mtime. Persisted in
+# `verified_record()` for the next process.
 _VERIFIED: set[tuple[str, int, int]] = set()
 
 
@@ -66,6 +83,38 @@ class DatasetNotFoundError(FileNotFoundError):
     It takes a single message argument so it survives pickling (Ray ships errors between
     processes), which OSError's multi-argument form would not.
     """
+
+
+class DownloadError(RuntimeError):
+    """A dataset could not be fetched (no route, HTTP error, MD5 mismatch); the one-line message says
+    which file from which URL and why. Nothing half-written is left behind."""
+
+
+@dataclass(frozen=True)
+class DatasetUse:
+    """One dataset a config reads, declared by its TrainableDef/JobDef (`datasets=`), so the launcher can
+    fetch it, verify its archives and check `classes` before any trial starts.
+
+    `fallback`: the config allows scikit-learn's digits in place of a missing MNIST. `setting` names
+    the config key the dataset came from ("" when the trainable reads it on its own, e.g. MNIST for
+    the fid_mnist feature network), so a problem is reported at the right YAML key.
+    """
+
+    name: str
+    splits: tuple[str, ...] = ("train",)
+    classes: tuple[int, ...] = ()  # () means all classes
+    fallback: bool = False
+    setting: str = "dataset"
+
+
+def training_data(config: Any) -> tuple[DatasetUse, ...]:
+    """`datasets=` of a trainable that trains on `config.dataset`'s training split (its `classes`)."""
+    return (DatasetUse(config.dataset, ("train",), tuple(config.classes), config.allow_fallback),)
+
+
+def every_class_training_data(config: Any) -> tuple[DatasetUse, ...]:
+    """`datasets=` of a trainable that trains on every class of `config.dataset`'s training split."""
+    return (DatasetUse(config.dataset, fallback=config.allow_fallback),)
 
 
 @dataclass(frozen=True)
@@ -86,7 +135,7 @@ class ImageSet:
 
 
 def cache_dir() -> Path:
-    """Where `download=True` puts files; a data root too, so a downloaded set is found next time."""
+    """Where the launcher and `fetch` download to; the last data root, so a downloaded set is found next time."""
     base = os.environ.get("GENSEARCH_CACHE")
     return (Path(base).expanduser() if base else Path.home() / ".cache" / "gensearch") / "data"
 
@@ -109,10 +158,16 @@ def data_roots(data_root: str | os.PathLike[str] | None = None) -> list[Path]:
     return roots
 
 
+def folder_name(name: str) -> str:
+    """The dataset's folder in a data root (and on a mirror): `MNIST`, `FashionMNIST`, `KMNIST`."""
+    _check_name(name)
+    return _FOLDERS[name]
+
+
 def locate(name: str, split: str, data_root: str | os.PathLike[str] | None = None) -> Path:
     """The `raw` folder holding this split's images and labels, searched in `data_roots` order.
 
-    Cheap on purpose (no hashing): trainables call it as a preflight before any trial starts.
+    Cheap on purpose (no hashing): the launcher verifies the archives once (`verify`).
     """
     _check_name(name)
     _check_split(split)
@@ -124,11 +179,17 @@ def locate(name: str, split: str, data_root: str | os.PathLike[str] | None = Non
     raise DatasetNotFoundError(_not_found_message(name, split, roots))
 
 
-def require_training_data(config: Any) -> None:
-    """A trainable's `preflight`: fail before any trial starts when `config.dataset`'s training split
-    is missing, unless the config allows the digits fallback."""
-    if not config.allow_fallback:
-        locate(config.dataset, "train")
+def check_classes(name: str, classes: Sequence[int]) -> tuple[int, ...]:
+    """`classes` as a tuple, or ValueError naming the bad index and the dataset's classes."""
+    _check_name(name)
+    return _check_classes(classes, _TITLES[name])
+
+
+def verify(name: str, split: str) -> None:
+    """MD5 of the split's archives where `locate` finds them (RuntimeError on a mismatch, DatasetNotFoundError
+    when absent); cheap after the first time on a machine (`verified.json`)."""
+    for path in _split_files(locate(name, split), split) or ():
+        _verify(path, _FOLDERS[name])
 
 
 def load_images(
@@ -139,7 +200,6 @@ def load_images(
     limit: int | None = None,
     data_root: str | os.PathLike[str] | None = None,
     allow_fallback: bool = False,
-    download: bool = False,
     seed: int = 0,
 ) -> ImageSet:
     """One split as float tensors, optionally reduced to some classes and a seeded random subset.
@@ -149,20 +209,17 @@ def load_images(
     """
     _check_name(name)
     _check_split(split)
-    wanted = _check_classes(classes)
+    wanted = tuple(range(_CLASS_COUNT)) if classes is None else _check_classes(classes, _TITLES[name])
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit <= 0):
         raise ValueError(f"limit must be a positive integer, got {limit!r}")
 
     try:
         raw = locate(name, split, data_root)
-    except DatasetNotFoundError as missing:
-        raw, why = _download(name, split) if download else (None, "")
-        if raw is None:
-            if allow_fallback and name == "mnist":
-                images, labels = _digits(split)
-                return _select(images, labels, wanted, limit, seed, _DIGITS_SOURCE.format(split=split))
-            note = f" Download into {cache_dir()} failed: {why}" if download else ""
-            raise DatasetNotFoundError(f"{missing}{note}") from None
+    except DatasetNotFoundError:
+        if allow_fallback and name == "mnist":
+            images, labels = _digits(split)
+            return _select(images, labels, wanted, limit, seed, _DIGITS_SOURCE.format(split=split))
+        raise
 
     files = _split_files(raw, split)
     if files is None:  # removed between locate() and now
@@ -183,13 +240,12 @@ def _check_split(split: str) -> None:
         raise ValueError(f"unknown split {split!r}; expected one of: {', '.join(_SPLITS)}")
 
 
-def _check_classes(classes: Sequence[int] | None) -> tuple[int, ...]:
-    if classes is None:
-        return tuple(range(10))
+def _check_classes(classes: Sequence[int], title: str) -> tuple[int, ...]:
     checked: list[int] = []
+    last = _CLASS_COUNT - 1
     for value in classes:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= 9:
-            raise ValueError(f"classes must be integers 0..9, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= last:
+            raise ValueError(f"classes must be integers 0..{last} (the classes of {title}), got {value!r}")
         if int(value) in checked:
             raise ValueError(f"classes lists {int(value)} twice")
         checked.append(int(value))
@@ -218,7 +274,8 @@ def _not_found_message(name: str, split: str, roots: Sequence[Path]) -> str:
     fixes = ["pass --data-root", f"set GENSEARCH_DATA to a folder holding {folder}/raw"]
     if name == "mnist":
         fixes.append("use allow_fallback=True for scikit-learn's 8x8 digits")
-    fixes.append("use download=True with internet access")
+    fixes.append(f"launch on a machine with internet (the launcher downloads it), or fetch it on one with "
+                 f"`python -m orchestrator.data fetch {name} --to DIR` and copy DIR here as a data root")
     return (
         f"{_TITLES[name]} {split} split not found: looked for {folder}/raw/{prefix}-{_IMAGES}.gz "
         f"and {prefix}-{_LABELS}.gz under {', '.join(str(root) for root in roots)}. "
@@ -231,9 +288,11 @@ def _verify(path: Path, folder: str) -> None:
     expected = _MD5.get((folder, path.name))
     if expected is None:
         return
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = _verified_key(path)
     if key in _VERIFIED:
+        return
+    if _read_verified_record().get(key[0]) == [key[1], key[2], expected]:
+        _VERIFIED.add(key)
         return
     digest = hashlib.md5(usedforsecurity=False)
     with path.open("rb") as handle:
@@ -242,9 +301,50 @@ def _verify(path: Path, folder: str) -> None:
     if digest.hexdigest() != expected:
         raise RuntimeError(
             f"MD5 checksum mismatch for {path}: got {digest.hexdigest()}, expected {expected}. "
-            "The file is corrupt or truncated; replace it with a fresh copy."
+            f"The file is corrupt or truncated; replace it with a fresh copy (on a machine with internet, "
+            f"python -m orchestrator.data fetch {_DATASET_OF_FOLDER[folder]} --to {path.parents[2]} does)."
         )
+    _remember_verified(path, expected)
+
+
+def _verified_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
+def verified_record() -> Path:
+    """The file that remembers which archives passed their MD5 check on this machine."""
+    return cache_dir() / "verified.json"
+
+
+def _read_verified_record() -> dict[str, list[Any]]:
+    try:
+        record = json.loads(verified_record().read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _remember_verified(path: Path, md5: str) -> None:
+    """Add one archive to the record. Written to a temporary file and renamed, so a reader never sees half
+    a file; two processes writing at once may lose an entry, which only costs one more hash later. A
+    read-only cache folder just means hashing again next time."""
+    key = _verified_key(path)
     _VERIFIED.add(key)
+    record = _read_verified_record()
+    record[key[0]] = [key[1], key[2], md5]
+    folder = verified_record().parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = tempfile.NamedTemporaryFile("w", dir=folder, prefix=".verified.", suffix=".part", delete=False)
+    except OSError:
+        return
+    try:
+        with handle:
+            json.dump(record, handle, indent=1)
+        os.replace(handle.name, verified_record())
+    except OSError:
+        Path(handle.name).unlink(missing_ok=True)
 
 
 def _read_idx(path: Path, folder: str) -> np.ndarray:
@@ -290,19 +390,86 @@ def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
     return array, labels
 
 
-def _download(name: str, split: str) -> tuple[Path | None, str]:
-    """Let torchvision fetch into the cache; only works with internet, so failure is expected."""
-    try:
-        import torchvision.datasets
+def fetch(name: str, into: str | os.PathLike[str] | None = None, *, splits: Sequence[str] = _SPLITS,
+          say: Callable[[str], None] = print) -> Path:
+    """Download the archives of dataset `name`'s `splits` into `into/<Folder>/raw` (default: the cache) and
+    return that folder. Files already there with the right MD5 are kept; `say` gets one line per file.
 
-        dataset_cls = getattr(torchvision.datasets, _FOLDERS[name])
-        dataset_cls(str(cache_dir()), train=split == "train", download=True)
-        raw = cache_dir() / _FOLDERS[name] / "raw"
-        if _split_files(raw, split):
-            return raw, ""
-        return None, f"no {split} files in {raw} afterwards"
-    except Exception as error:  # any failure means "not available"; the caller reports it
-        return None, " ".join(f"{type(error).__name__}: {error}".split())
+    Mirrors: `$GENSEARCH_DATA_MIRROR/<Folder>/raw/<file>` when that is set (a data root's layout, e.g.
+    an internal mirror behind a proxy), else torchvision's own mirror list for the dataset. Each file
+    is streamed into a temporary file beside its final name, checked against its MD5 and only then
+    renamed into place, so a truncated or corrupt download is never used and never left behind.
+    Raises DownloadError (one line) when a file cannot be had from any mirror.
+    """
+    folder = folder_name(name)
+    for split in splits:
+        _check_split(split)
+    prefixes = tuple(f"{_PREFIXES[split]}-" for split in splits)
+    raw = (Path(into).expanduser() if into is not None else cache_dir()) / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for (owner, filename), md5 in _MD5.items():
+        if owner != folder or not filename.startswith(prefixes):
+            continue
+        target = raw / filename
+        if target.is_file():
+            try:
+                _verify(target, folder)
+                say(f"data: {folder}/raw/{filename}: already in {raw.parent.parent} (MD5 ok)")
+                continue
+            except RuntimeError:
+                pass  # a bad copy: replaced below, atomically
+        errors = []
+        for url in _mirror_urls(folder, filename):
+            started = time.monotonic()
+            try:
+                size = _download_file(url, target, md5)
+            except (OSError, http.client.HTTPException, DownloadError) as error:  # URLError, timeouts: OSError
+                reason = error if isinstance(error, (urllib.error.HTTPError, DownloadError)) else getattr(
+                    error, "reason", error)
+                errors.append(f"{url}: {' '.join(str(reason).split())}")
+                continue
+            amount = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
+            say(f"data: {folder}/raw/{filename} <- {url}: {amount} in {time.monotonic() - started:.1f} s, MD5 ok")
+            break
+        else:
+            for empty in (raw, raw.parent):  # leave no empty folder behind: the cache stays as it was
+                if empty.is_dir() and not any(empty.iterdir()):
+                    empty.rmdir()
+            raise DownloadError(f"cannot download {folder}/raw/{filename}: {'; '.join(errors)}")
+    return raw
+
+
+def _mirror_urls(folder: str, filename: str) -> list[str]:
+    if mirror := os.environ.get(MIRROR_ENV):
+        return [f"{mirror.rstrip('/')}/{folder}/raw/{filename}"]
+    import torchvision.datasets  # only here: its mirror lists are the ones torchvision itself downloads from
+
+    return [f"{base}{filename}" for base in getattr(torchvision.datasets, folder).mirrors]
+
+
+def _download_file(url: str, target: Path, md5: str) -> int:
+    """Stream `url` into a temporary file beside `target`, check its length and MD5, rename it into place."""
+    digest, size = hashlib.md5(usedforsecurity=False), 0
+    handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".part", delete=False)
+    try:
+        with handle, urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:  # noqa: S310
+            promised = response.headers.get("Content-Length")
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                digest.update(chunk)
+                handle.write(chunk)
+                size += len(chunk)
+        if promised is not None and int(promised) != size:
+            raise DownloadError(f"truncated: {size} of {promised} bytes arrived; nothing kept")
+        if digest.hexdigest() != md5:
+            raise DownloadError(f"MD5 checksum mismatch (got {digest.hexdigest()}, expected {md5}): the file is "
+                                f"corrupt or truncated; nothing kept")
+        os.chmod(handle.name, 0o644)  # a temporary file is private; a data root may be shared storage
+        os.replace(handle.name, target)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    _remember_verified(target, md5)
+    return size
 
 
 def _select(

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.catalog import Metric, TrainableDef
-from trainables.data import ImageSet, load_images, locate
+from trainables.data import DatasetUse, ImageSet, load_images
 from trainables.device import resolve_device
 from trainables.feature_net import embed_images, feature_net
 from trainables.fit import fit
@@ -218,12 +218,16 @@ class FidScorer:
 
     def scores(self, generator: Generator) -> dict[str, float]:
         images = generate(generator, self.noise, self.device)
-        self.metric.reset(keep_real=True)
-        self.metric.update(embed_images(self.net, images), real=False)
-        scores = {"fid_mnist": self.metric.compute()}
+        scores = {"fid_mnist": self.fid_mnist(images)}
         if self.inception is not None:
             scores["fid_inception"] = self.inception(images)
         return scores
+
+    def fid_mnist(self, images: torch.Tensor) -> float:
+        """fid_mnist of any (N, 1, 28, 28) images in [0, 1] against the same real statistics."""
+        self.metric.reset(keep_real=True)
+        self.metric.update(embed_images(self.net, images), real=False)
+        return self.metric.compute()
 
 
 def load_fid_reference(dataset: str, classes: tuple[int, ...], fid_images: int, allow_fallback: bool,
@@ -270,12 +274,10 @@ def build_model(state: CheckpointState) -> Generator:
     return generator_from_state_dict(state["modules"]["generator"])
 
 
-def preflight(config: DCGANConfig) -> None:
-    """Fail before any trial starts when the dataset is missing (unless the digits fallback is on)."""
-    if not config.allow_fallback:
-        locate(config.dataset, "train")
-        locate(config.dataset, "test")
-        locate("mnist", "train")  # the fid_mnist feature network is trained on MNIST
+def datasets(config: DCGANConfig) -> tuple[DatasetUse, ...]:
+    """Training images, test images (the FID reference) and MNIST for the fid_mnist feature network."""
+    return (DatasetUse(config.dataset, ("train", "test"), tuple(config.classes), config.allow_fallback),
+            DatasetUse("mnist", ("train",), fallback=config.allow_fallback, setting=""))
 
 
 DCGAN = TrainableDef(
@@ -292,6 +294,6 @@ DCGAN = TrainableDef(
     description="DCGAN for 28x28 grayscale images (GASTeN step 1)",
     curves=("fid_mnist", "g_loss", "d_loss"),
     build_model=build_model,
-    preflight=preflight,
+    datasets=datasets,
     tiny_config={"train_size": 128, "epochs": 1, "batch_size": 32, "fid_images": 64},
 )

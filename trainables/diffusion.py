@@ -30,7 +30,7 @@ from torch import nn
 
 from trainables.catalog import Metric, TrainableDef
 from trainables.classifier import split_train_val
-from trainables.data import load_images, require_training_data
+from trainables.data import load_images, training_data
 from trainables.device import resolve_device
 from trainables.fit import fit
 from trainables.reporter import CheckpointState, Reporter
@@ -447,7 +447,7 @@ DIFFUSION = TrainableDef(
                 "its decoder activations at step t are image features",
     curves=("val_loss", "train_loss"),
     build_model=build_model,
-    preflight=require_training_data,
+    datasets=training_data,
     tiny_config={"train_size": 128, "val_size": 32, "epochs": 1, "batch_size": 64, "nf": 4, "timesteps": 50,
                  "sample_images": 2},
 )

@@ -28,7 +28,7 @@ import torch
 
 from trainables.catalog import JobDef, Metric
 from trainables.checkpoint import load_checkpoint
-from trainables.data import load_images
+from trainables.data import DatasetUse, load_images
 from trainables.device import resolve_device
 from trainables.fewshot import DEFAULT_SHOTS, FewShotConfig, fewshot_curve, markdown_table, pixel_features, plot_curves
 from trainables.reporter import Reporter
@@ -164,4 +164,5 @@ FEWSHOT = JobDef(
     description="few-shot accuracy curves (k labelled images per class, lin and MLP heads) of a study's VAE, "
                 "diffusion, GAN discriminator or classifier features beside raw pixels, on the test split; table, "
                 "parquet, plot",
+    datasets=lambda config: (DatasetUse(config.dataset, ("train", "test")),),
 )

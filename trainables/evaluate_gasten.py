@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainables.catalog import JobDef, Metric
+from trainables.data import DatasetUse
 from trainables.evaluate_fewshot import FewShotJobConfig
 from trainables.evaluate_fewshot import run as run_fewshot
 from trainables.fewshot import DEFAULT_SHOTS
 from trainables.ood.evaluate import EvaluateOodConfig
 from trainables.ood.evaluate import run as run_ood
+from trainables.ood.sets import ood_datasets
 from trainables.prototype_curve import PrototypeCurveConfig
 from trainables.prototype_curve import run as run_prototype_curve
 from trainables.reporter import ListReporter, Reporter
@@ -122,4 +124,6 @@ EVALUATE_GASTEN = JobDef(
                     description="the study classifier's features, 10 MNIST classes, lin head, k = 16"),),
     description="the GASTeN study's evaluation: few-shot curves of the classifier's and discriminator's features "
                 "vs pixels, the prototype curve (prototypes vs random vs real), the OOD table with a boundary K+1",
+    datasets=lambda config: (DatasetUse("mnist", ("train", "test"), setting=""),  # the few-shot curves
+                             *ood_datasets(config.ood_sets, "ood_sets")),
 )

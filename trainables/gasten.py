@@ -22,13 +22,26 @@ the step-1 generator itself scores 1.0. Without the budget a search rewards imag
 classifier by no longer looking like digits; with it, "the lowest ACD at an affordable FID". Each epoch also writes
 `samples.png`: 64 generated images from fixed latents with C(x) under each.
 
+Two more yardsticks ride along with every epoch. `band_share` (and `band_share_step1`) is the share
+of the ACD noise set with C(x) inside `band` (default [0.4, 0.6], the clustering stage's band): how
+many boundary images the generator makes. `acd_real_ambiguous` and `fid_real_ambiguous` score the
+`fid_images` real training digits of the pair that the classifier finds least certain
+(`trainables/real_ambiguous.py`): a generator at or below both is more ambiguous than real boundary
+digits and at least as realistic. They are constants of a trial, computed once before fine-tuning.
+Against that yardstick the objective has a second form, with the realism budget set by real boundary
+digits instead of a multiple of the step-1 FID:
+
+    tradeoff_real = acd / acd_step1 + max(0, fid_mnist / fid_real_ambiguous - 1)
+
 Both inputs are checkpoint folders given by reference in a study
 (`inputs: {generator: gan.best, classifier: classifier.best}`), so they are required settings.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,12 +49,15 @@ from torch import nn
 from trainables import classifier as classifier_module
 from trainables.catalog import Metric, TrainableDef
 from trainables.checkpoint import load_checkpoint
-from trainables.data import load_images, locate
+from trainables.data import DatasetUse, load_images
 from trainables.dcgan import (FID_INCEPTION, Discriminator, FidScorer, Generator, build_model, check_gan_training,
                               generate, load_fid_reference, train_gan_epoch)
 from trainables.device import resolve_device
+from trainables.feature_net import FEATURE_NET_VERSION
 from trainables.fit import fit
-from trainables.metrics.acd import average_confusion_distance, confusion_distance, fixed_noise
+from trainables.metrics.acd import (DEFAULT_BAND, average_confusion_distance, band_share, check_band,
+                                    confusion_distance, fixed_noise)
+from trainables.real_ambiguous import RealAmbiguous, cache_key, cached_real_ambiguous, real_ambiguous
 from trainables.reporter import CheckpointState, Reporter
 from trainables.sample_grid import sample_grid_png
 
@@ -64,6 +80,7 @@ class GastenConfig:
     fid_images: int = 1000
     inception_weights: str = ""  # as in dcgan: when found, fid_inception is reported too
     acd_images: int = 2048
+    band: tuple[float, ...] = DEFAULT_BAND  # C(x) range counted by band_share (the clustering stage's band)
     seed: int = 0
     device: str = "auto"
     allow_fallback: bool = False  # scikit-learn digits when MNIST is nowhere to be found
@@ -80,6 +97,7 @@ class GastenConfig:
         check_gan_training(self.lr, self.beta1, self.fid_images)
         if min(self.batch_size, self.epochs, self.acd_images) < 1 or self.train_size < 0:
             raise ValueError("batch_size, epochs and acd_images must be >= 1 and train_size >= 0")
+        check_band(tuple(self.band))
 
 
 def positive_probability(classifier: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -144,12 +162,39 @@ def measure_acd(generator: Generator, classifier: nn.Module, noise: torch.Tensor
     return average_confusion_distance(scored_samples(generator, classifier, noise, device)[1])
 
 
+def confusion_scores(generator: Generator, classifier: nn.Module, noise: torch.Tensor, device: torch.device,
+                     band: tuple[float, ...] = DEFAULT_BAND) -> dict[str, float]:
+    """ACD and band share of `generator` (in its current mode) on the latents `noise`, from one pass."""
+    probabilities = scored_samples(generator, classifier, noise, device)[1]
+    return {"acd": average_confusion_distance(probabilities), "band_share": band_share(probabilities, band)}
+
+
+def real_ambiguous_yardstick(classifier: nn.Module, images: Callable[[], torch.Tensor], fid: FidScorer,
+                             device: torch.device, cache_settings: Mapping[str, Any] | None) -> RealAmbiguous:
+    """The `fid_images` real images with C(x) closest to 0.5, scored by the trial's own FidScorer.
+
+    `images` loads the pair's training images (only on a cache miss); `cache_settings` name everything
+    besides the classifier's weights that fixes the result (None: compute, never cache).
+    """
+    def compute() -> RealAmbiguous:
+        return real_ambiguous(lambda batch: positive_probability(classifier, batch.to(device)), images(),
+                              len(fid.noise), fid.fid_mnist)
+
+    key = None if cache_settings is None else cache_key(classifier, {"images": len(fid.noise), **cache_settings})
+    return cached_real_ambiguous(key, compute)
+
+
 def tradeoff(acd: float, fid: float, acd_step1: float, fid_step1: float, fid_budget: float = 1.5) -> dict[str, float]:
     """How far fine-tuning moved from the step-1 generator: ratios and the search objective."""
     acd_ratio = acd / max(acd_step1, 1e-12)
     fid_ratio = fid / max(fid_step1, 1e-12)
     return {"acd_ratio": acd_ratio, "fid_ratio": fid_ratio,
             "tradeoff": acd_ratio + max(0.0, fid_ratio - fid_budget)}
+
+
+def tradeoff_real(acd: float, fid: float, acd_step1: float, fid_real_ambiguous: float) -> float:
+    """The confidence left, plus a penalty once less realistic than the real boundary digits."""
+    return acd / max(acd_step1, 1e-12) + max(0.0, fid / max(fid_real_ambiguous, 1e-12) - 1.0)
 
 
 def train(config: GastenConfig, reporter: Reporter) -> dict[str, float]:
@@ -165,7 +210,17 @@ def train(config: GastenConfig, reporter: Reporter) -> dict[str, float]:
                     config.fid_images, generator.z_dim, device, config.allow_fallback, config.inception_weights)
     acd_noise = fixed_noise(config.acd_images, generator.z_dim, ACD_NOISE_SEED)
     generator.eval()  # scored like every epoch: BatchNorm on its running statistics
-    step1 = {"fid_mnist_step1": fid(generator), "acd_step1": measure_acd(generator, classifier, acd_noise, device)}
+    step1 = {"fid_mnist_step1": fid(generator),
+             **{f"{name}_step1": value for name, value in
+                confusion_scores(generator, classifier, acd_noise, device, config.band).items()}}
+
+    # The yardstick ranks every training image of the pair, whatever share of them fine-tuning reads.
+    def pair_images() -> torch.Tensor:
+        return (data if not config.train_size else load_images(dataset, "train", classes=classes)).images
+
+    cache_settings = None if config.allow_fallback else {  # a fallback run's numbers are never stored
+        "dataset": dataset, "classes": list(classes), "fid_reference": "test", "feature_net": FEATURE_NET_VERSION}
+    yardstick = real_ambiguous_yardstick(classifier, pair_images, fid, device, cache_settings).metrics()
     grid_noise = acd_noise[:GRID_IMAGES]
     names = "/".join(str(c) for c in classes)
     betas = (config.beta1, 0.999)
@@ -185,10 +240,12 @@ def train(config: GastenConfig, reporter: Reporter) -> dict[str, float]:
         return {"g_loss": metrics["g_loss"], "d_loss": metrics["d_loss"], "confusion_loss": metrics["extra_loss"]}
 
     def evaluate(epoch: int) -> dict[str, float]:
-        scores = {**fid.scores(generator), "acd": measure_acd(generator, classifier, acd_noise, device)}
-        return {**scores, **step1,
+        scores = {**fid.scores(generator), **confusion_scores(generator, classifier, acd_noise, device, config.band)}
+        return {**scores, **step1, **yardstick,
                 **tradeoff(scores["acd"], scores["fid_mnist"], step1["acd_step1"], step1["fid_mnist_step1"],
-                           config.fid_budget)}
+                           config.fid_budget),
+                "tradeoff_real": tradeoff_real(scores["acd"], scores["fid_mnist"], step1["acd_step1"],
+                                               yardstick["fid_real_ambiguous"])}
 
     def files(epoch: int) -> dict[str, bytes]:
         images, probabilities = scored_samples(generator, classifier, grid_noise, device)
@@ -201,13 +258,10 @@ def train(config: GastenConfig, reporter: Reporter) -> dict[str, float]:
                train_epoch=train_epoch, evaluate=evaluate, reporter=reporter, files=files)
 
 
-def preflight(config: GastenConfig) -> None:
-    """Fail before any trial starts when MNIST (for the fid_mnist feature network) is missing.
-
-    The checkpoint folders themselves come from earlier stages and do not exist yet at launch.
-    """
-    if not config.allow_fallback:
-        locate("mnist", "train")
+def datasets(config: GastenConfig) -> tuple[DatasetUse, ...]:
+    """MNIST for the fid_mnist feature network. The training images are the classifier's dataset, read
+    from its checkpoint, which an earlier stage writes: that stage declares the dataset."""
+    return (DatasetUse("mnist", ("train",), fallback=config.allow_fallback, setting=""),)
 
 
 GASTEN = TrainableDef(
@@ -218,6 +272,9 @@ GASTEN = TrainableDef(
         Metric("tradeoff", higher_is_better=False,
                description="acd_ratio + max(0, fid_ratio - fid_budget): confidence left, penalised past the "
                            "FID budget"),
+        Metric("tradeoff_real", higher_is_better=False,
+               description="acd_ratio + max(0, fid_mnist / fid_real_ambiguous - 1): confidence left, penalised once "
+                           "less realistic than real boundary digits"),
         Metric("fid_mnist", higher_is_better=False,
                description="Fréchet distance to the classifier's real test images, on MNIST-classifier features"),
         Metric("acd", higher_is_better=False,
@@ -229,14 +286,22 @@ GASTEN = TrainableDef(
         Metric("fid_ratio", higher_is_better=False, description="fid_mnist / fid_mnist_step1"),
         Metric("acd_step1", higher_is_better=False, description="acd of the step-1 generator on the same latents"),
         Metric("fid_mnist_step1", higher_is_better=False, description="fid_mnist of the step-1 generator"),
+        Metric("band_share", higher_is_better=True,
+               description="share of the 2048 fixed latents' images with C(x) in `band` (default [0.4, 0.6])"),
+        Metric("band_share_step1", higher_is_better=True, description="band_share of the step-1 generator"),
+        Metric("acd_real_ambiguous", higher_is_better=False,
+               description="mean |0.5 - C(x)| of the fid_images real training images with C(x) closest to 0.5"),
+        Metric("fid_real_ambiguous", higher_is_better=False,
+               description="fid_mnist of those real boundary images: the realism a generator should match"),
         FID_INCEPTION,
     ),
     pareto=("fid_mnist", "acd"),
     curves=("fid_mnist", "acd", "tradeoff"),
     baselines={"fid_mnist": "fid_mnist_step1", "acd": "acd_step1"},
+    pareto_references={"real ambiguous digits": ("fid_real_ambiguous", "acd_real_ambiguous")},
     description="GASTeN: fine-tune a DCGAN generator towards a frozen binary classifier's decision boundary",
     build_model=build_model,
-    preflight=preflight,
+    datasets=datasets,
     # Empty on purpose: `generator` and `classifier` are required checkpoint folders, so the contract
     # test skips gasten (it has required fields) and tests/trainables/test_gasten.py builds the inputs.
     tiny_config={},

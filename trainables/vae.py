@@ -26,7 +26,7 @@ from torch import nn
 
 from trainables.catalog import Metric, TrainableDef
 from trainables.classifier import split_train_val
-from trainables.data import load_images, require_training_data
+from trainables.data import load_images, training_data
 from trainables.device import resolve_device
 from trainables.fewshot import fewshot_score
 from trainables.fit import fit
@@ -250,6 +250,6 @@ VAE_TRAINABLE = TrainableDef(
     description="convolutional VAE for 28x28 grayscale images (latent-dimension searches, OOD outlier generation)",
     curves=("val_loss", "val_recon", "val_kl"),
     build_model=build_model,
-    preflight=require_training_data,
+    datasets=training_data,
     tiny_config={"train_size": 256, "val_size": 64, "epochs": 1, "batch_size": 64},
 )

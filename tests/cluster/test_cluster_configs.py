@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -34,7 +36,6 @@ GPU, LOCAL, README = CLUSTER / "gpu.yaml", CLUSTER / "local.yaml", CLUSTER / "RE
 RAY_SCHEMA = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
 SHARED = "/mnt/gensearch"  # the shared mount every node has; --output must live under it
 WORLD = {"0.0.0.0/0", "::/0"}
-VENV_RAY = "~/gensearch/.venv/bin/ray"
 
 
 def load(path: Path) -> dict:
@@ -124,14 +125,116 @@ def test_rays_validation_rejects_a_broken_copy(path, breakage, error):
         ray_up_checks(broken)
 
 
+# --- The scripts both files run ----------------------------------------------------------------
+
+SECTIONS = ("setup_commands", "head_setup_commands", "worker_setup_commands", "head_start_ray_commands",
+            "worker_start_ray_commands")
+# `[NAME=VALUE ...] ~/gensearch/cluster/SCRIPT.sh [ARG ...]`: ray up copies the repository to ~/gensearch.
+SCRIPT_CALL = re.compile(r"(?P<env>(?:\w+=\S+\s+)*)~/gensearch/(?P<script>cluster/[\w-]+\.sh)(?P<args>(?:\s.*)?)")
+# What may differ between gpu.yaml and local.yaml: the storage (the NFS/EFS source and its mount options,
+# where MLflow's artifacts go) and the provider (autoscaler v1 for Ray's local provider).
+STORAGE_ENV = {"MLFLOW_ARTIFACTS_DESTINATION"}
+PROVIDER_ENV = {"RAY_enable_autoscaler_v2"}
+
+
+def script_calls(config: dict) -> dict[str, list[tuple[dict[str, str], str, list[str]]]]:
+    """Each setup and start section as (environment, script, arguments) calls; every command must be one."""
+    calls = {}
+    for section in SECTIONS:
+        calls[section] = []
+        for command in config.get(section, []):
+            match = SCRIPT_CALL.fullmatch(command.strip())
+            assert match, f"{section}: {command!r} is not a call of a script in cluster/"
+            env = dict(pair.split("=", 1) for pair in match["env"].split())
+            calls[section].append((env, match["script"], shlex.split(match["args"])))
+    return calls
+
+
+def script_text(name: str) -> str:
+    return (CLUSTER / name).read_text()
+
+
+def shell_command(text: str, start: str) -> str:
+    """The command that starts with `start` in a shell script, its continuation lines joined."""
+    joined = text.replace("\\\n", " ")
+    found = [line.strip() for line in joined.splitlines() if line.strip().startswith(start)]
+    assert len(found) == 1, f"expected one command starting with {start!r}, found {len(found)}"
+    return found[0]
+
+
+@by_name(CONFIGS)
+def test_every_setup_and_start_command_is_a_script_in_cluster(path):
+    calls = script_calls(load(path))
+    assert calls["setup_commands"] and calls["head_setup_commands"] and calls["head_start_ray_commands"]
+    for section, section_calls in calls.items():
+        for _, script, _ in section_calls:
+            file = REPO / script
+            assert file.is_file() and os.access(file, os.X_OK), f"{section}: {script} is not an executable file"
+    for script in sorted(CLUSTER.glob("*.sh")):
+        assert script.read_text().startswith("#!/usr/bin/env bash\n"), script.name
+        checked = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert checked.returncode == 0, f"{script.name}: {checked.stderr}"
+
+
+def check_same_scripts(gpu_config: dict, local_config: dict) -> None:
+    """Both files run the same scripts with the same arguments, but for the storage and the provider."""
+    def same_part(calls):
+        return {section: [(script, {k: v for k, v in env.items() if k not in STORAGE_ENV | PROVIDER_ENV},
+                           args[:1] if script == "cluster/setup_node.sh" else args)  # the NFS source: storage
+                          for env, script, args in section_calls]
+                for section, section_calls in calls.items()}
+
+    assert same_part(script_calls(gpu_config)) == same_part(script_calls(local_config))
+
+
+def test_gpu_and_local_configs_call_the_same_scripts_with_the_same_arguments():
+    check_same_scripts(load(GPU), load(LOCAL))
+    gpu, local = script_calls(load(GPU)), script_calls(load(LOCAL))
+    (gpu_setup,), (local_setup,) = gpu["setup_commands"], local["setup_commands"]
+    assert ".efs." in gpu_setup[2][1] and local_setup[2][1] == "NFS-SERVER:/export/gensearch"
+    assert [env for env, _, _ in gpu["head_start_ray_commands"]] == [
+        {"MLFLOW_ARTIFACTS_DESTINATION": "s3://YOUR-BUCKET/mlflow"}]
+    assert [env for env, _, _ in local["head_start_ray_commands"]] == [
+        {"RAY_enable_autoscaler_v2": "0", "MLFLOW_ARTIFACTS_DESTINATION": f"{SHARED}/mlflow-artifacts"}]
+
+
+def _worker_starts_ray_itself(config):
+    config["worker_start_ray_commands"] = ["~/gensearch/.venv/bin/ray start --address=$RAY_HEAD_IP:6379"]
+
+
+def _head_fetches_other_data(config):
+    config["head_setup_commands"] = ["~/gensearch/cluster/setup_head.sh /mnt/gensearch mnist kmnist"]
+
+
+def _extra_setup_step(config):
+    config["setup_commands"].append("~/gensearch/cluster/setup_head.sh /mnt/gensearch mnist")
+
+
+@pytest.mark.parametrize("breakage", [_worker_starts_ray_itself, _head_fetches_other_data, _extra_setup_step],
+                         ids=lambda b: b.__name__.strip("_"))
+def test_same_scripts_check_rejects_a_local_yaml_that_drifts_from_gpu_yaml(breakage):
+    local = load(LOCAL)
+    breakage(local)
+    with pytest.raises(AssertionError):
+        check_same_scripts(load(GPU), local)
+
+
+def test_scripts_install_from_package_registries_and_fetch_data_with_gensearch():
+    for script in sorted(CLUSTER.glob("*.sh")):
+        text = script.read_text()
+        piped = re.search(r"\b(curl|wget)\b[^\n]*\|\s*(ba)?sh\b", text)
+        assert not piped, f"{script.name} pipes a download into a shell"
+        assert "torchvision.datasets" not in text and "download=True" not in text, script.name
+    assert re.search(r'\.venv/bin/python -m orchestrator\.data fetch "\$@" --to "\$shared/data"',
+                     script_text("setup_head.sh"))
+    for config in (load(GPU), load(LOCAL)):
+        ((_, _, args),) = script_calls(config)["head_setup_commands"]
+        assert args[0] == SHARED and set(args[1:]) <= {"mnist", "fashion_mnist", "kmnist"}
+
+
 # --- MLflow on the head ----------------------------------------------------------------------
 
-def mlflow_server(config: dict) -> tuple[int, str, dict[str, str | bool]]:
-    """(position in head_start_ray_commands, the command, its options) of the one `mlflow server`."""
-    found = [(i, c) for i, c in enumerate(config["head_start_ray_commands"]) if "mlflow server" in c]
-    assert len(found) == 1, "exactly one head start command runs `mlflow server`"
-    assert not any("mlflow server" in c for c in config.get("head_setup_commands", []) + config["setup_commands"])
-    index, command = found[0]
+def mlflow_options(command: str) -> dict[str, str | bool]:
     tokens = shlex.split(command.split("mlflow server", 1)[1])
     options: dict[str, str | bool] = {}
     for position, token in enumerate(tokens):
@@ -141,58 +244,71 @@ def mlflow_server(config: dict) -> tuple[int, str, dict[str, str | bool]]:
             following = tokens[position + 1] if position + 1 < len(tokens) else ""
             value = following if following and not following.startswith(("--", ">")) else True
             options[token.split("=", 1)[0]] = token.split("=", 1)[1] if "=" in token else value
-    return index, command, options
+    return options
 
 
-def check_mlflow_server(config: dict) -> None:
-    index, command, options = mlflow_server(config)
+def check_mlflow_server(text: str) -> None:
+    """start_mlflow.sh: MLflow on the head's private address, and stopped with the head's Ray."""
+    command = shell_command(text, next(line.strip().rstrip("\\").strip()
+                                       for line in text.splitlines() if "mlflow server" in line))
+    assert command.startswith("setsid nohup ")  # its own process group; survives the end of Ray's SSH session
+    options = mlflow_options(command)
     host = options.get("--host")
     assert isinstance(host, str) and host not in {"0.0.0.0", "::", "[::]", "127.0.0.1", "localhost"}
     # The address is the one Ray itself uses for this node: the head's private (VPC / LAN) address.
     variable = re.fullmatch(r"\$\{?(\w+)\}?", host)
-    assert variable, f"--host {host!r} should be the head's address, derived in the same command"
-    assert re.search(rf"\b{variable.group(1)}=\$\([^\n]*ray\.util\.get_node_ip_address\(\)", command)
-    assert options.get("--port") == "5000"
-    assert options.get("--serve-artifacts") is True and isinstance(options.get("--artifacts-destination"), str)
+    assert variable, f"--host {host!r} should be the head's address, derived in the same script"
+    assert re.search(rf"^{variable.group(1)}=\$\([^\n]*ray\.util\.get_node_ip_address\(\)", text, re.M)
+    port = re.fullmatch(r"\$\{?(\w+)\}?", str(options.get("--port")))
+    assert port and re.search(rf"^{port.group(1)}=\$\{{MLFLOW_PORT:-5000\}}$", text, re.M)
+    assert options.get("--serve-artifacts") is True
+    assert options.get("--artifacts-destination") == "$MLFLOW_ARTIFACTS_DESTINATION"
     assert str(options.get("--backend-store-uri", "")).startswith(("sqlite:///", "postgresql"))
     allowed = str(options.get("--allowed-hosts", "")).split(",")
     assert "*" not in allowed and "localhost:*" in allowed  # the SSH tunnel's Host header
-    # Started in the background after Ray's head, and its URI left where the launch command reads it.
-    assert "nohup" in command and command.index("nohup") < command.index("mlflow server")
-    starts = [i for i, c in enumerate(config["head_start_ray_commands"]) if "ray start --head" in c]
-    assert starts and starts[0] < index
-    assert "> ~/mlflow_tracking_uri" in command and f"http://${variable.group(1)}:5000" in command
+    # Its URI left where the launch command reads it.
+    assert re.search(rf'^uri="http://\${variable.group(1)}:\${port.group(1)}"$', text, re.M)
+    assert 'echo "$uri" > ~/mlflow_tracking_uri' in text
+    # Stopped with the head's GCS, which the `ray stop` of `ray down` ends: the server's whole group.
+    assert re.search(r'gcs_pid=\$\(pgrep -n -u "\$\(id -u\)" -x gcs_server\)', text)
+    assert re.search(r'^server=\$!$', text, re.M)
+    assert 'on_exit.sh" "$gcs_pid" kill -TERM -- "-$server"' in text
 
 
-@by_name(CONFIGS)
-def test_head_runs_mlflow_on_its_private_address_port_5000(path):
-    check_mlflow_server(load(path))
-
-
-def test_gpu_cluster_keeps_mlflow_artifacts_in_an_object_store():
-    _, _, options = mlflow_server(load(GPU))
-    assert str(options["--artifacts-destination"]).startswith("s3://")
+def test_head_runs_mlflow_on_its_private_address_port_5000_until_ray_stops():
+    check_mlflow_server(script_text("start_mlflow.sh"))
+    # start_head.sh: Ray's head first, then MLflow.
+    head = script_text("start_head.sh")
+    assert head.index('"$here/start_ray.sh" "$@"') < head.index('"$here/start_mlflow.sh"')
+    for config in (load(GPU), load(LOCAL)):
+        calls = script_calls(config)
+        assert [script for _, script, _ in calls["head_start_ray_commands"]] == ["cluster/start_head.sh"]
+        assert not any(script == "cluster/start_head.sh" for section in ("setup_commands", "head_setup_commands")
+                       for _, script, _ in calls[section])
+        (_, _, args), = calls["head_start_ray_commands"]
+        # Ray's `ray up` reads these words from the head's start command (warn_about_bad_start_command).
+        assert args[:3] == ["ray", "start", "--head"] and "--autoscaling-config=~/ray_bootstrap_config.yaml" in args
 
 
 @pytest.mark.parametrize("old,new", [
-    ('--host "$HEAD_IP"', "--host 0.0.0.0"),           # every interface
-    ('--host "$HEAD_IP"', "--host 127.0.0.1"),         # workers and the driver's URI could not reach it
-    ("--port 5000", "--port 8080"),
+    ('--host "$head_ip"', "--host 0.0.0.0"),           # every interface
+    ('--host "$head_ip"', "--host 127.0.0.1"),         # workers and the driver's URI could not reach it
+    ("port=${MLFLOW_PORT:-5000}", "port=${MLFLOW_PORT:-8080}"),
     ("localhost:*,127.0.0.1:*", "*"),                  # Host-header guard switched off
-    ("nohup ", ""),                                    # dies with the SSH session
+    ("setsid nohup ", ""),                             # dies with the SSH session
+    ('kill -TERM -- "-$server"', 'kill -TERM "$server"'),  # leaves the uvicorn workers running
 ])
-def test_mlflow_check_rejects_an_exposed_or_unreachable_server(old, new):
-    config = load(GPU)
-    index, command, _ = mlflow_server(config)
-    assert old in command
-    config["head_start_ray_commands"][index] = command.replace(old, new)
+def test_mlflow_check_rejects_an_exposed_unreachable_or_immortal_server(old, new):
+    text = script_text("start_mlflow.sh")
+    assert old in text
     with pytest.raises(AssertionError):
-        check_mlflow_server(config)
+        check_mlflow_server(text.replace(old, new))
 
 
 # --- Workers, installation, shared storage ---------------------------------------------------
 
 def test_gpu_workers_declare_gpus_and_autoscale_from_zero():
+
     prepared = ray_up_checks(load(GPU))
     head = prepared["head_node_type"]
     assert prepared["available_node_types"][head]["resources"].get("GPU", 0) == 0
@@ -213,28 +329,42 @@ def test_every_node_installs_this_repository_at_its_pinned_versions(path):
     config = load(path)
     assert config["file_mounts"] == {"~/gensearch": "."}
     assert ".gitignore" in config.get("rsync_filter", [])  # a local .venv and runs/ stay behind
-    # setup_commands run on the head and on every worker; the install is one of them.
-    installs = [c for c in config["setup_commands"]
-                if "cd ~/gensearch" in c and re.search(r"pip install( -\w+)* -e \.(\s|$)", c)]
-    assert len(installs) == 1
-    assert "3.11" in " ".join(config["setup_commands"])  # pyproject: requires-python >= 3.11
+    # setup_commands run on the head and on every worker; setup_node.sh installs the project.
+    assert [script for _, script, _ in script_calls(config)["setup_commands"]] == ["cluster/setup_node.sh"]
+    setup = script_text("setup_node.sh")
+    assert re.search(r"^project=\$HOME/gensearch\b", setup, re.M)
+    assert re.search(r"^venv=\$project/\.venv\b", setup, re.M)
+    assert '"$venv/bin/python" -m pip install -q -e "$project[cluster]"' in setup
+    assert "sys.version_info < (3, 11)" in setup and "python3.11-venv" in setup  # pyproject: requires-python >= 3.11
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     dependencies = pyproject["project"]["dependencies"]
     assert "torch==2.14.1" in dependencies and "torchvision==0.29.1" in dependencies
-    # Ray runs from that environment on every node, so trials import the same packages as the driver.
-    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
-        ray_calls = re.findall(r"(\S*ray) (?:start|stop)\b", " ".join(config[key]))
-        assert ray_calls and set(ray_calls) == {VENV_RAY}, key
-    assert "--dashboard-host=0.0.0.0" not in " ".join(config["head_start_ray_commands"])
+    ray_pin = next(d for d in dependencies if d.startswith("ray[")).split("]", 1)[1]
+    assert f"ray[default]{ray_pin}" in pyproject["project"]["optional-dependencies"]["cluster"]  # job server, same Ray
+    # Ray runs from that environment on every node (through its interpreter), so trials import the same
+    # packages as the driver; the head's start goes through start_ray.sh too.
+    starts = {script for section in ("head_start_ray_commands", "worker_start_ray_commands")
+              for _, script, _ in script_calls(config)[section]}
+    assert starts == {"cluster/start_head.sh", "cluster/start_ray.sh"}
+    assert '"$here/start_ray.sh" "$@"' in script_text("start_head.sh")
+    start_ray = script_text("start_ray.sh")
+    assert 'ray_cli=("$HOME/gensearch/.venv/bin/python" -m ray.scripts.scripts)' in start_ray
+    assert re.findall(r'"\$\{ray_cli\[@\]\}" (\w+)', start_ray) == ["stop", "start", "stop"]
+    assert "--dashboard-host" not in start_ray + script_text("start_head.sh")  # Ray's default: localhost only
+    # `ray down` runs a plain `ray stop` on the head: the environment comes first on the login PATH.
+    assert "echo \"$path_line\" >> ~/.bashrc" in setup and 'gensearch/.venv/bin:$PATH' in setup
 
 
 @by_name(CONFIGS)
 def test_every_node_mounts_the_shared_folder_for_output_and_data(path):
-    config = load(path)
-    mounts = [c for c in config["setup_commands"] if re.search(rf"mount -t nfs4\b.*\s{SHARED}\b", c)]
-    assert len(mounts) == 1 and f"mountpoint -q {SHARED}" in mounts[0]
-    head_setup = " ".join(config["head_setup_commands"])
-    assert f"{SHARED}/data" in head_setup and f"{SHARED}/runs" in head_setup
+    calls = script_calls(load(path))
+    ((_, _, setup_args),) = calls["setup_commands"]
+    assert setup_args[0] == SHARED and setup_args[1]  # the folder, and the export mounted there
+    setup = script_text("setup_node.sh")
+    assert re.search(r'mountpoint -q "\$shared" \|\| as_root mount -t nfs4 .*"\$nfs_source" "\$shared"', setup)
+    ((_, _, head_args),) = calls["head_setup_commands"]
+    assert head_args[0] == SHARED
+    assert 'mkdir -p "$shared/data" "$shared/cache" "$shared/runs"' in script_text("setup_head.sh")
 
 
 def test_gpu_efs_mount_is_in_the_clusters_region():
@@ -295,8 +425,11 @@ def test_gpu_cluster_opens_only_ssh_to_the_internet():
 # --- The README's launch commands ------------------------------------------------------------
 
 def launch_commands(text: str) -> list[list[str]]:
-    text = text.replace("\\\n", " ")
-    return [shlex.split(args) for args in re.findall(r"\.venv/bin/python -m orchestrator\.launch ([^'\n]+)", text)]
+    """The launcher's arguments in the README's `ray exec` and `ray job submit` commands (not in the outputs
+    it quotes)."""
+    lines = [line for line in text.replace("\\\n", " ").splitlines() if line.startswith("ray ")]
+    return [shlex.split(args) for line in lines
+            for args in re.findall(r"\.venv/bin/python -m orchestrator\.launch ([^'\n]+)", line)]
 
 
 def parse_launch(argv: list[str]):

@@ -90,6 +90,28 @@ def test_job_stage_consumed_the_best_checkpoint_by_reference(finished_study):
     assert (output / "tune" / "classifier").resolve() in Path(best_checkpoint).parents
 
 
+def test_the_mlflow_ui_opens_on_training_runs_that_explain_themselves(finished_study):
+    """The experiment's kind (MLflow 3 otherwise opens its GenAI overview), the searched space on the stage's
+    run, and a registered version that says where it came from."""
+    _, output, _ = finished_study
+    client = client_for(output)
+    experiment, parents, _ = study_runs(client, "tiny")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    params = parents["classifier"].data.params
+    assert params["space.lr"] == "loguniform[0.001, 0.03]" and params["space.nf"] == "choice[1, 2]"
+    version = client.get_model_version_by_alias("tiny-classifier", "champion")
+    best = parents["classifier"].data
+    assert version.description.startswith("Best trial of stage `classifier` in study `tiny`: **val_accuracy = "
+                                          f"{best.metrics['best_val_accuracy']:.6g}** (max) at epoch ")
+    assert f"trial `{best.tags['gensearch.best_trial_id']}` (run `{version.run_id}`)" in version.description
+    assert version.description.endswith(f"Report: `{output.resolve() / 'report.md'}`")
+    assert (output / "report.md").is_file()
+    assert "study `tiny`" in client.get_registered_model("tiny-classifier").description
+    # MLflow 3.17's UI opens any experiment on its GenAI overview unless asked for the model-training view
+    url = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
+    assert url in (output / "summary.md").read_text() and url in (output / "report.md").read_text()
+
+
 def test_summary_names_best_trial_registry_and_mlflow_ui_command(finished_study):
     _, output, result = finished_study
     summary = (output / "summary.md").read_text()

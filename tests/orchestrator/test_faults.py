@@ -315,3 +315,23 @@ def test_a_resumed_stage_keeps_the_best_of_the_trials_finished_before_the_stop(c
     out = capsys.readouterr().out
     assert "resuming with 1 already done" in out
     assert "[stage] 2/3 done · trial c after 1 step(s): score=0.5 (best 0.9)" in out  # b has not finished
+
+
+def test_progress_never_counts_a_trial_twice_or_past_the_total(capsys):
+    """Issue 19, defect 7: a resume printed `9/8 done`. Tune's snapshot can predate a trial's end (it is
+    saved about once a second), so a trial whose run MLflow has as FINISHED may run and end once more."""
+    from orchestrator import tracking, trial_logger
+
+    def run(run_id, status):
+        return SimpleNamespace(info=SimpleNamespace(run_id=run_id, status=status), data=SimpleNamespace(metrics={}))
+
+    tracker = FlakyTracker()
+    tracker.children = lambda parent: {"a": run("run-a", "FINISHED"), "b": run("run-b", "FINISHED")}
+    target = tracking.TrackingTarget("sqlite:///unused.db", None, True)
+    logger = trial_logger.MlflowTrialLogger(target, "exp", "study", "stage", "parent", "score", "max", total_trials=2)
+    logger._tracker = tracker
+    logger.setup()
+    trial = SimpleNamespace(trial_id="b", config={}, last_result={"score": 0.5, "training_iteration": 1}, path=None)
+    logger.on_trial_complete(0, [], trial)  # b again, restored from a snapshot taken before it ended
+    out = capsys.readouterr().out
+    assert "[stage] 2/2 done · trial b" in out

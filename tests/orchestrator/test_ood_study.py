@@ -37,7 +37,7 @@ TINY = {
          "metric": "val_leave_out_auroc"},
         {"name": "conditional_nn", "kind": "tune", "trainable": "conditional_nn",
          "config": {"train_size": 1000, "val_size": 200, "vae_epochs": 1, "samples_per_class": 50,
-                    "siamese_pairs": 1000, "siamese_epochs": 1},
+                    "siamese_images": 100, "siamese_epochs": 1},
          "metric": "val_selective_accuracy"},
         {"name": "evaluate", "kind": "job", "job": "evaluate_ood",
          "inputs": {"classifier": "classifier.best", "odin": "odin.best", "kplus1": "kplus1.best",

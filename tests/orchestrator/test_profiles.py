@@ -34,11 +34,12 @@ def test_gasten_mnist_offers_a_quick_default_and_paper_profiles():
     assert quick.output == Path("runs/gasten_mnist")
     paper = load_study(GASTEN, profile="paper")
     assert paper.output == Path("runs/gasten_mnist-paper")
-    assert paper.stage("gan").config["epochs"] == 10 and quick.stage("gan").config["epochs"] == 5
+    assert paper.stage("gan").config["epochs"] == 10 and quick.stage("gan").config["epochs"] == 8
     assert paper.stage("gasten").config["epochs"] == 40 and paper.stage("gasten").config["acd_images"] == 2048
     assert paper.stage("gasten").resources.gpu > 0 and quick.stage("gasten").resources.gpu == 0
     # Unpatched settings come through untouched.
-    assert paper.stage("gasten").metric == quick.stage("gasten").metric == "tradeoff"
+    assert paper.stage("gasten").metrics == quick.stage("gasten").metrics == ("acd", "fid_mnist")
+    assert paper.stage("gasten").champion == quick.stage("gasten").champion
     assert paper.stage("gan").config["classes"] == [7, 1]
     pair = load_study(GASTEN, profile="paper-5v3")  # extends paper, then changes the digit pair
     assert pair.stage("classifier").config["classes"] == [5, 3] and pair.stage("gan").config["epochs"] == 10

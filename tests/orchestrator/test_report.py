@@ -22,6 +22,7 @@ import yaml
 from orchestrator.report import (MAX_GRIDS, REPORT_DIR, TAG_REPORT, format_settings, local_path, main,
                                  study_target, trial_seconds, varying_config_keys,
                                  write_report)
+from orchestrator.study_folder import MANIFEST_FILE
 from orchestrator.study_state import BestTrial, RegisteredVersion, StageState, StudyState, load_state, save_state
 from tests.orchestrator.study_helpers import REPO, client_for, run_launcher, study_runs
 
@@ -254,11 +255,29 @@ def test_job_sections_show_headline_tables_pictures_and_subfolders(fake_output):
     assert_links_exist(fake_output, report)
 
 
-def test_a_rerun_starts_from_a_clean_picture_folder(fake_output):
-    stale = fake_output / REPORT_DIR / "gone" / "old.png"
-    _write(stale, PNG)
+def test_a_rerun_removes_the_pictures_it_copied_before_and_nothing_else(fake_output):
+    """Issue 19, defect 1: report/ was removed whole (rmtree), with whatever a user kept there."""
     write_report(fake_output, log_to_mlflow=False)
-    assert not stale.exists()
+    copied = fake_output / REPORT_DIR / "search" / "parameter_sweep.png"
+    assert copied.read_bytes() == PNG
+    figure = _write(fake_output / REPORT_DIR / "figure1.png", b"a user's figure")
+    taken = _write(fake_output / REPORT_DIR / "search" / "pareto.png", b"a user's file where a new picture goes")
+    (fake_output / "tune" / "search" / "parameter_sweep.png").unlink()  # the stage no longer has this picture
+    _write(fake_output / "tune" / "search" / "pareto.png", PNG)  # and has this one now
+    report = write_report(fake_output, log_to_mlflow=False).read_text()
+    assert not copied.exists()  # gensearch's own stale copy went
+    assert figure.read_bytes() == b"a user's figure"
+    assert taken.read_bytes() == b"a user's file where a new picture goes"
+    assert f"]({REPORT_DIR}/search/pareto-1.png)" in report  # gensearch's copy took another name
+    assert_links_exist(fake_output, report)
+
+
+def test_a_report_md_gensearch_did_not_write_is_left_alone(fake_output):
+    _write(fake_output / MANIFEST_FILE, "[]")  # a study folder of today's launcher, before its first report
+    user_report = _write(fake_output / "report.md", "my own notes")
+    with pytest.raises(FileExistsError, match="not written by gensearch"):
+        write_report(fake_output, log_to_mlflow=False)
+    assert user_report.read_text() == "my own notes"
 
 
 def test_a_moved_study_still_finds_its_files(fake_output, tmp_path):

@@ -309,3 +309,74 @@ def test_yaml_merge_keys_are_not_taken_for_duplicates(tmp_path, capsys):
     path = tmp_path / "merge.yaml"
     path.write_text(text)
     assert main([str(path), "--dry-run"]) == 0, capsys.readouterr().err
+
+
+def test_a_merge_key_with_an_explicit_override_is_accepted_and_the_explicit_key_wins(tmp_path):
+    """Issue 19, defect 8: `config: {<<: *cfg, epochs: 2}` was refused as a duplicate key."""
+    text = SMOKE.read_text().replace("    config:\n      dataset: mnist\n", "    config: &cfg\n      dataset: mnist\n")
+    text = text.replace("study: smoke\n", "study: smoke\nprofile: quick\n")
+    text += "\nprofiles:\n  short:\n    stages:\n      classifier: {config: {<<: *cfg, epochs: 2}}\n"
+    path = tmp_path / "merge.yaml"
+    path.write_text(text)
+    result = subprocess.run([sys.executable, "-m", "orchestrator.launch", str(path), "--dry-run", "--profile", "short",
+                             "--output", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    config = load_study(path, profile="short").stage("classifier").config
+    assert config["epochs"] == 2 and config["classes"] == [7, 1] and config["train_size"] == 1500
+
+
+def test_a_key_written_twice_beside_a_merge_key_is_still_refused(tmp_path, capsys):
+    path = tmp_path / "twice.yaml"
+    path.write_text(SMOKE.read_text().replace("      epochs: 4\n", "      <<: {allow_fallback: true}\n"
+                                                                      "      epochs: 4\n      epochs: 2\n"))
+    lines, err = rejected_lines(path, capsys)
+    assert any("duplicate key 'epochs'" in line for line in lines), err
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """The "billion laughs" shape: each anchor a list of ten aliases of the one before (10^levels values)."""
+    lines = ["study: bomb", "description: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"output: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" if i == 1 else
+              f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + f"\nstages: *a{levels}\n"
+
+
+BOUNDS = {
+    "alias-bomb": (alias_bomb(), "expands to more than 100,000 values through its aliases"),
+    "deep-list": ("study: deep\nstages: " + "[" * 10_000 + "]" * 10_000 + "\n", "nested more than 100 levels deep"),
+    "deep-through-aliases": ("study: deep\n" + "".join(f"x{i}: &a{i} [{'*a' + str(i - 1) if i else 'x'}]\n"
+                                                        for i in range(200)) + "stages: *a199\n",
+                             "nests more than 100 levels deep once its aliases are expanded"),
+    "alias-loop": ("study: loop\nstages: &s [*s]\n", "an alias refers to a value that contains it"),
+    "long-value": ("study: long\ndescription: " + "x" * 200_000 + "\nstages: []\n", "a value of 200,000 characters"),
+    "megabyte-file": ("study: big\ndescription: " + "x" * 1_000_000 + "\nstages: []\n", "a study file is at most"),
+}
+
+
+@pytest.mark.parametrize("name", list(BOUNDS))
+def test_oversized_yaml_is_one_line_and_exit_2_within_a_second_without_memory_growth(tmp_path, name):
+    """Issue 19: an alias bomb (10^9 values here) drove the launcher to 3 GB with no answer after 45 s; a
+    10,000-deep list ended in a RecursionError and a 200 KB traceback."""
+    import time
+    import tracemalloc
+
+    text, fragment = BOUNDS[name]
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    if name in ("alias-bomb", "deep-list"):  # the issue's two cases, in a real launcher (a timeout, not a hang)
+        result = subprocess.run([sys.executable, "-m", "orchestrator.launch", str(path), "--dry-run"], cwd=REPO,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"{path}: ") and \
+            fragment in result.stderr, result.stderr[:2000]
+    started = time.perf_counter()
+    with pytest.raises(SpecError, match=fragment.replace("(", r"\(")):
+        load_study(path)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 1.0, f"{elapsed:.2f} s"
+    tracemalloc.start()  # measured apart: tracing slows the pure-Python scanner several times over
+    with pytest.raises(SpecError):
+        load_study(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20e6, f"{peak / 1e6:.0f} MB"

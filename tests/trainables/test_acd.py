@@ -1,4 +1,4 @@
-"""Average confusion distance and the fixed latent set it is measured on."""
+"""Average confusion distance, the band share, and the fixed latent set they are measured on."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from trainables.metrics.acd import average_confusion_distance, confusion_distance, fixed_noise
+from trainables.metrics.acd import average_confusion_distance, band_share, confusion_distance, fixed_noise
 
 
 def test_fixed_noise_is_identical_across_calls_and_processes_and_depends_on_the_seed():
@@ -41,3 +41,14 @@ def test_confusion_loss_gradient_pushes_probabilities_towards_one_half():
     p = torch.tensor([0.1, 0.9, 0.6], requires_grad=True)
     confusion_distance(p).backward()
     assert p.grad.tolist() == pytest.approx([-1 / 3, 1 / 3, 1 / 3])  # descent raises 0.1, lowers 0.9 and 0.6
+
+
+def test_band_share_counts_probabilities_inside_the_band_both_ends_included():
+    p = torch.tensor([0.1, 0.4, 0.45, 0.5, 0.6, 0.61, 0.9, 0.39])
+    assert band_share(p) == pytest.approx(4 / 8)  # 0.4, 0.45, 0.5, 0.6 in the default [0.4, 0.6]
+    assert band_share(p, (0.45, 0.55)) == pytest.approx(2 / 8)
+    assert band_share(p, (0.0, 1.0)) == 1.0 and band_share(p, (0.95, 1.0)) == 0.0
+    with pytest.raises(ValueError, match="band must be"):
+        band_share(p, (0.6, 0.4))
+    with pytest.raises(ValueError, match="at least one"):
+        band_share(torch.tensor([]))

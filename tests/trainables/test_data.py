@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gzip
-import os
+import json
 import pickle
 import shutil
 from pathlib import Path
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from trainables import data
+from tests.trainables.mirror_helpers import copy_dataset, flip_byte, leftovers, serve_mirror
 from trainables.data import DATASETS, DatasetNotFoundError, ImageSet, data_roots, load_images, locate
 
 SHARED = Path(data.__file__).resolve().parents[1].parent / "shared" / "data"
@@ -47,14 +48,6 @@ def copy_split(root: Path, folder: str, prefix: str) -> Path:
     for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
         shutil.copyfile(SHARED / folder / "raw" / f"{prefix}-{kind}.gz", raw / f"{prefix}-{kind}.gz")
     return raw
-
-
-def flip_byte(path: Path, mtime_ns: int | None = None) -> None:
-    blob = bytearray(path.read_bytes())
-    blob[len(blob) // 2] ^= 0xFF
-    path.write_bytes(bytes(blob))
-    if mtime_ns is not None:
-        os.utime(path, ns=(mtime_ns, mtime_ns))
 
 
 def test_mnist_train_matches_published_counts() -> None:
@@ -93,7 +86,7 @@ def test_fashion_mnist_and_kmnist_test_splits() -> None:
     assert len(kmnist) == 10000 and kmnist.images.shape == (10000, 1, 28, 28)
     assert torch.bincount(kmnist.labels).tolist() == [1000] * 10
     with pytest.raises(DatasetNotFoundError, match="KMNIST train"):
-        load_images("kmnist", "train", download=False)
+        load_images("kmnist", "train")
 
 
 def test_locate_returns_raw_folder() -> None:
@@ -128,6 +121,7 @@ def test_missing_dataset_names_every_root(isolated: dict[str, Path]) -> None:
     for root in expected_roots(isolated):
         assert str(root) in message
     assert "--data-root" in message and "GENSEARCH_DATA" in message and "allow_fallback" in message
+    assert "python -m orchestrator.data fetch mnist --to DIR" in message
     assert isinstance(caught.value, FileNotFoundError)
     assert str(pickle.loads(pickle.dumps(caught.value))) == message
 
@@ -190,35 +184,70 @@ def test_extracted_files_are_read_too(isolated: dict[str, Path]) -> None:
     assert torch.equal(extracted.images, original.images) and torch.equal(extracted.labels, original.labels)
 
 
-def test_download_fills_the_cache(isolated: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    import torchvision.datasets
+def test_fetch_fills_the_cache_from_a_mirror_once(isolated: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    lines: list[str] = []
+    with serve_mirror(SHARED) as mirror:
+        monkeypatch.setenv(data.MIRROR_ENV, mirror.url)
+        with pytest.raises(DatasetNotFoundError):
+            locate("mnist", "test")
+        raw = data.fetch("mnist", say=lines.append)
+        again: list[str] = []
+        data.fetch("mnist", say=again.append)
+    assert raw == isolated["cache"] / "data" / "MNIST" / "raw"
+    files = sorted(name for folder, name in data._MD5 if folder == "MNIST")
+    assert sorted(mirror.requests) == sorted(f"/MNIST/raw/{name}" for name in files)  # each file once
+    assert len(lines) == 4 and all(line.endswith("MD5 ok") and mirror.url in line for line in lines)
+    assert all("already in" in line for line in again) and len(again) == 4
+    assert leftovers(isolated["cache"]) == []
+    assert locate("mnist", "test") == raw.resolve()
+    assert len(load_images("mnist", "test")) == 10000
+    assert {Path(path).name for path in json.loads(data.verified_record().read_text())} == set(files)
 
-    calls: list[tuple[str, bool]] = []
 
-    class FakeMNIST:  # stands in for the network: copies the shared files where torchvision would
-        def __init__(self, root: str, train: bool, download: bool) -> None:
-            calls.append((root, train))
-            copy_split(Path(root), "MNIST", "train" if train else "t10k")
+@pytest.mark.parametrize("damage", ["corrupt", "cut off"])
+def test_a_bad_download_is_refused_and_nothing_is_left(damage: str, isolated: dict[str, Path],
+                                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    raw = copy_dataset(tmp_path / "mirror")
+    with serve_mirror(tmp_path / "mirror") as mirror:
+        if damage == "corrupt":
+            flip_byte(raw / "t10k-images-idx3-ubyte.gz")
+        else:
+            mirror.cut.add("t10k-images-idx3-ubyte.gz")
+        monkeypatch.setenv(data.MIRROR_ENV, mirror.url)
+        with pytest.raises(data.DownloadError) as caught:
+            data.fetch("mnist", say=lambda line: None)
+    message = str(caught.value)
+    assert "\n" not in message and "t10k-images-idx3-ubyte.gz" in message and mirror.url in message
+    assert ("MD5 checksum mismatch" if damage == "corrupt" else "truncated") in message
+    assert leftovers(isolated["cache"]) == []  # the two train files before it are complete and verified
+    assert not (isolated["cache"] / "data" / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz").exists()
 
-    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
-    with pytest.raises(DatasetNotFoundError):
-        load_images("mnist", "test", data_root=isolated["empty"])
-    assert calls == []
-    loaded = load_images("mnist", "test", data_root=isolated["empty"], download=True)
-    assert calls == [(str(isolated["cache"] / "data"), False)]
-    assert len(loaded) == 10000 and str(isolated["cache"]) in loaded.source
+
+def test_fetch_takes_only_the_splits_asked_for(isolated: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    with serve_mirror(SHARED) as mirror:  # the shared copy has the KMNIST test split only
+        monkeypatch.setenv(data.MIRROR_ENV, mirror.url)
+        data.fetch("kmnist", splits=("test",), say=lambda line: None)
+    assert sorted(mirror.requests) == ["/KMNIST/raw/t10k-images-idx3-ubyte.gz", "/KMNIST/raw/t10k-labels-idx1-ubyte.gz"]
+    assert len(load_images("kmnist", "test")) == 10000
 
 
-def test_failed_download_still_raises_not_found(isolated: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    import torchvision.datasets
-
-    def offline(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
-
-    monkeypatch.setattr(torchvision.datasets, "KMNIST", offline)
-    with pytest.raises(DatasetNotFoundError, match="Error downloading") as caught:
-        load_images("kmnist", "train", data_root=isolated["empty"], download=True)
+def test_an_unreachable_mirror_is_one_line(isolated: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    with serve_mirror(isolated["empty"]) as mirror:
+        closed = mirror.url  # the server stops at the end of the block: its port then refuses connections
+    monkeypatch.setenv(data.MIRROR_ENV, closed)
+    with pytest.raises(data.DownloadError, match="refused") as caught:
+        data.fetch("kmnist", say=lambda line: None)
     assert "\n" not in str(caught.value)
+    assert not (isolated["cache"] / "data" / "KMNIST").exists()
+
+
+def test_verified_archives_are_remembered_across_processes(isolated: dict[str, Path],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    copy_split(isolated["empty"], "MNIST", "t10k")
+    load_images("mnist", "test", data_root=isolated["empty"])
+    monkeypatch.setattr(data, "_VERIFIED", set())  # what a new process starts with
+    monkeypatch.setattr(data.hashlib, "md5", None)  # hashing again would fail
+    assert len(load_images("mnist", "test", data_root=isolated["empty"])) == 10000
 
 
 @pytest.mark.parametrize(
@@ -228,7 +257,7 @@ def test_failed_download_still_raises_not_found(isolated: dict[str, Path], monke
         ({"split": "val"}, "'val'; expected one of: train, test"),
         ({"classes": (7, 7)}, "7 twice"),
         ({"classes": (7,)}, "at least 2"),
-        ({"classes": (7, 10)}, "0..9, got 10"),
+        ({"classes": (7, 10)}, r"0..9 \(the classes of MNIST\), got 10"),
         ({"classes": (7, "1")}, "'1'"),
         ({"limit": 0}, "limit"),
     ],

@@ -11,6 +11,7 @@ import torch
 
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import build_config
+from trainables.data import DatasetUse
 from trainables.diffusion import (
     DIFFUSION,
     DiffusionConfig,
@@ -210,7 +211,7 @@ def test_trainable_definition_tiny_run_reports_its_declared_metrics_and_rebuilds
     assert DIFFUSION.name == "ddpm" and DIFFUSION.metric("val_loss").mode == "min"
     assert DIFFUSION.metric("train_loss").mode == "min"
     config = build_config(DiffusionConfig, {**DIFFUSION.tiny_config, "allow_fallback": False})
-    DIFFUSION.preflight(config)
+    assert DIFFUSION.datasets(config) == (DatasetUse("mnist", ("train",)),)  # what the launcher fetches
     reporter = ListReporter()
     DIFFUSION.run(config, reporter)
     assert {metric.name for metric in DIFFUSION.metrics} <= reporter.keys()

@@ -17,12 +17,15 @@ from trainables.checkpoint import save_checkpoint
 from trainables.classifier import ClassifierConfig
 from trainables.classifier import train as train_classifier
 from trainables.config import ConfigError, build_config, required_fields
-from trainables.dcgan import DCGAN, DCGANConfig, Discriminator, Generator
+from trainables.data import load_images
+from trainables.dcgan import DCGAN, DCGANConfig, Discriminator, FidScorer, Generator, load_fid_reference
 from trainables.dcgan import train as train_dcgan
 from trainables.gasten import (ACD_NOISE_SEED, GASTEN, GastenConfig, continue_step1_optimizers,
-                               load_frozen_classifier, load_gan, measure_acd, positive_probability, tradeoff)
+                               load_frozen_classifier, load_gan, measure_acd, positive_probability, scored_samples,
+                               tradeoff, tradeoff_real)
 from trainables.gasten import train as train_gasten
-from trainables.metrics.acd import fixed_noise
+from trainables.metrics.acd import band_share, fixed_noise
+from trainables.real_ambiguous import real_ambiguous
 from trainables.reporter import ListReporter
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -90,15 +93,20 @@ def test_gasten_requires_both_checkpoints_and_the_contract_test_skips_it():
         build_config(GastenConfig, {"generator": "/g", "classifier": ""})
     with pytest.raises(ConfigError, match="alpha must be >= 0"):
         build_config(GastenConfig, {"generator": "/g", "classifier": "/c", "alpha": -1})
+    with pytest.raises(ConfigError, match="band must be"):
+        build_config(GastenConfig, {"generator": "/g", "classifier": "/c", "band": [0.6, 0.4]})
 
 
-def test_gasten_fine_tuning_moves_the_generator_towards_the_decision_boundary(dcgan_run, classifier_checkpoint):
+def test_gasten_fine_tuning_moves_the_generator_towards_the_decision_boundary(cache, dcgan_run,
+                                                                              classifier_checkpoint):
     _, gan_checkpoint = dcgan_run
-    generator, _ = load_gan(str(gan_checkpoint), torch.device("cpu"))
-    classifier, _ = load_frozen_classifier(str(classifier_checkpoint), torch.device("cpu"))
+    cpu = torch.device("cpu")
+    generator, _ = load_gan(str(gan_checkpoint), cpu)
+    classifier, _ = load_frozen_classifier(str(classifier_checkpoint), cpu)
     assert not classifier.training and not any(p.requires_grad for p in classifier.parameters())
     noise = fixed_noise(2048, 64, ACD_NOISE_SEED)
-    before = measure_acd(generator.eval(), classifier, noise, torch.device("cpu"))
+    before = measure_acd(generator.eval(), classifier, noise, cpu)
+    band_before = band_share(scored_samples(generator, classifier, noise, cpu)[1])
 
     reporter = ListReporter()
     config = GastenConfig(generator=str(gan_checkpoint), classifier=str(classifier_checkpoint), alpha=30.0,
@@ -121,9 +129,23 @@ def test_gasten_fine_tuning_moves_the_generator_towards_the_decision_boundary(dc
     for r in reporter.results:
         assert r["acd_ratio"] == pytest.approx(r["acd"] / r["acd_step1"])
         assert r["tradeoff"] == pytest.approx(r["acd_ratio"] + max(0.0, r["fid_ratio"] - config.fid_budget))
+        assert r["tradeoff_real"] == pytest.approx(
+            r["acd_ratio"] + max(0.0, r["fid_mnist"] / r["fid_real_ambiguous"] - 1))
     assert reporter.files["samples.png"].startswith(PNG)
     # Seeded: about 0.30 before and 0.24 after on this setting; the margin is wide.
     assert after < before - 0.02, (before, after)
+
+    # The band share comes from the same latents as acd, for the step-1 generator and every epoch.
+    assert reporter.last("band_share") == pytest.approx(band_share(scored_samples(tuned, classifier, noise, cpu)[1]))
+    assert [r["band_share_step1"] for r in reporter.results] == pytest.approx([band_before, band_before])
+    # The real-image yardstick: the fid_images (64) training 7s and 1s of the whole pair (not only the
+    # 256 this trial trains on) closest to C = 0.5, a constant of the trial, cached under GENSEARCH_CACHE.
+    fid = FidScorer(load_fid_reference("mnist", (7, 1), 64, False), 64, 64, cpu)
+    direct = real_ambiguous(lambda x: positive_probability(classifier, x),
+                            load_images("mnist", "train", classes=(7, 1)).images, 64, fid.fid_mnist)
+    for r in reporter.results:
+        assert (r["acd_real_ambiguous"], r["fid_real_ambiguous"]) == pytest.approx((direct.acd, direct.fid_mnist))
+    assert len(list((cache / "real_ambiguous").glob("*.json"))) == 1
 
 
 def test_tradeoff_is_confidence_left_plus_realism_lost_beyond_the_budget():
@@ -134,6 +156,13 @@ def test_tradeoff_is_confidence_left_plus_realism_lost_beyond_the_budget():
     # FID tripled: 1.5 over the budget on top of the ACD ratio; the step-1 generator itself scores 1.
     assert tradeoff(acd=0.1, fid=30.0, acd_step1=0.2, fid_step1=10.0)["tradeoff"] == pytest.approx(2.0)
     assert tradeoff(acd=0.2, fid=10.0, acd_step1=0.2, fid_step1=10.0)["tradeoff"] == pytest.approx(1.0)
+
+
+def test_tradeoff_real_charges_only_the_realism_lost_beyond_real_boundary_digits():
+    # ACD a quarter of step 1's at FID 80 against real boundary digits at 100: only the ACD counts.
+    assert tradeoff_real(acd=0.1, fid=80.0, acd_step1=0.4, fid_real_ambiguous=100.0) == pytest.approx(0.25)
+    # FID 150 against 100: half again less realistic than real boundary digits, 0.25 + 0.5.
+    assert tradeoff_real(acd=0.1, fid=150.0, acd_step1=0.4, fid_real_ambiguous=100.0) == pytest.approx(0.75)
 
 
 def test_continuing_step1_optimizers_keeps_their_moments_but_this_configs_lr(dcgan_run):

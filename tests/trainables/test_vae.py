@@ -9,6 +9,7 @@ import torch
 
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import build_config
+from trainables.data import DatasetUse
 from trainables.fit import checkpoint_state
 from trainables.reporter import ListReporter
 from trainables.vae import VAE, VAE_TRAINABLE, VAEConfig, build_model, features, train, vae_loss
@@ -131,7 +132,7 @@ def test_trainable_definition_tiny_run_reports_its_declared_metrics_and_rebuilds
     """What tests/trainables/test_contract.py checks for every catalogued trainable."""
     assert VAE_TRAINABLE.name == "vae" and VAE_TRAINABLE.metric("val_loss").mode == "min"
     config = build_config(VAEConfig, {**VAE_TRAINABLE.tiny_config, "allow_fallback": False})
-    VAE_TRAINABLE.preflight(config)
+    assert VAE_TRAINABLE.datasets(config) == (DatasetUse("mnist", ("train",)),)  # what the launcher fetches
     reporter = ListReporter()
     VAE_TRAINABLE.run(config, reporter)
     assert {metric.name for metric in VAE_TRAINABLE.metrics if not metric.optional} <= reporter.keys()

@@ -44,7 +44,7 @@ from torch import nn
 
 from trainables.catalog import Metric, TrainableDef
 from trainables.classifier import split_train_val
-from trainables.data import ImageSet, load_images, require_training_data
+from trainables.data import ImageSet, every_class_training_data, load_images
 from trainables.device import resolve_device
 from trainables.ood.detectors import Detector, check_batch_size, check_images
 from trainables.ood.generator_nn import (dequantize, parameter_count, quantize, republish_final,
@@ -370,7 +370,7 @@ CONDITIONAL_NN = TrainableDef(
     ),
     description="one class-conditional VAE and a siamese similarity: the most similar generated image "
                 "classifies, a threshold rejects (OOD)",
-    preflight=require_training_data,
+    datasets=every_class_training_data,
     tiny_config={"train_size": 300, "val_size": 100, "vae_epochs": 1, "samples_per_class": 50,
                  "siamese_images": 100, "siamese_epochs": 1},
 )

@@ -41,7 +41,7 @@ from trainables.ood import conditional_nn, generator_nn, kplus1, leave_out
 from trainables.ood.detectors import Detector, MaxSoftmax, Odin
 from trainables.ood.metrics import METRIC_KEYS, ood_metrics
 from trainables.ood.odin_search import load_classifier
-from trainables.ood.sets import ood_set
+from trainables.ood.sets import ood_datasets, ood_set
 from trainables.plotting import pyplot
 from trainables.reporter import CheckpointState, Reporter
 
@@ -257,4 +257,6 @@ EVALUATE_OOD = JobDef(
                 "ensemble and the conditional generator with a siamese similarity on every test OOD set: AUROC, "
                 "AUPR-in/out, FPR@95TPR, detection error, in-distribution accuracy, reject rate and selective "
                 "accuracy, generator costs; tables, parquet and ROC curves",
+    # the in-distribution test split is the classifier's dataset, read from its checkpoint (its stage declares it)
+    datasets=lambda config: ood_datasets(config.test_sets, "test_sets"),
 )

@@ -39,7 +39,7 @@ import torch
 
 from trainables.catalog import Metric, TrainableDef
 from trainables.classifier import split_train_val
-from trainables.data import ImageSet, load_images, require_training_data
+from trainables.data import ImageSet, every_class_training_data, load_images
 from trainables.device import resolve_device
 from trainables.ood.detectors import Detector
 from trainables.ood.metrics import ood_metrics
@@ -351,6 +351,6 @@ GENERATOR_NN = TrainableDef(
                description="wall time of training the per-class VAEs and drawing the bank"),
     ),
     description="class-wise VAE sample banks: nearest generated image classifies, its distance rejects (OOD)",
-    preflight=require_training_data,
+    datasets=every_class_training_data,
     tiny_config={"train_size": 300, "val_size": 100, "vae_epochs": 1, "samples_per_class": 50},
 )

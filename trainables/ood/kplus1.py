@@ -45,7 +45,7 @@ from trainables.ambiguous import check_band, generate_ambiguous, load_generator
 from trainables.catalog import Metric, TrainableDef
 from trainables.checkpoint import STATE_FILE, load_checkpoint
 from trainables.classifier import Classifier, split_train_val
-from trainables.data import ImageSet, load_images, require_training_data
+from trainables.data import ImageSet, load_images, training_data
 from trainables.dcgan import generate
 from trainables.device import resolve_device
 from trainables.fit import fit
@@ -383,6 +383,6 @@ KPLUS1 = TrainableDef(
                 "boundary) images with outliers_from (OOD detection)",
     curves=("val_auroc", "val_accuracy", "train_loss"),
     build_model=build_model,
-    preflight=require_training_data,
+    datasets=training_data,
     tiny_config={"train_size": 256, "val_size": 64, "vae_epochs": 1, "outliers": 256, "epochs": 1},
 )

@@ -40,7 +40,7 @@ from torch import nn
 
 from trainables.catalog import Metric, TrainableDef
 from trainables.classifier import Classifier, split_train_val
-from trainables.data import ImageSet, load_images, require_training_data
+from trainables.data import ImageSet, every_class_training_data, load_images
 from trainables.device import resolve_device
 from trainables.fit import fit
 from trainables.ood.detectors import Detector, check_batch_size, check_images, odin_direction, scoring_mode
@@ -348,6 +348,6 @@ LEAVE_OUT = TrainableDef(
                 "held-out group of classes, ODIN-style scores summed (OOD detection)",
     curves=("val_leave_out_auroc", "val_accuracy", "train_loss"),
     build_model=build_model,
-    preflight=require_training_data,
+    datasets=every_class_training_data,
     tiny_config={"train_size": 300, "val_size": 100, "groups": 2, "epochs": 1, "validation_images": 50},
 )

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables.data import DATASETS, data_roots, load_images
+from trainables.data import DATASETS, DatasetUse, data_roots, load_images
 
 NOISE_SETS: tuple[str, ...] = ("uniform_noise", "gaussian_noise")
 KNOWN_SETS: tuple[str, ...] = DATASETS + NOISE_SETS
@@ -38,6 +38,11 @@ def check_validation_ood(name: str) -> None:
         raise ValueError(f"validation_ood {name!r} would read that dataset's test split, which the final OOD "
                          "evaluation uses; pick a noise set (uniform_noise, gaussian_noise) or a folder: of images "
                          "kept for validation")
+
+
+def ood_datasets(names: tuple[str, ...], setting: str) -> tuple[DatasetUse, ...]:
+    """The datasets (test splits) among OOD set `names`, for a definition's `datasets=`."""
+    return tuple(DatasetUse(name, ("test",), setting=setting) for name in names if name in DATASETS)
 
 
 def ood_set(name: str, count: int = 2000, seed: int = 0,
