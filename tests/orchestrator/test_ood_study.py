@@ -1,9 +1,12 @@
-"""The OOD study, tiny: classifier -> ODIN search -> K+1 search -> generator_nn -> leave_out ->
-conditional_nn -> evaluation, through Ray Tune + MLflow.
+"""The OOD study, tiny: classifier -> ODIN search -> K+1 search -> generator_nn -> evaluation, through Ray
+Tune + MLflow.
 
-search_spaces/ood_mnist.yaml takes ~7 minutes; this runs the same stages wired the same way at toy
+search_spaces/ood_mnist.yaml takes many minutes; this runs its first stages wired the same way at toy
 sizes and checks what lands in MLflow: the table of every method on every test set, ROC curves,
-per-metric values on the evaluation run, and the registered K+1 detector.
+per-metric values on the evaluation run, and the registered K+1 detector. The leave_out and
+conditional_nn stages are wired like kplus1 and generator_nn (a tune stage whose best checkpoint feeds
+the evaluation), so they are left out here (each stage is ~20 s of Ray start-up and trial): their
+trainables and their part of the evaluation are run in tests/trainables/ood/test_ood_study_parts.py.
 """
 
 from __future__ import annotations
@@ -31,18 +34,9 @@ TINY = {
         {"name": "generator_nn", "kind": "tune", "trainable": "generator_nn",
          "config": {"train_size": 1000, "val_size": 200, "vae_epochs": 1, "samples_per_class": 50},
          "metric": "val_selective_accuracy"},
-        {"name": "leave_out", "kind": "tune", "trainable": "leave_out",
-         "config": {"train_size": 1000, "val_size": 200, "groups": 2, "epochs": 1, "validation_images": 100,
-                    "temperatures": [1.0, 100.0], "epsilons": [0.0, 0.002]},
-         "metric": "val_leave_out_auroc"},
-        {"name": "conditional_nn", "kind": "tune", "trainable": "conditional_nn",
-         "config": {"train_size": 1000, "val_size": 200, "vae_epochs": 1, "samples_per_class": 50,
-                    "siamese_images": 100, "siamese_epochs": 1},
-         "metric": "val_selective_accuracy"},
         {"name": "evaluate", "kind": "job", "job": "evaluate_ood",
          "inputs": {"classifier": "classifier.best", "odin": "odin.best", "kplus1": "kplus1.best",
-                    "generator_nn": "generator_nn.best", "leave_out": "leave_out.best",
-                    "conditional_nn": "conditional_nn.best"},
+                    "generator_nn": "generator_nn.best"},
          "config": {"test_sets": ["fashion_mnist", "uniform_noise"], "images": 200}},
     ],
 }
@@ -69,7 +63,7 @@ def test_a_tiny_ood_study_lands_its_table_curves_and_detector_in_mlflow(tmp_path
     assert len(children[parents["odin"].info.run_id]) == 2
     evaluation = parents["evaluate"]
     metrics = evaluation.data.metrics
-    for method in ("max_softmax", "odin", "kplus1", "generator_nn", "leave_out", "conditional_nn"):
+    for method in ("max_softmax", "odin", "kplus1", "generator_nn"):
         assert 0.0 <= metrics[f"{method}.id_accuracy"] <= 1.0
         for test_set in ("fashion_mnist", "uniform_noise"):
             for name in ("auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr", "detection_error"):
@@ -78,16 +72,13 @@ def test_a_tiny_ood_study_lands_its_table_curves_and_detector_in_mlflow(tmp_path
     assert 0.0 <= metrics["generator_nn.test_reject_rate"] <= 1.0
     assert 0.0 <= metrics["generator_nn.selective_accuracy"] <= 1.0
     assert 0.0 <= metrics["generator_nn.uniform_noise.ood_accepted"] <= 1.0
-    assert 0.0 <= metrics["conditional_nn.selective_accuracy"] <= 1.0
-    # The cost of one generator per class against one conditional generator, as the trials reported it.
-    assert metrics["conditional_nn.generator_params"] < metrics["generator_nn.generator_params"] / 5
-    assert metrics["conditional_nn.similarity_params"] > 0 and metrics["generator_nn.train_seconds"] > 0
+    assert metrics["generator_nn.generator_params"] > 0 and metrics["generator_nn.train_seconds"] > 0
     assert {"ood_table.md", "ood_table.parquet", "selective.parquet", "costs.parquet", "roc_curves.png"} <= {
         a.path for a in client.list_artifacts(evaluation.info.run_id)}
     table = pd.read_parquet(output / "jobs" / "evaluate" / "ood_table.parquet")
-    assert len(table) == 6 * 2
+    assert len(table) == 4 * 2
     selective = pd.read_parquet(output / "jobs" / "evaluate" / "selective.parquet")
-    assert list(selective.method) == ["generator_nn", "conditional_nn"]
+    assert list(selective.method) == ["generator_nn"]
     version = client.get_model_version_by_alias("tinyood-kplus1", "champion")
     assert version.run_id in {run.info.run_id for run in children[parents["kplus1"].info.run_id]}
     assert "| kplus1 | fashion_mnist |" in result.stdout

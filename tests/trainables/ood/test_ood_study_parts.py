@@ -90,21 +90,26 @@ def test_evaluate_ood_adds_the_leave_out_ensemble_and_the_conditional_generator_
                                                                                              tmp_path):
     leave_out = tiny_checkpoint("leave_out", tmp_path / "leave_out")
     conditional = tiny_checkpoint("conditional_nn", tmp_path / "conditional_nn")
+    per_class = tiny_checkpoint("generator_nn", tmp_path / "generator_nn")
     job = catalog.job("evaluate_ood")
     config = build_config(job.config_cls, {"classifier": classifier_folder, "leave_out": leave_out,
-                                           "conditional_nn": conditional, "test_sets": ["kmnist"], "images": 200})
+                                           "generator_nn": per_class, "conditional_nn": conditional,
+                                           "test_sets": ["kmnist"], "images": 200})
     workdir = tmp_path / "work"
     workdir.mkdir()
     metrics = job.run(config, ListReporter(), workdir)
     table = pd.read_parquet(workdir / "ood_table.parquet")
-    assert list(table.method) == ["max_softmax", "odin", "leave_out", "conditional_nn"]
+    assert list(table.method) == ["max_softmax", "odin", "generator_nn", "leave_out", "conditional_nn"]
     assert table.loc[table.method == "leave_out", "settings"].iloc[0].startswith("N=2, margin=0.4, beta=0.1")
     for name in ("auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr", "detection_error"):
         assert 0.0 <= metrics[f"leave_out.kmnist.{name}"] <= 1.0
-    assert list(pd.read_parquet(workdir / "selective.parquet").method) == ["conditional_nn"]
-    costs = pd.read_parquet(workdir / "costs.parquet")
-    assert list(costs.method) == ["conditional_nn"]
-    assert metrics["conditional_nn.generator_params"] == costs.generator_params.iloc[0] > 1e6
+    assert list(pd.read_parquet(workdir / "selective.parquet").method) == ["generator_nn", "conditional_nn"]
+    costs = pd.read_parquet(workdir / "costs.parquet").set_index("method")
+    assert list(costs.index) == ["generator_nn", "conditional_nn"]
+    assert metrics["conditional_nn.generator_params"] == costs.generator_params["conditional_nn"] > 1e6
+    # one conditional generator against one per class, as the trainables reported it
+    assert metrics["conditional_nn.generator_params"] < metrics["generator_nn.generator_params"] / 5
+    assert metrics["conditional_nn.similarity_params"] > 0 and metrics["conditional_nn.train_seconds"] > 0
     assert "| conditional_nn | 1,6" in (workdir / "ood_table.md").read_text()  # 1.69 M parameters, thousands marked
 
 
