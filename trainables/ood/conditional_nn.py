@@ -31,7 +31,6 @@ training time: the trade-off against generator_nn is the point of the method.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -43,18 +42,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.catalog import Metric, TrainableDef
-from trainables.classifier import split_train_val
-from trainables.data import ImageSet, every_class_training_data, load_images
+from trainables.data import ImageSet, every_class_training_data
 from trainables.device import resolve_device
 from trainables.ood.detectors import Detector, check_batch_size, check_images
-from trainables.ood.generator_nn import (dequantize, parameter_count, quantize, republish_final,
-                                         validation_metrics, validation_metric_defs)
-from trainables.ood.sets import check_validation_ood, ood_set
+from trainables.ood.generator_nn import (cost_metric_defs, dequantize, parameter_count, quantize, republish_final,
+                                         report_final, training_split, validation_metric_defs)
+from trainables.ood.sets import check_validation_ood
 from trainables.reporter import CheckpointState, Reporter
 from trainables.vae import VAE, vae_loss
 
 NAME = "conditional_nn"
-VALIDATION_SEED = 1  # the validation OOD images, as in odin_search; evaluation jobs draw test images with seed 0
 _SEED_STRIDE = 100_003  # per config.seed, as elsewhere; the streams below are offsets inside it
 _LATENT_OFFSET = 50_000
 _PAIR_OFFSET = 70_000
@@ -330,10 +327,7 @@ def train(config: ConditionalNNConfig, reporter: Reporter) -> dict[str, float]:
         return republished
 
     started = time.perf_counter()
-    torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
-    data = load_images(config.dataset, "train", allow_fallback=config.allow_fallback, seed=config.seed)
-    train_set, val_set = split_train_val(data, config)
+    device, train_set, val_set = training_split(config)
     cvae = train_cvae(train_set, config, device)
     bank, bank_labels = generate_bank(cvae, config.samples_per_class, config.seed, device)
     siamese = train_siamese(train_set, bank, bank_labels, config, device)
@@ -341,19 +335,11 @@ def train(config: ConditionalNNConfig, reporter: Reporter) -> dict[str, float]:
 
     detector = MostSimilarDetector(siamese, dequantize(bank), bank_labels, device=str(device))
     similarities = detector.similarities(val_set.images)
-    validation_ood = ood_set(config.validation_ood, count=config.val_size, seed=VALIDATION_SEED)
-    metrics = {**validation_metrics(similarities.max(dim=1).values.numpy(), similarities.argmax(dim=1).numpy(),
-                                    val_set.labels.numpy(), detector.score(validation_ood), config.target_tpr),
-               "generator_params": float(parameter_count(cvae)),
-               "similarity_params": float(parameter_count(siamese)),
-               "train_seconds": train_seconds}
-    threshold = metrics["threshold"]
-    state: CheckpointState = {"trainable": NAME, "config": dataclasses.asdict(config), "epoch": 1,
-                              "metrics": dict(metrics), "bank": bank, "bank_labels": bank_labels,
-                              "threshold": threshold,
-                              "modules": {"cvae": cvae.state_dict(), "siamese": siamese.state_dict()}}
-    reporter.report(metrics, checkpoint=state)
-    return metrics
+    costs = {"generator_params": float(parameter_count(cvae)), "similarity_params": float(parameter_count(siamese)),
+             "train_seconds": train_seconds}
+    return report_final(reporter, NAME, config, detector, similarities.max(dim=1).values.numpy(),
+                        similarities.argmax(dim=1).numpy(), val_set.labels.numpy(), costs, bank, bank_labels,
+                        modules={"cvae": cvae.state_dict(), "siamese": siamese.state_dict()})
 
 
 CONDITIONAL_NN = TrainableDef(
@@ -362,11 +348,9 @@ CONDITIONAL_NN = TrainableDef(
     run=train,
     metrics=(
         *validation_metric_defs("the best siamese similarity to a class's reproduction", "most-similar-reproduction"),
-        Metric("generator_params", higher_is_better=False,
-               description="parameters of the one conditional VAE (shared VAE + 512 per class)"),
+        *cost_metric_defs("parameters of the one conditional VAE (shared VAE + 512 per class)",
+                          "wall time of training the generator, drawing the bank and training the siamese network"),
         Metric("similarity_params", higher_is_better=False, description="parameters of the siamese network"),
-        Metric("train_seconds", higher_is_better=False,
-               description="wall time of training the generator, drawing the bank and training the siamese network"),
     ),
     description="one class-conditional VAE and a siamese similarity: the most similar generated image "
                 "classifies, a threshold rejects (OOD)",

@@ -171,6 +171,36 @@ def validation_metric_defs(score: str, classify: str) -> tuple[Metric, ...]:
     )
 
 
+def cost_metric_defs(generator: str, training: str) -> tuple[Metric, ...]:
+    """The Metric declarations of the costs a generator-based trainable reports beside its validation metrics."""
+    return (Metric("generator_params", higher_is_better=False, description=generator),
+            Metric("train_seconds", higher_is_better=False, description=training))
+
+
+def training_split(config) -> tuple[torch.device, ImageSet, ImageSet]:
+    """Seeds torch and returns (device, training images, held-out validation images) of `config.dataset`,
+    all classes; the validation images pick the threshold."""
+    torch.manual_seed(config.seed)
+    data = load_images(config.dataset, "train", allow_fallback=config.allow_fallback, seed=config.seed)
+    return resolve_device(config.device), *split_train_val(data, config)
+
+
+def report_final(reporter: Reporter, name: str, config, detector: Detector, scores_in: np.ndarray,
+                 predictions: np.ndarray, labels: np.ndarray, costs: dict[str, float], bank: torch.Tensor,
+                 bank_labels: torch.Tensor, **state: object) -> dict[str, float]:
+    """A generator-based trainable's one report (epoch 1): `validation_metrics` at `config.target_tpr`
+    against `config.validation_ood` (never a test set) and `costs`, with the checkpoint `republish_final`
+    and `detector_from_state` read: the bank as stored, the threshold and any further `state`."""
+    validation_ood = ood_set(config.validation_ood, count=config.val_size, seed=VALIDATION_SEED)
+    metrics = {**validation_metrics(scores_in, predictions, labels, detector.score(validation_ood), config.target_tpr),
+               **costs}
+    checkpoint: CheckpointState = {"trainable": name, "config": dataclasses.asdict(config), "epoch": 1,
+                                   "metrics": dict(metrics), "bank": bank, "bank_labels": bank_labels,
+                                   "threshold": metrics["threshold"], **state}
+    reporter.report(metrics, checkpoint=checkpoint)
+    return metrics
+
+
 def republish_final(reporter: Reporter, name: str) -> dict[str, float] | None:
     """For a trainable whose only checkpoint is its final one: when resumed, publish that result again (so
     this attempt has one too) and return it; None on a fresh start."""
@@ -315,10 +345,7 @@ def train(config: GeneratorNNConfig, reporter: Reporter) -> dict[str, float]:
         return republished
 
     started = time.perf_counter()
-    torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
-    data = load_images(config.dataset, "train", allow_fallback=config.allow_fallback, seed=config.seed)
-    train_set, val_set = split_train_val(data, config)
+    device, train_set, val_set = training_split(config)
     bank, bank_labels = generate_bank(train_set, config, device)
     train_seconds = time.perf_counter() - started
     vae_config = config.vae_config()
@@ -326,17 +353,9 @@ def train(config: GeneratorNNConfig, reporter: Reporter) -> dict[str, float]:
 
     detector = NearestGeneratedDetector(dequantize(bank), bank_labels, device=str(device))
     nearest, distances = detector.nearest(val_set.images)
-    validation_ood = ood_set(config.validation_ood, count=config.val_size, seed=VALIDATION_SEED)
-    metrics = {**validation_metrics(-distances, bank_labels[nearest].numpy(), val_set.labels.numpy(),
-                                    detector.score(validation_ood), config.target_tpr),
-               "generator_params": float(generator_params), "train_seconds": train_seconds}
-    threshold = metrics["threshold"]
-    state: CheckpointState = {"trainable": NAME, "config": dataclasses.asdict(config), "epoch": 1,
-                              "metrics": dict(metrics), "bank": bank, "bank_labels": bank_labels,
-                              "threshold": threshold}
-    reporter.report(metrics, checkpoint=state)
-    return metrics
-
+    return report_final(reporter, NAME, config, detector, -distances, bank_labels[nearest].numpy(),
+                        val_set.labels.numpy(), {"generator_params": float(generator_params),
+                                                 "train_seconds": train_seconds}, bank, bank_labels)
 
 
 GENERATOR_NN = TrainableDef(
@@ -345,10 +364,8 @@ GENERATOR_NN = TrainableDef(
     run=train,
     metrics=(
         *validation_metric_defs("minus the pixel distance to the nearest generated image", "nearest-generated-image"),
-        Metric("generator_params", higher_is_better=False,
-               description="parameters of the per-class VAEs together (classes x one VAE)"),
-        Metric("train_seconds", higher_is_better=False,
-               description="wall time of training the per-class VAEs and drawing the bank"),
+        *cost_metric_defs("parameters of the per-class VAEs together (classes x one VAE)",
+                          "wall time of training the per-class VAEs and drawing the bank"),
     ),
     description="class-wise VAE sample banks: nearest generated image classifies, its distance rejects (OOD)",
     datasets=every_class_training_data,
