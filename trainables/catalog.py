@@ -128,11 +128,12 @@ class UnknownEntryError(LookupError):
 
 def _builtin_trainables() -> dict[str, TrainableDef]:
     from trainables import classifier, dcgan, diffusion, diffusion_timestep, gasten, vae
-    from trainables.ood import generator_nn, kplus1, odin_search
+    from trainables.ood import conditional_nn, generator_nn, kplus1, leave_out, odin_search
 
     return {entry.name: entry for entry in (classifier.CLASSIFIER, dcgan.DCGAN, gasten.GASTEN, vae.VAE_TRAINABLE,
                                             diffusion.DIFFUSION, diffusion_timestep.DDPM_TIMESTEP,
-                                            kplus1.KPLUS1, odin_search.ODIN, generator_nn.GENERATOR_NN)}
+                                            kplus1.KPLUS1, odin_search.ODIN, generator_nn.GENERATOR_NN,
+                                            leave_out.LEAVE_OUT, conditional_nn.CONDITIONAL_NN)}
 
 
 def _builtin_jobs() -> dict[str, JobDef]:

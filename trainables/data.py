@@ -112,6 +112,11 @@ def training_data(config: Any) -> tuple[DatasetUse, ...]:
     return (DatasetUse(config.dataset, ("train",), tuple(config.classes), config.allow_fallback),)
 
 
+def every_class_training_data(config: Any) -> tuple[DatasetUse, ...]:
+    """`datasets=` of a trainable that trains on every class of `config.dataset`'s training split."""
+    return (DatasetUse(config.dataset, fallback=config.allow_fallback),)
+
+
 @dataclass(frozen=True)
 class ImageSet:
     """Images, contiguous labels, and what those labels meant originally.

@@ -9,6 +9,8 @@ import pytest
 
 from tests.orchestrator.study_helpers import best_history_value, client_for, run_launcher, study_runs, tiny_study
 
+pytestmark = pytest.mark.slow  # every test here reads a real study run through Ray Tune and MLflow
+
 NUM_SAMPLES = 4
 
 

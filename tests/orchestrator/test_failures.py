@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 import yaml
 
 from tests.orchestrator.study_helpers import client_for, run_launcher, study_runs, tiny_study
@@ -40,6 +41,7 @@ def test_unreachable_tracking_server_is_one_line_before_anything_starts(tmp_path
     assert not (tmp_path / "out" / "study_state.json").exists()
 
 
+@pytest.mark.slow
 def test_a_failing_trial_is_marked_failed_with_its_reason_and_the_stage_continues(tmp_path):
     spec = failing_study(tmp_path / "partial.yaml", [100, 100000])
     output = tmp_path / "out"
@@ -56,6 +58,7 @@ def test_a_failing_trial_is_marked_failed_with_its_reason_and_the_stage_continue
     assert no_run_is_left_running(client, "tiny") == []
 
 
+@pytest.mark.slow
 def test_a_stage_whose_trials_all_fail_exits_1_and_marks_its_run_failed(tmp_path):
     spec = failing_study(tmp_path / "broken.yaml", [100000])
     output = tmp_path / "out"

@@ -65,6 +65,7 @@ def assert_every_result_in_mlflow_once(client, trials, experiment_dir: Path, epo
 # ---------------------------------------------------------------- the MLflow server dies
 
 
+@pytest.mark.slow
 def test_a_dead_tracking_server_is_one_line_and_resume_loses_no_result(cluster, tmp_path):
     """Runs before the node-kill test (file order), while both nodes are up: two trials at a time."""
     ray_cluster, server = cluster
@@ -128,6 +129,7 @@ def test_a_dead_tracking_server_is_one_line_and_resume_loses_no_result(cluster, 
 # ---------------------------------------------------------------- a trial diverges
 
 
+@pytest.mark.slow
 def test_a_diverging_trial_is_marked_failed_with_its_reason_and_the_stage_continues(cluster, tmp_path):
     """test_failures covers a trial that raises (an impossible val_size); this is the NaN case: the training
     loop turns a non-finite metric into TrainingDiverged, and the trial fails like any raising trial. On the
@@ -159,6 +161,7 @@ def test_a_diverging_trial_is_marked_failed_with_its_reason_and_the_stage_contin
 # ---------------------------------------------------------------- a Ray node dies
 
 
+@pytest.mark.slow
 def test_a_killed_worker_node_fails_only_its_trial_which_is_retried_elsewhere(cluster, tmp_path):
     ray_cluster, server = cluster
     worker = ray_cluster.workers[-1]

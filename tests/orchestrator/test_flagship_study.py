@@ -75,6 +75,7 @@ def flagship(tmp_path_factory):
     return output, "".join(before), "".join(middle), resumed.stdout
 
 
+@pytest.mark.slow
 def test_resume_skips_the_stages_finished_before_each_kill(flagship):
     output, before, middle, after = flagship
     for stage in ("classifier", "gan", "gasten"):
@@ -85,6 +86,7 @@ def test_resume_skips_the_stages_finished_before_each_kill(flagship):
     assert "[evaluation] 3/3" in after
 
 
+@pytest.mark.slow
 def test_mlflow_holds_one_parent_per_stage_a_child_per_trial_and_three_aliases(flagship):
     output, *_ = flagship
     client = client_for(output)
@@ -104,6 +106,7 @@ def test_mlflow_holds_one_parent_per_stage_a_child_per_trial_and_three_aliases(f
         assert version.run_id in {run.info.run_id for run in children[parents[stage].info.run_id]}
 
 
+@pytest.mark.slow
 def test_the_evaluation_measures_features_prototypes_and_ood(flagship):
     output, *_ = flagship
     folder = output / "jobs" / "evaluation"
@@ -120,6 +123,7 @@ def test_the_evaluation_measures_features_prototypes_and_ood(flagship):
     assert list(metrics)[0] == "fewshot.classifier.lin.k16" or "fewshot.classifier.lin.k4" in metrics
 
 
+@pytest.mark.slow
 def test_the_report_is_written_from_this_runs_numbers(flagship):
     output, *_, after = flagship
     report = (output / "report.md").read_text()

@@ -13,6 +13,8 @@ import yaml
 
 from tests.orchestrator.study_helpers import client_for, run_launcher, study_runs
 
+pytestmark = pytest.mark.slow  # every test here reads a real study run through Ray Tune and MLflow
+
 TINY = {
     "study": "tinygasten",
     "stages": [

@@ -12,6 +12,8 @@ import pytest
 from tests.orchestrator.cluster_helpers import classifier_study, shared_cluster_and_server
 from tests.orchestrator.study_helpers import REPO, launcher, study_runs
 
+pytestmark = pytest.mark.slow  # every test here reads a real study run through Ray Tune and MLflow
+
 NUM_SAMPLES = 4
 
 

@@ -71,6 +71,7 @@ def optuna_trials(output: Path, study: str) -> list:
     return optuna.load_study(study_name=f"{study}.clustering", storage=storage).get_trials(deepcopy=False)
 
 
+@pytest.mark.slow
 def test_planted_clusters_are_recovered_and_every_trial_lands_in_mlflow(tmp_path):
     spec, truth = planted_study(tmp_path, n_trials=30)
     output = tmp_path / "out"
@@ -126,6 +127,7 @@ def _kill_after(spec: Path, output: Path, trials: int, timeout: float = 240) -> 
     return lines
 
 
+@pytest.mark.slow
 def test_sigkill_mid_stage_then_resume_reaches_n_trials_exactly_without_duplicate_runs(tmp_path):
     n_trials = 40
     spec, _ = planted_study(tmp_path, n_trials=n_trials, name="killed", prototypes=False)

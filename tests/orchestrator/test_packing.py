@@ -199,6 +199,7 @@ def run_without_gpu(tmp_path, resources: dict) -> subprocess.CompletedProcess:
                           text=True, timeout=600, env=env)
 
 
+@pytest.mark.slow
 def test_cpu_fallback_runs_the_study_on_a_machine_without_gpu(tmp_path):
     started = time.monotonic()
     result = run_without_gpu(tmp_path, {"cpu": 1, "gpu": 0.5, "gpu_memory_gb": 4, "fallback": "cpu"})

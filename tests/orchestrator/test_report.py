@@ -365,6 +365,7 @@ def tune_seconds_from_results(folder: Path) -> float:
     return total
 
 
+@pytest.mark.slow
 def test_real_cost_matches_tunes_own_records(real_study):
     output, report = real_study
     expected = tune_seconds_from_results(output / "tune" / "classifier") / 3600  # 1 CPU per trial
@@ -374,6 +375,7 @@ def test_real_cost_matches_tunes_own_records(real_study):
     assert float(cost_row(report, "evaluate")[7]) > 0
 
 
+@pytest.mark.slow
 def test_real_report_names_the_best_trial_and_shows_existing_pictures(real_study):
     output, report = real_study
     state = load_state(output)
@@ -387,6 +389,7 @@ def test_real_report_names_the_best_trial_and_shows_existing_pictures(real_study
     assert "| test_accuracy |" in report
 
 
+@pytest.mark.slow
 def test_real_report_is_one_mlflow_run_that_is_not_a_stage(real_study):
     output, _ = real_study
     client = client_for(output)

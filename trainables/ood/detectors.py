@@ -48,19 +48,19 @@ class Detector(ABC):
         """(N,) float64 scores of (N, 1, 28, 28) images; higher means more in-distribution."""
 
 
-def _check_images(images: torch.Tensor) -> None:
+def check_images(images: torch.Tensor) -> None:
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a (N, C, H, W) tensor, got {shape}")
 
 
-def _check_batch_size(batch_size: int) -> None:
+def check_batch_size(batch_size: int) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 @contextlib.contextmanager
-def _inference(model: nn.Module, freeze: bool) -> Iterator[None]:
+def scoring_mode(model: nn.Module, freeze: bool) -> Iterator[None]:
     """Eval mode (and, with `freeze`, requires_grad off) for the duration; the caller's state comes back."""
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -82,22 +82,38 @@ def _max_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor
     return F.softmax(logits.double() / temperature, dim=1).max(dim=1).values
 
 
+def odin_direction(model: nn.Module, x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """sign(grad_x -log max_c softmax(model(x) / T)_c): ODIN moves x by -epsilon times this.
+
+    It does not depend on epsilon, so a search over epsilon (the leave-out ensemble's validation grid)
+    computes it once per temperature. The caller keeps `model` in eval mode (`scoring_mode`).
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        log_probs = F.log_softmax(model(x) / temperature, dim=1)
+        # Minus the log-probability of the predicted class, summed: each image's gradient only
+        # depends on its own term (eval-mode BatchNorm does not mix images).
+        loss = -log_probs.max(dim=1).values.sum()
+        (grad,) = torch.autograd.grad(loss, x)
+    return grad.sign()
+
+
 class MaxSoftmax(Detector):
     """Score = max_c softmax(f(x))_c: a classifier is less confident on what it was not trained on."""
 
     name = "max_softmax"
 
     def __init__(self, classifier: nn.Module, device: str = "auto", batch_size: int = 512) -> None:
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         self.device = resolve_device(device)
         self.classifier = classifier.to(self.device)  # nn.Module.to moves the caller's module in place
         self.batch_size = batch_size
 
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> np.ndarray:
-        _check_images(images)
+        check_images(images)
         parts = []
-        with _inference(self.classifier, freeze=False):
+        with scoring_mode(self.classifier, freeze=False):
             for batch in images.split(self.batch_size):
                 parts.append(_max_softmax(self.classifier(batch.to(self.device))).cpu())
         return torch.cat(parts).numpy() if parts else np.empty(0)
@@ -124,7 +140,7 @@ class Odin(Detector):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if not epsilon >= 0:
             raise ValueError(f"epsilon must be >= 0, got {epsilon}")
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         self.device = resolve_device(device)
         self.classifier = classifier.to(self.device)  # nn.Module.to moves the caller's module in place
         self.temperature = float(temperature)
@@ -132,19 +148,12 @@ class Odin(Detector):
         self.batch_size = batch_size
 
     def _perturb(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            log_probs = F.log_softmax(self.classifier(x) / self.temperature, dim=1)
-            # Minus the log-probability of the predicted class, summed: each image's gradient only
-            # depends on its own term (eval-mode BatchNorm does not mix images).
-            loss = -log_probs.max(dim=1).values.sum()
-            (grad,) = torch.autograd.grad(loss, x)
-        return (x - self.epsilon * grad.sign()).detach()
+        return (x - self.epsilon * odin_direction(self.classifier, x, self.temperature)).detach()
 
     def score(self, images: torch.Tensor) -> np.ndarray:
-        _check_images(images)
+        check_images(images)
         parts = []
-        with _inference(self.classifier, freeze=True):
+        with scoring_mode(self.classifier, freeze=True):
             for batch in images.split(self.batch_size):
                 x = batch.to(self.device)
                 if self.epsilon > 0:
@@ -160,7 +169,7 @@ def classifier_accuracy(classifier: nn.Module, data: ImageSet, device: str = "au
     if len(data) == 0:
         raise ValueError("classifier_accuracy needs at least one image")
     target = resolve_device(device)
-    with _inference(classifier.to(target), freeze=False):
+    with scoring_mode(classifier.to(target), freeze=False):
         return float(evaluate(classifier, data, target)["accuracy"])
 
 

@@ -5,22 +5,28 @@ validation OOD set); only here do the test sets appear: MNIST's test split in-di
 Fashion-MNIST test, KMNIST test and uniform noise out (by default). Each method also reports its
 in-distribution test accuracy, so a detector that buys separation with accuracy is visible.
 
-A method that comes with its own reject threshold (generator_nn picks one on validation images at a
-target true-positive rate) is also judged as a selective classifier at that threshold: the share of
+A method that comes with its own reject threshold (generator_nn and conditional_nn pick one on validation
+images at a target true-positive rate) is also judged as a selective classifier at that threshold: the share of
 test images it rejects, its accuracy on the ones it accepts, and the share of each OOD set it lets
 through. Those are out-of-sample: the threshold never saw the test split.
 
+The generator-based methods also state what they cost (`costs.parquet`, a third table): the
+parameters of their generator(s) and similarity network and their training time, as their trials
+reported them; one generator per class against one conditional generator is the trade-off.
+
 Writes `ood_table.md`, `ood_table.parquet` (one row per method x OOD set), `selective.parquet`
-(methods with a threshold), `roc_curves.png` (a panel per OOD set, a curve per method) and
-`metrics.json`; reports `<method>.<set>.<metric>`, `<method>.id_accuracy` and, for thresholded
-methods, `<method>.test_reject_rate`, `<method>.selective_accuracy`, `<method>.<set>.ood_accepted`.
+(methods with a threshold), `costs.parquet`, `roc_curves.png` (a panel per OOD set, a curve per
+method) and `metrics.json`; reports `<method>.<set>.<metric>`, `<method>.id_accuracy`, for
+thresholded methods `<method>.test_reject_rate`, `<method>.selective_accuracy`,
+`<method>.<set>.ood_accepted`, and each method's costs as `<method>.<cost>`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,17 +34,20 @@ import torch
 
 from trainables.catalog import JobDef, Metric
 from trainables.checkpoint import load_checkpoint
+from trainables.classifier import ClassifierConfig
 from trainables.data import load_images
 from trainables.device import resolve_device
-from trainables.ood import generator_nn, kplus1
+from trainables.ood import conditional_nn, generator_nn, kplus1, leave_out
 from trainables.ood.detectors import Detector, MaxSoftmax, Odin
 from trainables.ood.metrics import METRIC_KEYS, ood_metrics
 from trainables.ood.odin_search import load_classifier
 from trainables.ood.sets import ood_datasets, ood_set
 from trainables.plotting import pyplot
-from trainables.reporter import Reporter
+from trainables.reporter import CheckpointState, Reporter
 
 TEST_SEED = 0  # the test OOD images (odin_search draws its validation images with another seed)
+OTHER_METHODS = ("max_softmax", "odin", "generator_nn", "leave_out", "conditional_nn")  # names kplus1_name can't take
+COSTS = ("generator_params", "similarity_params", "train_seconds")  # reported by the generator-based trainables
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,8 @@ class EvaluateOodConfig:
     kplus1: str = ""  # a kplus1 checkpoint folder (`kplus1.best`); "" leaves the method out
     kplus1_name: str = "kplus1"  # its name in the table and metrics (e.g. kplus1_boundary for GASTeN outliers)
     generator_nn: str = ""  # a generator_nn checkpoint folder (`generator_nn.best`); "" leaves the method out
+    leave_out: str = ""  # a leave_out checkpoint folder (`leave_out.best`); "" leaves the method out
+    conditional_nn: str = ""  # a conditional_nn checkpoint folder (`conditional_nn.best`); "" leaves it out
     test_sets: tuple[str, ...] = ("fashion_mnist", "kmnist", "uniform_noise")
     images: int = 2000  # per OOD set, and in-distribution test images
     device: str = "auto"
@@ -60,10 +71,9 @@ class EvaluateOodConfig:
             raise ValueError("test_sets is empty: name at least one OOD set (e.g. fashion_mnist)")
         if self.images < 10:
             raise ValueError(f"images must be >= 10, got {self.images}")
-        if not self.kplus1_name or "." in self.kplus1_name or self.kplus1_name in ("max_softmax", "odin",
-                                                                                    "generator_nn"):
-            raise ValueError(f"kplus1_name must be a non-empty name without dots, other than max_softmax, odin and "
-                             f"generator_nn, got {self.kplus1_name!r}")
+        if not self.kplus1_name or "." in self.kplus1_name or self.kplus1_name in OTHER_METHODS:
+            raise ValueError(f"kplus1_name must be a non-empty name without dots, other than "
+                             f"{', '.join(OTHER_METHODS)}, got {self.kplus1_name!r}")
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,21 @@ class Method:
     predict: Callable[[torch.Tensor], np.ndarray]  # in-distribution class per image
     settings: str
     threshold: float | None = None  # its own reject rule (score >= threshold accepts), chosen on validation data
+    costs: Mapping[str, float] = field(default_factory=dict)  # COSTS its trial reported
+
+
+def reported_costs(state: CheckpointState) -> dict[str, float]:
+    """The COSTS a checkpoint's trial reported (a checkpoint written before a cost existed has none of it)."""
+    return {key: float(state["metrics"][key]) for key in COSTS if key in state["metrics"]}
+
+
+def check_same_data(name: str, state: CheckpointState, classifier_config: ClassifierConfig) -> None:
+    """A method trained on all ten classes of a dataset is scored on the classifier's test split: both must agree."""
+    trained_on = (state["config"]["dataset"], tuple(range(10)))
+    tested_on = (classifier_config.dataset, tuple(classifier_config.classes) or tuple(range(10)))
+    if trained_on != tested_on:
+        raise ValueError(f"{name}: trained on {trained_on[0]} classes {trained_on[1]}, the classifier on "
+                         f"{tested_on[0]} classes {tested_on[1]}; both are scored on one test split")
 
 
 def methods(config: EvaluateOodConfig) -> list[Method]:
@@ -105,7 +130,19 @@ def methods(config: EvaluateOodConfig) -> list[Method]:
         chosen = state["config"]
         settings = (f"latent_dim={chosen['latent_dim']}, vae_epochs={chosen['vae_epochs']}, "
                     f"bank={len(state['bank'])}, target_tpr={chosen['target_tpr']}")
-        found.append(Method("generator_nn", detector, detector.predict, settings, threshold=detector.threshold))
+        found.append(Method("generator_nn", detector, detector.predict, settings, threshold=detector.threshold,
+                            costs=reported_costs(state)))
+    if config.leave_out:
+        state = load_checkpoint(config.leave_out)
+        check_same_data("leave_out", state, classifier_config)
+        detector = leave_out.detector_from_state(state, device=device)
+        found.append(Method("leave_out", detector, detector.predict, leave_out.describe(state)))
+    if config.conditional_nn:
+        state = load_checkpoint(config.conditional_nn)
+        check_same_data("conditional_nn", state, classifier_config)
+        detector = conditional_nn.detector_from_state(state, device=device)
+        found.append(Method("conditional_nn", detector, detector.predict, conditional_nn.describe(state),
+                            threshold=detector.threshold, costs=reported_costs(state)))
     return found
 
 
@@ -114,7 +151,7 @@ def run(config: EvaluateOodConfig, reporter: Reporter, workdir: Path) -> dict[st
     test = load_images(classifier_config.dataset, "test", classes=classifier_config.classes or None,
                        limit=config.images, seed=TEST_SEED)
     out_sets = {name: ood_set(name, config.images, TEST_SEED) for name in config.test_sets}
-    rows, selective_rows, curves, metrics = [], [], {}, {}
+    rows, selective_rows, cost_rows, curves, metrics = [], [], [], {}, {}
     for method in methods(config):
         print(f"[ood] scoring {method.name} ({method.settings}) on {len(test)} in-distribution and "
               f"{len(out_sets)} x {config.images} OOD images", flush=True)
@@ -141,8 +178,11 @@ def run(config: EvaluateOodConfig, reporter: Reporter, workdir: Path) -> dict[st
             metrics[f"{method.name}.test_reject_rate"] = chosen["reject_rate"]
             metrics[f"{method.name}.selective_accuracy"] = chosen["selective_accuracy"]
             metrics.update({f"{method.name}.{name}.ood_accepted": share for name, share in accepted_out.items()})
+        if method.costs:
+            cost_rows.append({"method": method.name, **{key: method.costs.get(key, math.nan) for key in COSTS}})
+            metrics.update({f"{method.name}.{key}": value for key, value in method.costs.items()})
     workdir = Path(workdir)
-    write_tables(rows, workdir, selective_rows)
+    write_tables(rows, workdir, selective_rows, cost_rows)
     plot_roc_curves(curves, list(out_sets), workdir / "roc_curves.png")
     (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print((workdir / "ood_table.md").read_text(), flush=True)
@@ -150,7 +190,8 @@ def run(config: EvaluateOodConfig, reporter: Reporter, workdir: Path) -> dict[st
     return metrics
 
 
-def write_tables(rows: list[dict], workdir: Path, selective_rows: list[dict] = ()) -> None:
+def write_tables(rows: list[dict], workdir: Path, selective_rows: list[dict] = (), cost_rows: list[dict] = ()
+                 ) -> None:
     import pandas as pd
 
     pd.DataFrame(rows).to_parquet(workdir / "ood_table.parquet", index=False)
@@ -171,6 +212,13 @@ def write_tables(rows: list[dict], workdir: Path, selective_rows: list[dict] = (
             cells = [row["method"], f"{row['threshold']:.4g}", f"{row['test_reject_rate']:.4f}",
                      f"{row['selective_accuracy']:.4f}", f"{row['id_accuracy']:.4f}",
                      *(f"{row[key]:.4f}" for key in accepted)]
+            lines.append("| " + " | ".join(cells) + " |")
+    if cost_rows:
+        pd.DataFrame(cost_rows).to_parquet(workdir / "costs.parquet", index=False)
+        lines += ["", "What the generator-based methods cost (as their trials reported it; '-': not reported):", "",
+                  "| method | generator parameters | similarity parameters | training seconds |", "|---|---|---|---|"]
+        for row in cost_rows:
+            cells = [row["method"], *("-" if math.isnan(row[key]) else f"{row[key]:,.0f}" for key in COSTS)]
             lines.append("| " + " | ".join(cells) + " |")
     (workdir / "ood_table.md").write_text("\n".join(lines) + "\n")
 
@@ -205,9 +253,10 @@ EVALUATE_OOD = JobDef(
     metrics=(
         Metric("max_softmax.id_accuracy", higher_is_better=True, description="the plain classifier's test accuracy"),
     ),
-    description="max-softmax, ODIN, the K+1 method and nearest-generated-image classification on every test OOD "
-                "set: AUROC, AUPR-in/out, FPR@95TPR, detection error, in-distribution accuracy, reject rate and "
-                "selective accuracy; table, parquet and ROC curves",
+    description="max-softmax, ODIN, the K+1 method, nearest-generated-image classification, the leave-out "
+                "ensemble and the conditional generator with a siamese similarity on every test OOD set: AUROC, "
+                "AUPR-in/out, FPR@95TPR, detection error, in-distribution accuracy, reject rate and selective "
+                "accuracy, generator costs; tables, parquet and ROC curves",
     # the in-distribution test split is the classifier's dataset, read from its checkpoint (its stage declares it)
     datasets=lambda config: ood_datasets(config.test_sets, "test_sets"),
 )

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,7 +39,7 @@ import torch
 
 from trainables.catalog import Metric, TrainableDef
 from trainables.classifier import split_train_val
-from trainables.data import DatasetUse, ImageSet, load_images
+from trainables.data import ImageSet, every_class_training_data, load_images
 from trainables.device import resolve_device
 from trainables.ood.detectors import Detector
 from trainables.ood.metrics import ood_metrics
@@ -135,6 +136,84 @@ def selective_metrics(accepted: np.ndarray, predictions: np.ndarray, labels: np.
     }
 
 
+def validation_metrics(scores_in: np.ndarray, predictions: np.ndarray, labels: np.ndarray, scores_ood: np.ndarray,
+                       target_tpr: float) -> dict[str, float]:
+    """What a generator-based trainable reports once (epoch 1): the threshold at `target_tpr` of the validation
+    scores, what it costs there (val_reject_rate, val_selective_accuracy; val_accuracy rejects nothing) and
+    val_auroc of the validation images against the validation OOD set."""
+    threshold = threshold_at_tpr(scores_in, target_tpr)
+    selective = selective_metrics(scores_in >= threshold, predictions, labels)
+    return {
+        "epoch": 1.0,
+        "val_auroc": ood_metrics(scores_in, scores_ood)["auroc"],
+        "val_accuracy": selective["accuracy"],
+        "val_reject_rate": selective["reject_rate"],
+        "val_selective_accuracy": selective["selective_accuracy"],
+        "threshold": threshold,
+    }
+
+
+def validation_metric_defs(score: str, classify: str) -> tuple[Metric, ...]:
+    """The Metric declarations of `validation_metrics`, for a method whose score is `score` and that
+    classifies by `classify`."""
+    return (
+        Metric("val_auroc", higher_is_better=True,
+               description=f"AUROC of {score}: validation images vs the validation_ood set (not a test set)"),
+        Metric("val_accuracy", higher_is_better=True,
+               description=f"{classify} accuracy on all held-out validation images (nothing rejected)"),
+        Metric("val_reject_rate", higher_is_better=False,
+               description="share of validation images rejected at the threshold (about 1 - target_tpr by "
+                           "construction: the threshold is picked on these images)"),
+        Metric("val_selective_accuracy", higher_is_better=True,
+               description="accuracy on the validation images the threshold accepts"),
+        Metric("threshold", higher_is_better=True,
+               description=f"the chosen threshold on the score ({score}); informational"),
+    )
+
+
+def cost_metric_defs(generator: str, training: str) -> tuple[Metric, ...]:
+    """The Metric declarations of the costs a generator-based trainable reports beside its validation metrics."""
+    return (Metric("generator_params", higher_is_better=False, description=generator),
+            Metric("train_seconds", higher_is_better=False, description=training))
+
+
+def training_split(config) -> tuple[torch.device, ImageSet, ImageSet]:
+    """Seeds torch and returns (device, training images, held-out validation images) of `config.dataset`,
+    all classes; the validation images pick the threshold."""
+    torch.manual_seed(config.seed)
+    data = load_images(config.dataset, "train", allow_fallback=config.allow_fallback, seed=config.seed)
+    return resolve_device(config.device), *split_train_val(data, config)
+
+
+def report_final(reporter: Reporter, name: str, config, detector: Detector, scores_in: np.ndarray,
+                 predictions: np.ndarray, labels: np.ndarray, costs: dict[str, float], bank: torch.Tensor,
+                 bank_labels: torch.Tensor, **state: object) -> dict[str, float]:
+    """A generator-based trainable's one report (epoch 1): `validation_metrics` at `config.target_tpr`
+    against `config.validation_ood` (never a test set) and `costs`, with the checkpoint `republish_final`
+    and `detector_from_state` read: the bank as stored, the threshold and any further `state`."""
+    validation_ood = ood_set(config.validation_ood, count=config.val_size, seed=VALIDATION_SEED)
+    metrics = {**validation_metrics(scores_in, predictions, labels, detector.score(validation_ood), config.target_tpr),
+               **costs}
+    checkpoint: CheckpointState = {"trainable": name, "config": dataclasses.asdict(config), "epoch": 1,
+                                   "metrics": dict(metrics), "bank": bank, "bank_labels": bank_labels,
+                                   "threshold": metrics["threshold"], **state}
+    reporter.report(metrics, checkpoint=checkpoint)
+    return metrics
+
+
+def republish_final(reporter: Reporter, name: str) -> dict[str, float] | None:
+    """For a trainable whose only checkpoint is its final one: when resumed, publish that result again (so
+    this attempt has one too) and return it; None on a fresh start."""
+    resumed = reporter.restore()
+    if resumed is None:
+        return None
+    if resumed.get("trainable") != name:
+        raise ValueError(f"asked to resume from a {resumed.get('trainable')!r} checkpoint, not a {name} one")
+    metrics = dict(resumed["metrics"])
+    reporter.report(metrics)
+    return metrics
+
+
 def _check_images(images: torch.Tensor, what: str = "images") -> None:
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
@@ -202,6 +281,10 @@ class NearestGeneratedDetector(Detector):
         return self.score(images) >= self.threshold
 
 
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
 def quantize(images: torch.Tensor) -> torch.Tensor:
     """[0, 1] floats -> uint8 pixels, the way the bank is stored (the datasets' own resolution)."""
     return (images.clamp(0.0, 1.0) * 255).round().to(torch.uint8)
@@ -257,41 +340,22 @@ def detector_from_state(state: CheckpointState, device: str = "auto") -> Nearest
 def train(config: GeneratorNNConfig, reporter: Reporter) -> dict[str, float]:
     """The trainable: builds the bank, picks the threshold, reports once (epoch 1): val_auroc,
     val_accuracy, val_reject_rate, val_selective_accuracy and threshold."""
-    resumed = reporter.restore()
-    if resumed is not None:
-        # The only checkpoint is the final one: publish its result again so this attempt has one too.
-        if resumed.get("trainable") != NAME:
-            raise ValueError(f"asked to resume from a {resumed.get('trainable')!r} checkpoint, not a {NAME} one")
-        metrics = dict(resumed["metrics"])
-        reporter.report(metrics)
-        return metrics
+    republished = republish_final(reporter, NAME)
+    if republished is not None:
+        return republished
 
-    torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
-    data = load_images(config.dataset, "train", allow_fallback=config.allow_fallback, seed=config.seed)
-    train_set, val_set = split_train_val(data, config)
+    started = time.perf_counter()
+    device, train_set, val_set = training_split(config)
     bank, bank_labels = generate_bank(train_set, config, device)
+    train_seconds = time.perf_counter() - started
+    vae_config = config.vae_config()
+    generator_params = len(train_set.classes) * parameter_count(VAE(vae_config.latent_dim, vae_config.nf))
 
     detector = NearestGeneratedDetector(dequantize(bank), bank_labels, device=str(device))
     nearest, distances = detector.nearest(val_set.images)
-    scores_in = -distances
-    threshold = threshold_at_tpr(scores_in, config.target_tpr)
-    selective = selective_metrics(scores_in >= threshold, bank_labels[nearest].numpy(), val_set.labels.numpy())
-    validation_ood = ood_set(config.validation_ood, count=config.val_size, seed=VALIDATION_SEED)
-    metrics = {
-        "epoch": 1.0,
-        "val_auroc": ood_metrics(scores_in, detector.score(validation_ood))["auroc"],
-        "val_accuracy": selective["accuracy"],
-        "val_reject_rate": selective["reject_rate"],
-        "val_selective_accuracy": selective["selective_accuracy"],
-        "threshold": threshold,
-    }
-    state: CheckpointState = {"trainable": NAME, "config": dataclasses.asdict(config), "epoch": 1,
-                              "metrics": dict(metrics), "bank": bank, "bank_labels": bank_labels,
-                              "threshold": threshold}
-    reporter.report(metrics, checkpoint=state)
-    return metrics
-
+    return report_final(reporter, NAME, config, detector, -distances, bank_labels[nearest].numpy(),
+                        val_set.labels.numpy(), {"generator_params": float(generator_params),
+                                                 "train_seconds": train_seconds}, bank, bank_labels)
 
 
 GENERATOR_NN = TrainableDef(
@@ -299,21 +363,11 @@ GENERATOR_NN = TrainableDef(
     config_cls=GeneratorNNConfig,
     run=train,
     metrics=(
-        Metric("val_auroc", higher_is_better=True,
-               description="AUROC of minus the nearest-generated distance: validation images vs the "
-                           "validation_ood set (not a test set)"),
-        Metric("val_accuracy", higher_is_better=True,
-               description="nearest-generated-image accuracy on all held-out validation images (nothing rejected)"),
-        Metric("val_reject_rate", higher_is_better=False,
-               description="share of validation images rejected at the threshold (about 1 - target_tpr by "
-                           "construction: the threshold is picked on these images)"),
-        Metric("val_selective_accuracy", higher_is_better=True,
-               description="accuracy on the validation images the threshold accepts"),
-        Metric("threshold", higher_is_better=True,
-               description="the chosen threshold on the score (minus pixel distance); informational, higher = "
-                           "the accepted validation images lie closer to the bank"),
+        *validation_metric_defs("minus the pixel distance to the nearest generated image", "nearest-generated-image"),
+        *cost_metric_defs("parameters of the per-class VAEs together (classes x one VAE)",
+                          "wall time of training the per-class VAEs and drawing the bank"),
     ),
     description="class-wise VAE sample banks: nearest generated image classifies, its distance rejects (OOD)",
-    datasets=lambda config: (DatasetUse(config.dataset, fallback=config.allow_fallback),),  # every class
+    datasets=every_class_training_data,
     tiny_config={"train_size": 300, "val_size": 100, "vae_epochs": 1, "samples_per_class": 50},
 )

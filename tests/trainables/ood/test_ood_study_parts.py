@@ -72,3 +72,51 @@ def test_evaluate_ood_writes_the_table_for_every_method_and_set(classifier_folde
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics == reporter.results[-1]
     assert (tmp_path / "roc_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert "| odin | uniform_noise |" in (tmp_path / "ood_table.md").read_text()
+
+
+def tiny_checkpoint(name: str, folder, **changes) -> str:
+    definition = catalog.trainable(name)
+    reporter = ListReporter()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        definition.run(build_config(definition.config_cls, {**definition.tiny_config, **changes}), reporter)
+    finally:
+        torch.set_num_threads(previous)
+    return str(save_checkpoint(reporter.last_checkpoint, folder))
+
+
+def test_evaluate_ood_adds_the_leave_out_ensemble_and_the_conditional_generator_with_its_costs(classifier_folder,
+                                                                                             tmp_path):
+    leave_out = tiny_checkpoint("leave_out", tmp_path / "leave_out")
+    conditional = tiny_checkpoint("conditional_nn", tmp_path / "conditional_nn")
+    per_class = tiny_checkpoint("generator_nn", tmp_path / "generator_nn")
+    job = catalog.job("evaluate_ood")
+    config = build_config(job.config_cls, {"classifier": classifier_folder, "leave_out": leave_out,
+                                           "generator_nn": per_class, "conditional_nn": conditional,
+                                           "test_sets": ["kmnist"], "images": 200})
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    metrics = job.run(config, ListReporter(), workdir)
+    table = pd.read_parquet(workdir / "ood_table.parquet")
+    assert list(table.method) == ["max_softmax", "odin", "generator_nn", "leave_out", "conditional_nn"]
+    assert table.loc[table.method == "leave_out", "settings"].iloc[0].startswith("N=2, margin=0.4, beta=0.1")
+    for name in ("auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr", "detection_error"):
+        assert 0.0 <= metrics[f"leave_out.kmnist.{name}"] <= 1.0
+    assert list(pd.read_parquet(workdir / "selective.parquet").method) == ["generator_nn", "conditional_nn"]
+    costs = pd.read_parquet(workdir / "costs.parquet").set_index("method")
+    assert list(costs.index) == ["generator_nn", "conditional_nn"]
+    assert metrics["conditional_nn.generator_params"] == costs.generator_params["conditional_nn"] > 1e6
+    # one conditional generator against one per class, as the trainables reported it
+    assert metrics["conditional_nn.generator_params"] < metrics["generator_nn.generator_params"] / 5
+    assert metrics["conditional_nn.similarity_params"] > 0 and metrics["conditional_nn.train_seconds"] > 0
+    assert "| conditional_nn | 1,6" in (workdir / "ood_table.md").read_text()  # 1.69 M parameters, thousands marked
+
+
+def test_evaluate_ood_refuses_a_method_trained_on_other_data_than_the_classifier(classifier_folder, tmp_path):
+    leave_out = tiny_checkpoint("leave_out", tmp_path / "leave_out", dataset="fashion_mnist")
+    job = catalog.job("evaluate_ood")
+    config = build_config(job.config_cls, {"classifier": classifier_folder, "leave_out": leave_out,
+                                           "test_sets": ["kmnist"], "images": 50})
+    with pytest.raises(ValueError, match="leave_out: trained on fashion_mnist"):
+        job.run(config, ListReporter(), tmp_path)
