@@ -196,6 +196,9 @@ def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path
                 max_concurrent_trials=None if window else stage.max_concurrent_trials,
                 search_alg=search, scheduler=make_scheduler(stage, window),
                 trial_dirname_creator=trial_folder_name,
+                # A trial starts in a warm worker (torch and the data already imported) instead of a fresh
+                # one; seeds, checkpoints and logs stay each trial's own (benchmarks/many_trials.py).
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=stage.name, storage_path=str(storage), verbose=0, callbacks=[logger],
