@@ -248,12 +248,18 @@ class TrialRunner:
 
 def best_trial(trials: list[Any], stage: OptunaStage) -> Any | None:
     """The best completed trial that meets every constraint (Optuna's own best ignores constraints)."""
-    candidates = [t for t in trials if t.value is not None and math.isfinite(t.value)
-                  and all(v <= 0 for v in t.user_attrs.get(VIOLATIONS, []))]
+    candidates = [t for t in trials if feasible_value(t)]
     if not candidates:
         return None
     sign = -1 if stage.mode == "max" else 1
     return min(candidates, key=lambda t: (sign * t.value, t.number))
+
+
+def feasible_value(trial: Any) -> bool:
+    """A completed trial with a finite objective that met every constraint: what the best trial is chosen
+    from, the search history plots and parameter importance reads."""
+    return trial.value is not None and math.isfinite(trial.value) and \
+        all(v <= 0 for v in trial.user_attrs.get(VIOLATIONS, []))
 
 
 def write_trials_csv(trials: list[Any], path: Path) -> None:
@@ -345,6 +351,7 @@ def run_optuna_stage(*, stage: OptunaStage, inputs: Mapping[str, str], workdir: 
     import optuna
     from optuna.trial import TrialState
 
+    from orchestrator.importance import write_importance
     from orchestrator.stage_plots import plot_search_history
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our one line per trial says more
@@ -404,10 +411,11 @@ def run_optuna_stage(*, stage: OptunaStage, inputs: Mapping[str, str], workdir: 
     scratch.rename(folder)  # a kill never leaves half a result folder for a later stage to read
 
     write_trials_csv(study.get_trials(deepcopy=False), workdir / "trials.csv")
-    values = [t.value if math.isfinite(t.value) and all(v <= 0 for v in t.user_attrs.get(VIOLATIONS, [])) else None
-              for t in sorted(trials, key=lambda t: t.number)]
+    values = [t.value if feasible_value(t) else None for t in sorted(trials, key=lambda t: t.number)]
     plot_search_history(values, stage.metric, stage.mode, stage.name, workdir / "search_history.png",
                         missing_label="broke a constraint")
+    write_importance(stage.name, [t for t in trials if feasible_value(t)], ((stage.metric, stage.mode),), workdir,
+                     tracker, parent_run_id)
     child = best.user_attrs.get(CHILD_RUN)
     if child:
         tracker.log_artifacts(child, folder, BEST_FOLDER)

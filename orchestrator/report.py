@@ -60,6 +60,8 @@ CAPTIONS = {
                            "the range or at its edge?",
     "pareto.png": "the two rival metrics over every trial and epoch, with the Pareto front, the chosen point "
                   "circled and reference points as diamonds",
+    "importance.png": "each searched setting's share of the metric's variance across trials (fANOVA): which "
+                      "settings mattered, which could be fixed?",
     "samples.png": "samples from the best trial's chosen checkpoint",
     "denoise.png": "denoising steps from the best trial's chosen checkpoint",
     "confusion_matrix.png": "confusion matrix on the test split",
@@ -729,12 +731,26 @@ def tune_section(ctx: ReportContext, name: str, stage: StageState, gallery: Gall
         for image in images:
             if (folder / image).is_file():
                 lines += gallery.image(folder / image, name, image)
+        lines += importance_lines(folder, name, gallery)
     if stage.best is not None and stage.best.checkpoint:
         step = f", step {stage.best.epoch}" if stage.best.epoch else ""
         for png in step_images(local_path(stage.best.checkpoint, ctx.output)):
             what = CAPTIONS.get(png.name, f"{png.stem} from the best trial's chosen checkpoint")
             lines += gallery.image(png, name, "best_trial", png.name,
                                    caption=f"{what} (trial {stage.best.trial_id}{step})")
+    return lines
+
+
+def importance_lines(folder: Path, name: str, gallery: Gallery) -> list[str]:
+    """The stage's parameter importance (importance.py): its table, or the line saying why there is none,
+    and its bar chart."""
+    from orchestrator.importance import PLOT_FILE, TABLE_FILE
+
+    if not (folder / TABLE_FILE).is_file():
+        return []
+    lines = (folder / TABLE_FILE).read_text(errors="replace").strip().splitlines() + [""]
+    if (folder / PLOT_FILE).is_file():
+        lines += gallery.image(folder / PLOT_FILE, name, PLOT_FILE)
     return lines
 
 
@@ -746,6 +762,7 @@ def optuna_section(ctx: ReportContext, name: str, stage: StageState, gallery: Ga
     if folder is not None:
         if (folder / "search_history.png").is_file():
             lines += gallery.image(folder / "search_history.png", name, "search_history.png")
+        lines += importance_lines(folder, name, gallery)
         best = folder / "best"
         for png in sorted(best.glob("*.png"))[:MAX_IMAGES_PER_FOLDER] if best.is_dir() else []:
             lines += gallery.image(png, name, "best", png.name, caption="the best trial's result")

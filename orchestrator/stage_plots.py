@@ -187,3 +187,25 @@ def plot_parameter_sweep(points: Mapping[str, Sequence[tuple[Any, float | None]]
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return True
+
+
+def plot_importance(importances: Mapping[str, Mapping[str, float]], stage: str, path: Path) -> None:
+    """One horizontal bar chart per objective: each searched setting's share of the metric's variance
+    (fANOVA), most important on top. Which settings are worth searching next time, which could be fixed?"""
+    plt = pyplot()
+    settings = max(len(values) for values in importances.values())
+    figure, axes = plt.subplots(1, len(importances), figsize=(4.5 * len(importances), 1.2 + 0.45 * settings),
+                                squeeze=False)
+    for axis, (metric, values) in zip(axes[0], importances.items()):
+        ranked = sorted(values.items(), key=lambda item: item[1])  # barh draws bottom-up
+        axis.barh([name for name, _ in ranked], [value for _, value in ranked], color="tab:blue")
+        for y, (_, value) in enumerate(ranked):
+            axis.annotate(f"{value:.2f}", (value, y), textcoords="offset points", xytext=(3, 0), va="center",
+                          fontsize=8)
+        axis.set_xlim(0, 1.1)
+        axis.set_xlabel(f"importance for {metric}")
+        axis.grid(alpha=0.3, axis="x")
+    figure.suptitle(f"{stage}: parameter importance (fANOVA)", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

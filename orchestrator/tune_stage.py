@@ -217,6 +217,7 @@ def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path
         tag_front_trials(tracker, outcome)
     publish_trial_files(stage, results, tracker, outcome.child_runs)
     draw_stage_plots(stage, results, experiment_dir, outcome.best)
+    write_stage_importance(stage, results, experiment_dir, tracker, parent_run_id)
     return outcome
 
 
@@ -492,6 +493,22 @@ def draw_stage_plots(stage: TuneStage, results: Any, experiment_dir: Path, best:
                     experiment_dir / "pareto.png", best_trial=best.trial_id, baselines=definition.baselines,
                     modes=tuple(definition.metric(axis).mode for axis in axes), chosen=best.metrics,
                     references=definition.pareto_references)
+
+
+def write_stage_importance(stage: TuneStage, results: Any, experiment_dir: Path, tracker: Tracker,
+                           parent_run_id: str) -> None:
+    """Parameter importance over the trials that did not fail, each by its best value of every objective
+    (importance.py)."""
+    from orchestrator.importance import trials_from_configs, write_importance
+
+    rows = []
+    for result in results:
+        values = [best_value(result, metric, mode) for metric, mode in stage.objectives] \
+            if result.error is None else [None]
+        if None not in values:
+            rows.append((result.config or {}, values))
+    write_importance(stage.name, trials_from_configs(stage.space, rows), stage.objectives, experiment_dir,
+                     tracker, parent_run_id)
 
 
 PARETO_FRONT_FILE = "pareto_front.csv"

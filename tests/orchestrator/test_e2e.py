@@ -114,6 +114,26 @@ def test_the_mlflow_ui_opens_on_training_runs_that_explain_themselves(finished_s
     assert url in (output / "summary.md").read_text() and url in (output / "report.md").read_text()
 
 
+def test_parameter_importance_lands_on_the_stage_run_and_in_the_report(finished_study):
+    """fANOVA over the 4 trials' lr and nf: the table and bar chart on the classifier's run, the importances
+    as its metrics (summing to 1), the same line printed, the table and picture in the report."""
+    _, output, result = finished_study
+    client = client_for(output)
+    _, parents, _ = study_runs(client, "tiny")
+    run = parents["classifier"]
+    assert {"importance.md", "importance.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    shares = {k.removeprefix("importance.val_accuracy."): v for k, v in run.data.metrics.items()
+              if k.startswith("importance.")}
+    assert set(shares) == {"lr", "nf"} and sum(shares.values()) == pytest.approx(1.0)
+    printed = ", ".join(f"{name} {value:.2f}" for name, value in sorted(shares.items(), key=lambda kv: -kv[1]))
+    assert f"[classifier] parameter importance (fANOVA, {NUM_SAMPLES} trials): val_accuracy: {printed}" in \
+        result.stdout
+    report = (output / "report.md").read_text()
+    assert f"**Parameter importance** (Optuna's fANOVA over {NUM_SAMPLES} finished trials" in report
+    assert f"| lr | {shares['lr']:.3f} |" in report
+    assert "](report/classifier/importance.png)" in report and (output / "report/classifier/importance.png").is_file()
+
+
 def test_summary_names_best_trial_registry_and_mlflow_ui_command(finished_study):
     _, output, result = finished_study
     summary = (output / "summary.md").read_text()
