@@ -21,7 +21,6 @@ instead of a meaningless bar.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,15 +100,17 @@ def compute_importance(trials: Sequence[Any], objectives: Sequence[tuple[str, st
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
     objectives = tuple(objectives)
-    result = StageImportance(trials=len(trials), objectives=objectives)
+
+    def skipped(why: str) -> StageImportance:
+        return StageImportance(trials=len(trials), objectives=objectives, skipped=why)
+
     if len(trials) < MIN_TRIALS:
-        return _skipped(result, f"only {len(trials)} finished trial(s); at least {MIN_TRIALS} are needed")
+        return skipped(f"only {len(trials)} finished trial(s); at least {MIN_TRIALS} are needed")
     settings = varied_settings(trials)
     if not settings:
-        return _skipped(result, f"no searched setting varied across the {len(trials)} finished trials")
+        return skipped(f"no searched setting varied across the {len(trials)} finished trials")
     if len(settings) == 1:
-        return _skipped(result, f"only one searched setting varied ({settings[0]}): its importance is 1.0 by "
-                                f"construction")
+        return skipped(f"only one searched setting varied ({settings[0]}): its importance is 1.0 by construction")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per in-memory study
     study = optuna.create_study(directions=["minimize"] * len(objectives))  # fANOVA ignores the direction
     study.add_trials(trials)
@@ -118,19 +119,13 @@ def compute_importance(trials: Sequence[Any], objectives: Sequence[tuple[str, st
         if len({t.values[index] for t in trials}) == 1:
             constant.append(metric)
             continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            importances[metric] = get_param_importances(
-                study, evaluator=FanovaImportanceEvaluator(seed=FOREST_SEED), params=settings,
-                target=lambda trial, i=index: trial.values[i])
+        importances[metric] = get_param_importances(
+            study, evaluator=FanovaImportanceEvaluator(seed=FOREST_SEED), params=settings,
+            target=lambda trial, i=index: trial.values[i])
     if not importances:
-        return _skipped(result, f"{', '.join(constant)} took the same value in every finished trial")
+        return skipped(f"{', '.join(constant)} took the same value in every finished trial")
     return StageImportance(trials=len(trials), objectives=objectives, importances=importances,
                            constant=tuple(constant))
-
-
-def _skipped(result: StageImportance, why: str) -> StageImportance:
-    return StageImportance(trials=result.trials, objectives=result.objectives, skipped=why)
 
 
 def table_lines(result: StageImportance) -> list[str]:
