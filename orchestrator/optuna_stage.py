@@ -43,8 +43,8 @@ from orchestrator.spec import Choice, Constraint, IntRange, LogUniform, OptunaSt
 from orchestrator.study_state import BestTrial
 from orchestrator.tracking import TAG_RUN_NAME, TAG_TRIAL, Tracker, last_line
 from trainables import catalog
-from trainables.catalog import BranchPick
 from trainables.config import build_config
+from trainables.definitions import BranchPick
 
 CHILD_RUN = "gensearch.child_run_id"  # trial user attribute: its MLflow child run
 RETRY_OF = "gensearch.retry_of"  # trial user attribute: the number of the killed trial it re-runs
