@@ -11,7 +11,7 @@ import dataclasses
 import time
 from collections.abc import Mapping
 
-from trainables.catalog import Metric, TrainableDef
+from trainables.definitions import Metric, TrainableDef
 from trainables.reporter import Reporter
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from orchestrator.spec import ChampionBound, ChampionRule, TuneStage
 from orchestrator.study_state import BestTrial
 from trainables import catalog
-from trainables.catalog import TrainableDef
+from trainables.definitions import TrainableDef
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,8 @@ def load_and_run(args, lock) -> int:
         if lock is not None:
             lock.release(undo=True)
         return 2
+    for line in spec.deprecations:
+        print(line, file=sys.stderr)
     if args.seed is not None:
         from orchestrator.spec import MAX_STUDY_SEED
 

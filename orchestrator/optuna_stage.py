@@ -31,20 +31,20 @@ import csv
 import math
 import shutil
 import threading
-import warnings
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.seeds import derive_seed, sampler_seed, with_stage_seed
+from orchestrator.samplers import make_sampler, stage_sampler_seed
+from orchestrator.seeds import derive_seed, with_stage_seed
 from orchestrator.spec import Choice, Constraint, IntRange, LogUniform, OptunaStage, SpaceEntry, Uniform
 from orchestrator.study_state import BestTrial
 from orchestrator.tracking import TAG_RUN_NAME, TAG_TRIAL, Tracker, last_line
 from trainables import catalog
-from trainables.catalog import BranchPick
 from trainables.config import build_config
+from trainables.definitions import BranchPick
 
 CHILD_RUN = "gensearch.child_run_id"  # trial user attribute: its MLflow child run
 RETRY_OF = "gensearch.retry_of"  # trial user attribute: the number of the killed trial it re-runs
@@ -119,19 +119,10 @@ def picks_from_params(params: Mapping[str, Any], stage: OptunaStage) -> dict[str
             for branch in stage.branches}
 
 
-def stage_sampler_seed(stage: OptunaStage, study_seed: int) -> int:
-    """The stage's `sampler.seed` when the YAML pins one, else one derived from the study seed."""
-    return stage.sampler.seed if stage.sampler.seed is not None else sampler_seed(study_seed, stage.name)
-
-
-def make_sampler(stage: OptunaStage, seed: int | None):
-    import optuna
-
-    if stage.sampler.type == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    with warnings.catch_warnings():  # `group` (sample each option's settings as a group) is "experimental"
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=stage.n_jobs > 1)
+def tpe_settings(stage: OptunaStage) -> dict[str, Any]:
+    """TPE over a conditional space: each option's settings sampled as a group, and with several threads
+    the running trials counted as if they had scored badly (constant liar), so threads spread out."""
+    return {"multivariate": True, "group": True, "constant_liar": stage.n_jobs > 1}
 
 
 def requeue_unfinished_trials(study: Any, stage: OptunaStage, tracker: Tracker, parent_run_id: str,
@@ -290,8 +281,8 @@ def draw(study: Any, stage: OptunaStage, base_seed: int) -> Any:
     import optuna
 
     position = next_position(study)
-    scratch = optuna.create_study(direction=study.direction,
-                                  sampler=make_sampler(stage, derive_seed(base_seed, stage.name, "sampler", position)))
+    sampler = make_sampler(stage.searcher, derive_seed(base_seed, stage.name, "sampler", position), tpe_settings(stage))
+    scratch = optuna.create_study(direction=study.direction, sampler=sampler)
     scratch.add_trials(study.get_trials(deepcopy=False))
     study.enqueue_trial(flat_params(sample_picks(scratch.ask(), stage)), user_attrs={POSITION: position})
     return study.ask()
@@ -374,7 +365,7 @@ def run_optuna_stage(*, stage: OptunaStage, inputs: Mapping[str, str], workdir: 
     # Asynchronous mode: a resumed study gets a different seed, or it would replay the first run's random
     # start-up points. (The reproducible mode seeds a sampler per trial: see `draw`.)
     study = optuna.create_study(study_name=study_name, storage=storage,
-                                sampler=make_sampler(stage, base_seed + completed),
+                                sampler=make_sampler(stage.searcher, base_seed + completed, tpe_settings(stage)),
                                 direction="maximize" if stage.mode == "max" else "minimize", load_if_exists=True)
     resumed = requeue_unfinished_trials(study, stage, tracker, parent_run_id, keep_drawn=reproducible,
                                         storage=storage)
@@ -382,7 +373,7 @@ def run_optuna_stage(*, stage: OptunaStage, inputs: Mapping[str, str], workdir: 
     where = f"{workdir / 'optuna.db'} (study {study_name!r})"
     if remaining > 0:
         print(f"[{stage.name}] {remaining} of {stage.n_trials} trials to run, {stage.n_jobs} at a time; "
-              f"Optuna {stage.sampler.type} on {stage.metric} ({stage.mode}); storage {where}", flush=True)
+              f"Optuna {stage.searcher.sampler} on {stage.metric} ({stage.mode}); storage {where}", flush=True)
         runner = TrialRunner(stage, definition, config, data, tracker, parent_run_id, completed)
         # Queued re-runs go first, one at a time: on SQLite two threads can pop the same queued trial.
         queued = min(remaining, len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))

@@ -61,12 +61,11 @@ def pinned_seed_notes(spec: StudySpec) -> list[str]:
     """A stage whose YAML pins its sampler's seed keeps it whatever the study seed: say so, since `--seed` is
     then not a seed of everything."""
     pinned = [stage.name for stage in spec.stages
-              if isinstance(stage, TuneStage) and stage.searcher.seed is not None
-              or isinstance(stage, OptunaStage) and stage.sampler.seed is not None]
+              if isinstance(stage, (TuneStage, OptunaStage)) and stage.searcher.seed is not None]
     if not pinned:
         return []
     return [f"  note: {', '.join(pinned)} pin their sampler's seed in the file; --seed changes their trials' seeds "
-            f"but not their samplers (drop `seed:` under searcher/sampler to derive it from the study seed)"]
+            f"but not their samplers (drop `searcher.seed` to derive it from the study seed)"]
 
 
 def plan_lines(spec: StudySpec, output: str, target: TrackingTarget) -> list[str]:
@@ -101,10 +100,10 @@ def plan_lines(spec: StudySpec, output: str, target: TrackingTarget) -> list[str
             if stage.register:
                 lines.append(f"       registers the best model as {stage.register.name} @{stage.register.alias}")
         elif isinstance(stage, OptunaStage):
-            seed = f", seed {stage.sampler.seed}" if stage.sampler.seed is not None else ""
+            seed = f", seed {stage.searcher.seed}" if stage.searcher.seed is not None else ""
             lines += [
                 f"  {number}. {stage.name}  optuna  objective={stage.objective}  metric={stage.metric} ({stage.mode})",
-                f"       trials: {stage.n_trials} (Optuna {stage.sampler.type}{seed}), {stage.n_jobs} at a time in "
+                f"       trials: {stage.n_trials} (Optuna {stage.searcher.sampler}{seed}), {stage.n_jobs} at a time in "
                 f"this process; constraints: {'; '.join(map(str, stage.constraints)) or 'none'}",
                 f"       space: {describe_branches(stage.branches)}",
             ]

@@ -19,8 +19,8 @@ import torch
 from orchestrator.spec import RegisterSpec
 from orchestrator.study_state import BestTrial, RegisteredVersion
 from orchestrator.tracking import Tracker
-from trainables.catalog import TrainableDef
 from trainables.checkpoint import load_checkpoint
+from trainables.definitions import TrainableDef
 
 # Given explicitly: letting MLflow infer requirements costs ~12 s per model.
 PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}"]

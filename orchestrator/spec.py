@@ -45,9 +45,13 @@ class SpecError(ValueError):
 class _Problems:
     def __init__(self) -> None:
         self.items: list[tuple[str, str]] = []
+        self.deprecations: list[tuple[str, str]] = []  # still accepted, said once by the launcher
 
     def add(self, key: str, message: str) -> None:
         self.items.append((key, message))
+
+    def deprecated(self, key: str, message: str) -> None:
+        self.deprecations.append((key, message))
 
 
 # ---------------------------------------------------------------- space entries
@@ -124,6 +128,10 @@ class AshaSpec:
 
 @dataclass(frozen=True)
 class SearcherSpec:
+    """`searcher: {sampler: tpe, seed: 0}`, the one spelling of both stage kinds (orchestrator/samplers.py).
+
+    `type: basic` (tune stages only) is Tune's own random/grid variants instead of an Optuna sampler."""
+
     type: Literal["optuna", "basic"] = "optuna"
     # qmc: a scrambled Halton sequence (after one random first trial): space-filling, no two trials alike;
     # for a sweep of one or two settings, where TPE on a few trials keeps re-drawing the same integer.
@@ -310,12 +318,6 @@ class Constraint:
 
 
 @dataclass(frozen=True)
-class SamplerSpec:
-    type: Literal["tpe", "random"] = "tpe"
-    seed: int | None = None
-
-
-@dataclass(frozen=True)
 class OptunaStage:
     """A search run by an Optuna study in the launcher process, over an objective's conditional space."""
 
@@ -329,7 +331,7 @@ class OptunaStage:
     constraints: tuple[Constraint, ...] = ()
     n_trials: int = 20
     n_jobs: int = 1
-    sampler: SamplerSpec = SamplerSpec()
+    searcher: SearcherSpec = SearcherSpec()
     kind: Literal["optuna"] = "optuna"
 
 
@@ -358,6 +360,8 @@ class StudySpec:
     # finished first, so the same seed gives the same study (orchestrator/trial_order.py); False: Tune's
     # and Optuna's own asynchronous way, which keeps every slot busy but depends on timing.
     reproducible: bool = True
+    # One line per older spelling the file still uses (`file: key: deprecated ...`); the launcher prints them.
+    deprecations: tuple[str, ...] = field(default=(), compare=False)
 
     def stage(self, name: str) -> Stage:
         for stage in self.stages:
@@ -981,13 +985,14 @@ def _parse_scheduler(raw: Any, key: str, problems: _Problems) -> AshaSpec | None
     return AshaSpec(max_t, grace, float(factor), metric)
 
 
-def _parse_searcher(raw: Any, key: str, problems: _Problems) -> SearcherSpec | None:
+def _parse_searcher(raw: Any, key: str, problems: _Problems, kinds: tuple[str, ...] = ("optuna", "basic"),
+                    samplers: tuple[str, ...] = ("tpe", "random", "qmc")) -> SearcherSpec | None:
     raw = _mapping(raw, key, problems)
     if raw is None:
         return None
     _unknown_keys(raw, ("type", "sampler", "seed"), key, problems)
-    kind = _string(raw, "type", key, problems, default="optuna", choices=("optuna", "basic"))
-    sampler = _string(raw, "sampler", key, problems, default="tpe", choices=("tpe", "random", "qmc"))
+    kind = _string(raw, "type", key, problems, default="optuna", choices=kinds)
+    sampler = _string(raw, "sampler", key, problems, default="tpe", choices=samplers)
     seed = _number(raw, "seed", key, problems, integer=True)
     if kind == "basic" and "sampler" in raw:
         problems.add(f"{key}.sampler", "only applies to `type: optuna`")
@@ -1111,7 +1116,7 @@ def _parse_constraints(raw: Any, key: str, definition: catalog.ObjectiveDef | No
 def _parse_optuna_stage(raw: Mapping[str, Any], key: str, earlier: list[str], later: list[str],
                         problems: _Problems) -> OptunaStage | None:
     allowed = ("name", "kind", "objective", "config", "space", "inputs", "metric", "constraints", "n_trials",
-               "n_jobs", "sampler")
+               "n_jobs", "searcher", "sampler")
     _unknown_keys(raw, allowed, key, problems)
     objective_name = _string(raw, "objective", key, problems, required=True)
     definition = None
@@ -1172,14 +1177,27 @@ def _parse_optuna_stage(raw: Mapping[str, Any], key: str, earlier: list[str], la
     n_jobs = _number(raw, "n_jobs", key, problems, integer=True, default=1)
     if n_jobs is not None and n_jobs < 1:
         problems.add(f"{key}.n_jobs", f"must be >= 1 (trials run in that many threads), got {n_jobs}")
-    sampler_raw = _mapping(raw.get("sampler"), f"{key}.sampler", problems) or {}
-    _unknown_keys(sampler_raw, ("type", "seed"), f"{key}.sampler", problems)
-    sampler = SamplerSpec(_string(sampler_raw, "type", f"{key}.sampler", problems, default="tpe",
-                                  choices=("tpe", "random")) or "tpe",
-                          _number(sampler_raw, "seed", f"{key}.sampler", problems, integer=True))
+    searcher = (_parse_old_sampler(raw, key, problems) if "sampler" in raw else
+                _parse_searcher(raw.get("searcher"), f"{key}.searcher", problems, kinds=("optuna",),
+                                samplers=("tpe", "random")))
     return OptunaStage(name=raw["name"], objective=objective_name or "", metric=metric or "", mode=mode,
                        config=dict(config), inputs=inputs, branches=branches, constraints=constraints,
-                       n_trials=n_trials or 20, n_jobs=n_jobs or 1, sampler=sampler)
+                       n_trials=n_trials or 20, n_jobs=n_jobs or 1, searcher=searcher or SearcherSpec())
+
+
+def _parse_old_sampler(raw: Mapping[str, Any], key: str, problems: _Problems) -> SearcherSpec:
+    """An optuna stage's older spelling `sampler: {type: tpe, seed: 0}`: still accepted, with a line saying
+    how to write it now."""
+    if "searcher" in raw:
+        problems.add(f"{key}.sampler", "give `searcher:` alone (`sampler: {type: ..., seed: ...}` is its older "
+                                       "spelling)")
+    old = _mapping(raw["sampler"], f"{key}.sampler", problems) or {}
+    _unknown_keys(old, ("type", "seed"), f"{key}.sampler", problems)
+    sampler = _string(old, "type", f"{key}.sampler", problems, default="tpe", choices=("tpe", "random")) or "tpe"
+    seed = _number(old, "seed", f"{key}.sampler", problems, integer=True)
+    written = f"sampler: {sampler}" + (f", seed: {seed}" if seed is not None else "")
+    problems.deprecated(f"{key}.sampler", f"deprecated spelling, write `searcher: {{{written}}}` (as tune stages do)")
+    return SearcherSpec("optuna", sampler, seed)
 
 
 # ---------------------------------------------------------------- profiles
@@ -1367,7 +1385,8 @@ def parse_study(raw: Any, source: str, default_output: Path | None = None, profi
     output_path = Path(output) if output else default
     return StudySpec(name=study, output=output_path, tracking=tracking, stages=tuple(stages), source=source,
                      description=description, profile=profile_name, profiles=profile_names, seed=seed or 0,
-                     reproducible=reproducible)
+                     reproducible=reproducible,
+                     deprecations=tuple(f"{label}: {key}: {message}" for key, message in problems.deprecations))
 
 
 def load_study(path: str | Path, profile: str | None = None) -> StudySpec:

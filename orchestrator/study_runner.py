@@ -64,7 +64,7 @@ def stage_params(stage: Stage) -> dict[str, Any]:
         from orchestrator.plan import describe_branches
 
         return {"objective": stage.objective, "metric": stage.metric, "mode": stage.mode, "n_trials": stage.n_trials,
-                "n_jobs": stage.n_jobs, "sampler": stage.sampler.type, "seed": stage.sampler.seed,
+                "n_jobs": stage.n_jobs, "sampler": stage.searcher.sampler, "seed": stage.searcher.seed,
                 "constraints": "; ".join(map(str, stage.constraints)) or "none", "config": dict(stage.config),
                 "space": {branch: describe_branches({branch: options}) for branch, options in stage.branches.items()},
                 "inputs": {k: str(v) for k, v in stage.inputs.items()}}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,8 @@ from orchestrator.tracking import TAG_REASON, Tracker, last_line, numeric_metric
 from orchestrator.trial_logger import STEP_MARKER, TUNE_BOOKKEEPING, MlflowTrialLogger
 from orchestrator.tune_reporter import TuneReporter
 from orchestrator.rung_scheduler import OrderedASHA
-from orchestrator.seeds import sampler_seed, seeds_config
+from orchestrator.samplers import make_sampler, stage_sampler_seed
+from orchestrator.seeds import seeds_config
 from orchestrator.trial_order import OrderedSearch, SeededSearch, VariantSearch, suggestion_place
 from orchestrator.tune_searcher import BudgetAwareOptunaSearch
 from trainables import catalog
@@ -75,11 +75,6 @@ def param_space(stage: TuneStage, inputs: Mapping[str, str], searched: bool = Tr
     return {**stage.config, **inputs, **domains}
 
 
-def stage_sampler_seed(stage: TuneStage, study_seed: int) -> int:
-    """The stage's `searcher.seed` when the YAML pins one, else one derived from the study seed."""
-    return stage.searcher.seed if stage.searcher.seed is not None else sampler_seed(study_seed, stage.name)
-
-
 def make_searcher(stage: TuneStage, study_seed: int = 0) -> BudgetAwareOptunaSearch | None:
     """Optuna for a stage with something to search, over its one metric or its several (Optuna's samplers
     are multi-objective); None (Tune's own grid/random) otherwise, since OptunaSearch refuses an empty
@@ -88,17 +83,9 @@ def make_searcher(stage: TuneStage, study_seed: int = 0) -> BudgetAwareOptunaSea
     spec, total_trials = stage.searcher, stage.total_trials
     if spec.type == "basic" or not stage.space:
         return None
-    seed = stage_sampler_seed(stage, study_seed)
-    if spec.sampler == "random":
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    elif spec.sampler == "qmc":
-        with warnings.catch_warnings():  # "experimental" since Optuna 3.0; the sequence itself is scipy's
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.QMCSampler(qmc_type="halton", scramble=True, seed=seed)
-    else:
-        # Optuna's default of 10 random start-up trials would leave a small study all random.
-        startup = max(2, min(10, total_trials // 2))
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+    # Optuna's default of 10 random start-up trials would leave a small study all random.
+    sampler = make_sampler(spec, stage_sampler_seed(stage, study_seed),
+                           tpe={"n_startup_trials": max(2, min(10, total_trials // 2))})
     metrics, modes = zip(*stage.objectives)
     return BudgetAwareOptunaSearch(sampler=sampler, metric=list(metrics) if stage.multi_objective else metrics[0],
                                    mode=list(modes) if stage.multi_objective else modes[0],

@@ -1,10 +1,8 @@
-"""The names a study YAML may use for trainables and jobs, mapped to code.
+"""The names a study YAML may use for trainables, jobs and objectives, mapped to code.
 
-A `TrainableDef` is everything the orchestrator needs to know about a trainable without reading
-its code: its config class, the metrics it reports (and which way is better, so a scheduler's
-mode is never guessed), how to rebuild its model from a checkpoint for the model registry, the datasets it reads (so the
-launcher fetches and verifies them once, before any trial starts), and a cheap `preflight` that
-fails fast on anything else (e.g. a missing input file).
+The definitions themselves (`TrainableDef`, `JobDef`, `ObjectiveDef`, `Metric`) live in
+`trainables.definitions`, which the trainables import; this registry imports the trainables, never
+the reverse. They are re-exported here for code written against `from trainables.catalog import ...`.
 
 Besides the built-in names, a YAML may name `package.module:ATTRIBUTE` for a user's own
 TrainableDef/JobDef, so research code plugs in without editing this file.
@@ -13,119 +11,22 @@ TrainableDef/JobDef, so research code plugs in without editing this file.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-from torch import nn
+from trainables.definitions import BranchPick, JobDef, Metric, ObjectiveDef, TrainableDef
 
-from trainables.data import DatasetUse
-from trainables.reporter import CheckpointState, Reporter
-
-
-@dataclass(frozen=True)
-class Metric:
-    name: str
-    higher_is_better: bool
-    description: str = ""
-    optional: bool = False  # reported only where the machine allows (fid_inception: the weights are here)
-
-    @property
-    def mode(self) -> str:
-        return "max" if self.higher_is_better else "min"
-
-
-@dataclass(frozen=True)
-class TrainableDef:
-    """A searchable unit of training: `run(config, reporter)` returns its final metrics."""
-
-    name: str
-    config_cls: type
-    run: Callable[[Any, Reporter], Mapping[str, float]]
-    metrics: tuple[Metric, ...]
-    description: str
-    build_model: Callable[[CheckpointState], nn.Module] | None = None
-    preflight: Callable[[Any], None] | None = None
-    datasets: Callable[[Any], tuple[DatasetUse, ...]] | None = None  # what a config reads (trainables.data)
-    tiny_config: Mapping[str, Any] = field(default_factory=dict)
-    # Two metrics that pull against each other (GASTeN: fid_mnist vs acd): each stage of this
-    # trainable gets a Pareto plot of them across its trials.
-    pareto: tuple[str, str] | None = None
-    # Metrics drawn per trial against the epoch (curves.png in the trial's run), and the metric
-    # each is compared with (e.g. acd -> acd_step1: where fine-tuning started).
-    curves: tuple[str, ...] = ()
-    baselines: Mapping[str, str] = field(default_factory=dict)
-    # Reference points drawn on the Pareto plot, label -> (x metric, y metric) reported by every trial,
-    # e.g. GASTeN's real boundary digits: ("fid_real_ambiguous", "acd_real_ambiguous").
-    pareto_references: Mapping[str, tuple[str, str]] = field(default_factory=dict)
-
-    def metric(self, name: str) -> Metric:
-        for metric in self.metrics:
-            if metric.name == name:
-                return metric
-        raise KeyError(name)
-
-
-@dataclass(frozen=True)
-class JobDef:
-    """A one-shot step (evaluation, prototype selection): `run(config, reporter, workdir)`.
-
-    It writes its files (tables, plots) into `workdir`; the orchestrator logs them as artifacts.
-    """
-
-    name: str
-    config_cls: type
-    run: Callable[[Any, Reporter, Path], Mapping[str, float]]
-    metrics: tuple[Metric, ...]
-    description: str
-    preflight: Callable[[Any], None] | None = None
-    datasets: Callable[[Any], tuple[DatasetUse, ...]] | None = None
-
-
-# A trial's pick in one branch of a conditional space: the option's name and its built config,
-# e.g. ("umap", UmapConfig(n_neighbors=12, ...)).
-BranchPick = tuple[str, Any]
-
-
-@dataclass(frozen=True)
-class ObjectiveDef:
-    """An objective an Optuna study searches in the launcher process (stage kind `optuna`).
-
-    Its trials are cheap functions of data prepared once (clustering the embeddings of generated
-    images takes seconds), so they need no Ray scheduling: `prepare(config, workdir)` runs once per
-    stage and may cache in `workdir` (a resumed stage does not redo it), `evaluate(config, picks,
-    data)` runs once per trial, and `finalize(config, picks, data, folder)` writes the best trial's
-    result folder, which later stages receive by reference (`clustering.best`).
-
-    `branches` declare the conditional space: {"reducer": {"umap": UmapConfig, "pca": PcaConfig}}.
-    The YAML picks which options to search and each option's settings; a trial receives one
-    BranchPick per branch.
-    """
-
-    name: str
-    config_cls: type
-    branches: Mapping[str, Mapping[str, type]]
-    prepare: Callable[[Any, Path], Any]
-    evaluate: Callable[[Any, Mapping[str, BranchPick], Any], Mapping[str, float]]
-    finalize: Callable[[Any, Mapping[str, BranchPick], Any, Path], None]
-    metrics: tuple[Metric, ...]
-    description: str
-    preflight: Callable[[Any], None] | None = None
-    datasets: Callable[[Any], tuple[DatasetUse, ...]] | None = None
-    describe_data: Callable[[Any], Mapping[str, float]] | None = None  # logged on the stage's run
-
-    def metric(self, name: str) -> Metric:
-        for metric in self.metrics:
-            if metric.name == name:
-                return metric
-        raise KeyError(name)
+__all__ = ["BranchPick", "JobDef", "Metric", "ObjectiveDef", "TrainableDef", "UnknownEntryError", "job",
+           "job_names", "objective", "objective_names", "trainable", "trainable_names"]
 
 
 class UnknownEntryError(LookupError):
     pass
 
 
+# The built-ins are imported on the first lookup, not with this module: a Ray worker running a user's
+# `package.module:NAME` trainable imports the catalog, and the built-ins' imports (scikit-learn, the
+# diffusion and OOD code) would cost it seconds.
 def _builtin_trainables() -> dict[str, TrainableDef]:
     from trainables import classifier, dcgan, diffusion, diffusion_timestep, gasten, vae
     from trainables.ood import conditional_nn, generator_nn, kplus1, leave_out, odin_search

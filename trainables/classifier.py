@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.catalog import Metric, TrainableDef
 from trainables.data import ImageSet, load_images, training_data
+from trainables.definitions import Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.fit import fit
 from trainables.reporter import CheckpointState, Reporter

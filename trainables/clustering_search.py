@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Literal
 
 from trainables.ambiguous import AmbiguousSet, check_band, generate_ambiguous, load_ambiguous, save_ambiguous
-from trainables.catalog import BranchPick, Metric, ObjectiveDef
 from trainables.clustering import CLUSTERERS, REDUCERS, run_pipeline, view_2d
+from trainables.definitions import BranchPick, Metric, ObjectiveDef
 from trainables.prototypes import ClusteringResultData, save_clustering_result
 
 AMBIGUOUS_FILE = "ambiguous.npz"

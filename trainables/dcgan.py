@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.catalog import Metric, TrainableDef
 from trainables.data import DatasetUse, ImageSet, load_images
+from trainables.definitions import Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.feature_net import embed_images, feature_net
 from trainables.fit import fit

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import torch
 
 from trainables import diffusion
-from trainables.catalog import Metric, TrainableDef
 from trainables.checkpoint import load_checkpoint
 from trainables.classifier import split_train_val
 from trainables.config import build_config
 from trainables.data import ImageSet, load_images
+from trainables.definitions import Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.fewshot import fewshot_score
 from trainables.reporter import CheckpointState, Reporter

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from trainables.catalog import JobDef, Metric
 from trainables.checkpoint import load_checkpoint
 from trainables.classifier import build_model, evaluate
 from trainables.data import load_images
+from trainables.definitions import JobDef, Metric
 from trainables.device import resolve_device
 from trainables.plotting import pyplot
 from trainables.reporter import Reporter

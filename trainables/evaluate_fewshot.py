@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables.catalog import JobDef, Metric
 from trainables.checkpoint import load_checkpoint
 from trainables.data import DatasetUse, load_images
+from trainables.definitions import JobDef, Metric
 from trainables.device import resolve_device
 from trainables.fewshot import DEFAULT_SHOTS, FewShotConfig, fewshot_curve, markdown_table, pixel_features, plot_curves
 from trainables.reporter import Reporter

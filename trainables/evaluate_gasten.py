@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainables.catalog import JobDef, Metric
 from trainables.data import DatasetUse
+from trainables.definitions import JobDef, Metric
 from trainables.evaluate_fewshot import FewShotJobConfig
 from trainables.evaluate_fewshot import run as run_fewshot
 from trainables.fewshot import DEFAULT_SHOTS

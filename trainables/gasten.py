@@ -47,11 +47,11 @@ import torch
 from torch import nn
 
 from trainables import classifier as classifier_module
-from trainables.catalog import Metric, TrainableDef
 from trainables.checkpoint import load_checkpoint
 from trainables.data import DatasetUse, load_images
 from trainables.dcgan import (FID_INCEPTION, Discriminator, FidScorer, Generator, build_model, check_gan_training,
                               generate, load_fid_reference, train_gan_epoch)
+from trainables.definitions import Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.feature_net import FEATURE_NET_VERSION
 from trainables.fit import fit

@@ -51,8 +51,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from trainables.catalog import JobDef, Metric
 from trainables.data import load_images
+from trainables.definitions import JobDef, Metric
 from trainables.device import resolve_device
 from trainables.evaluate_fewshot import FewShotJobConfig, feature_sources
 from trainables.fewshot import FewShotConfig, build_head

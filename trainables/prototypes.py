@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from trainables.catalog import JobDef, Metric
+from trainables.definitions import JobDef, Metric
 from trainables.plotting import pyplot
 from trainables.reporter import Reporter
 

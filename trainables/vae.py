@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.catalog import Metric, TrainableDef
 from trainables.classifier import split_train_val
 from trainables.data import load_images, training_data
+from trainables.definitions import Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.fewshot import fewshot_score
 from trainables.fit import fit

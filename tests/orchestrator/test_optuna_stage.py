@@ -24,6 +24,7 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from orchestrator.launch import main
+from orchestrator.spec import load_study
 from tests.orchestrator.study_helpers import REPO, client_for, launcher, launcher_env, run_launcher, study_runs
 from trainables.ambiguous import AmbiguousSet, save_ambiguous
 from trainables.prototypes import load_clustering_result
@@ -56,7 +57,7 @@ def planted_study(folder: Path, *, n_trials: int = 30, n_jobs: int = 2, space=No
         "name": "clustering", "kind": "optuna", "objective": "clustering", "config": {"ambiguous": str(data)},
         "space": space or FAST_SPACE, "metric": "silhouette",
         "constraints": {"n_clusters": {"min": 2}, "noise_fraction": {"max": 0.3}},
-        "n_trials": n_trials, "n_jobs": n_jobs, "sampler": {"type": "tpe", "seed": 0},
+        "n_trials": n_trials, "n_jobs": n_jobs, "searcher": {"sampler": "tpe", "seed": 0},
     }]
     if prototypes:
         stages.append({"name": "prototypes", "kind": "job", "job": "prototypes", "config": {"k": 3},
@@ -168,7 +169,14 @@ def test_sigkill_mid_stage_then_resume_reaches_n_trials_exactly_without_duplicat
      "does not report 'clusters'"),
     (lambda s: s.update(metric="accuracy"), "stages[0].metric", "does not report 'accuracy'"),
     (lambda s: s.update(n_jobs=0), "stages[0].n_jobs", "must be >= 1"),
-], ids=["reducer", "clusterer", "parameter", "range", "branch", "constraint", "metric", "n_jobs"])
+    (lambda s: s["searcher"].update(type="basic"), "stages[0].searcher.type", "must be one of optuna, got 'basic'"),
+    (lambda s: s["searcher"].update(sampler="qmc"), "stages[0].searcher.sampler",
+     "must be one of tpe, random, got 'qmc'"),
+    (lambda s: s.update(sampler={"type": "random"}), "stages[0].sampler", "give `searcher:` alone"),
+    (lambda s: s.update(sampler={"type": "grid"}) or s.pop("searcher"), "stages[0].sampler.type",
+     "must be one of tpe, random, got 'grid'"),
+], ids=["reducer", "clusterer", "parameter", "range", "branch", "constraint", "metric", "n_jobs", "searcher-type",
+        "searcher-sampler", "both-spellings", "old-spelling-type"])
 def test_a_bad_optuna_space_is_exit_2_naming_the_key(tmp_path, capsys, edit, key, fragment):
     spec, _ = planted_study(tmp_path, prototypes=False)
     study = yaml.safe_load(spec.read_text())
@@ -179,6 +187,24 @@ def test_a_bad_optuna_space_is_exit_2_naming_the_key(tmp_path, capsys, edit, key
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{spec}: {key}: ") and fragment in lines[0], err
+
+
+def test_the_older_sampler_spelling_still_works_with_one_line_saying_how_to_write_it(tmp_path, capsys):
+    spec, _ = planted_study(tmp_path, prototypes=False)
+    study = yaml.safe_load(spec.read_text())
+    study["stages"][0]["searcher"] = {"sampler": "random", "seed": 3}
+    spec.write_text(yaml.safe_dump(study, sort_keys=False))
+    old = tmp_path / "old.yaml"
+    del study["stages"][0]["searcher"]
+    study["stages"][0]["sampler"] = {"type": "random", "seed": 3}
+    old.write_text(yaml.safe_dump(study, sort_keys=False))
+    assert load_study(old).stages == load_study(spec).stages and load_study(spec).stages[0].searcher.sampler == "random"
+    assert load_study(spec).deprecations == ()
+    assert main([str(old), "--dry-run", "--output", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"{old}: stages[0].sampler: deprecated spelling, write "
+                                         "`searcher: {sampler: random, seed: 3}` (as tune stages do)"]
+    assert "(Optuna random, seed 3)" in captured.out
 
 
 def test_an_unbroken_planted_study_plans_cleanly(tmp_path, capsys):

@@ -383,3 +383,10 @@ def test_oversized_yaml_is_one_line_and_exit_2_within_a_second_without_memory_gr
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 20e6, f"{peak / 1e6:.0f} MB"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "search_spaces").glob("*.yaml")), ids=lambda path: path.stem)
+def test_every_shipped_study_uses_the_current_spelling_in_every_profile(path):
+    profiles = load_study(path).profiles or ("",)
+    assert {profile: load_study(path, profile or None).deprecations for profile in profiles} == {
+        profile: () for profile in profiles}

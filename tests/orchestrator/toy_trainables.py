@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.catalog import JobDef, Metric, ObjectiveDef, TrainableDef
+from trainables.definitions import JobDef, Metric, ObjectiveDef, TrainableDef
 from trainables.reporter import CheckpointState, Reporter
 
 FOLDER = Path(__file__).resolve().parent

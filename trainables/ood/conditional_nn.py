@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.catalog import Metric, TrainableDef
 from trainables.data import ImageSet, every_class_training_data
+from trainables.definitions import Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.ood.detectors import Detector, check_batch_size, check_images
 from trainables.ood.generator_nn import (cost_metric_defs, dequantize, parameter_count, quantize, republish_final,

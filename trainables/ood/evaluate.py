@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables.catalog import JobDef, Metric
 from trainables.checkpoint import load_checkpoint
 from trainables.classifier import ClassifierConfig
 from trainables.data import load_images
+from trainables.definitions import JobDef, Metric
 from trainables.device import resolve_device
 from trainables.ood import conditional_nn, generator_nn, kplus1, leave_out
 from trainables.ood.detectors import Detector, MaxSoftmax, Odin

@@ -37,9 +37,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from trainables.catalog import Metric, TrainableDef
 from trainables.classifier import split_train_val
 from trainables.data import ImageSet, every_class_training_data, load_images
+from trainables.definitions import Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.ood.detectors import Detector
 from trainables.ood.metrics import ood_metrics

@@ -42,11 +42,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.ambiguous import check_band, generate_ambiguous, load_generator
-from trainables.catalog import Metric, TrainableDef
 from trainables.checkpoint import STATE_FILE, load_checkpoint
 from trainables.classifier import Classifier, split_train_val
 from trainables.data import ImageSet, load_images, training_data
 from trainables.dcgan import generate
+from trainables.definitions import Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.fit import fit
 from trainables.ood.detectors import Detector

@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.catalog import Metric, TrainableDef
 from trainables.classifier import Classifier, split_train_val
 from trainables.data import ImageSet, every_class_training_data, load_images
+from trainables.definitions import Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.fit import fit
 from trainables.ood.detectors import Detector, check_batch_size, check_images, odin_direction, scoring_mode

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from trainables import classifier as classifier_module
-from trainables.catalog import Metric, TrainableDef
 from trainables.checkpoint import load_checkpoint
 from trainables.config import build_config
+from trainables.definitions import Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.ood.detectors import Odin
 from trainables.ood.metrics import HIGHER_IS_BETTER, METRIC_KEYS, ood_metrics

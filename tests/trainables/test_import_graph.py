@@ -1,0 +1,92 @@
+"""The import graph of trainables/: the catalog imports the trainables, never the reverse, and no cycle.
+
+Read from the source (every import statement, at module level or inside a function), so a cycle hidden
+by a function-level import is found as well as one Python would trip over at import time.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "trainables"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(source: str, known: set[str]) -> set[str]:
+    """The modules of `known` that `source` imports: `from trainables import gasten` and
+    `from trainables.gasten import X` both count as importing `trainables.gasten`."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return found & known
+
+
+def import_graph(sources: dict[str, str]) -> dict[str, set[str]]:
+    known = set(sources)
+    return {name: imported_modules(source, known) - {name} for name, source in sources.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle as [a, b, ..., a], or [] when the graph has none (depth-first search)."""
+    state: dict[str, str] = {}  # "open" while on the current path, "done" once fully explored
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = "open"
+        path.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == "open":
+                return path[path.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        path.pop()
+        state[node] = "done"
+        return []
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return []
+
+
+def trainables_graph() -> dict[str, set[str]]:
+    return import_graph({module_name(path): path.read_text() for path in sorted(PACKAGE.rglob("*.py"))})
+
+
+def test_only_the_catalog_imports_the_catalog_and_it_imports_the_trainables():
+    graph = trainables_graph()
+    assert len(graph) >= 20
+    assert sorted(name for name, targets in graph.items() if "trainables.catalog" in targets) == []
+    assert {"trainables.definitions", "trainables.classifier", "trainables.clustering_search",
+            "trainables.ood.evaluate"} <= graph["trainables.catalog"]
+    # Every definition module imports its types from trainables.definitions.
+    assert {"trainables.classifier", "trainables.gasten", "trainables.evaluate_classifier",
+            "trainables.clustering_search"} <= {name for name, targets in graph.items()
+                                                if "trainables.definitions" in targets}
+
+
+def test_trainables_have_no_import_cycle():
+    assert find_cycle(trainables_graph()) == []
+
+
+@pytest.mark.parametrize("sources, cycle", [
+    ({"trainables.a": "from trainables import b", "trainables.b": "def f():\n    from trainables.a import X"},
+     ["trainables.a", "trainables.b", "trainables.a"]),
+    ({"trainables.a": "import trainables.b", "trainables.b": "from trainables.c import Y",
+      "trainables.c": "from trainables import a"},
+     ["trainables.a", "trainables.b", "trainables.c", "trainables.a"]),
+    ({"trainables.a": "from trainables import b", "trainables.b": "import torch", "trainables.c": "import trainables.a"},
+     []),
+])
+def test_the_cycle_finder_sees_a_cycle_hidden_in_a_function(sources, cycle):
+    assert find_cycle(import_graph(sources)) == cycle

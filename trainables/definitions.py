@@ -1,0 +1,120 @@
+"""What the orchestrator needs to know about a trainable, job or objective without reading its code.
+
+A `TrainableDef` holds its config class, the metrics it reports (and which way is better, so a
+scheduler's mode is never guessed), how to rebuild its model from a checkpoint for the model registry,
+the datasets it reads (so the launcher fetches and verifies them once, before any trial starts), and a
+cheap `preflight` that fails fast on anything else (e.g. a missing input file).
+
+These types live apart from `trainables.catalog` (the registry of built-in names) so that every
+trainable can import them while the catalog imports the trainables: no import cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from trainables.data import DatasetUse
+from trainables.reporter import CheckpointState, Reporter
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    higher_is_better: bool
+    description: str = ""
+    optional: bool = False  # reported only where the machine allows (fid_inception: the weights are here)
+
+    @property
+    def mode(self) -> str:
+        return "max" if self.higher_is_better else "min"
+
+
+@dataclass(frozen=True)
+class TrainableDef:
+    """A searchable unit of training: `run(config, reporter)` returns its final metrics."""
+
+    name: str
+    config_cls: type
+    run: Callable[[Any, Reporter], Mapping[str, float]]
+    metrics: tuple[Metric, ...]
+    description: str
+    build_model: Callable[[CheckpointState], nn.Module] | None = None
+    preflight: Callable[[Any], None] | None = None
+    datasets: Callable[[Any], tuple[DatasetUse, ...]] | None = None  # what a config reads (trainables.data)
+    tiny_config: Mapping[str, Any] = field(default_factory=dict)
+    # Two metrics that pull against each other (GASTeN: fid_mnist vs acd): each stage of this
+    # trainable gets a Pareto plot of them across its trials.
+    pareto: tuple[str, str] | None = None
+    # Metrics drawn per trial against the epoch (curves.png in the trial's run), and the metric
+    # each is compared with (e.g. acd -> acd_step1: where fine-tuning started).
+    curves: tuple[str, ...] = ()
+    baselines: Mapping[str, str] = field(default_factory=dict)
+    # Reference points drawn on the Pareto plot, label -> (x metric, y metric) reported by every trial,
+    # e.g. GASTeN's real boundary digits: ("fid_real_ambiguous", "acd_real_ambiguous").
+    pareto_references: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+
+    def metric(self, name: str) -> Metric:
+        for metric in self.metrics:
+            if metric.name == name:
+                return metric
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class JobDef:
+    """A one-shot step (evaluation, prototype selection): `run(config, reporter, workdir)`.
+
+    It writes its files (tables, plots) into `workdir`; the orchestrator logs them as artifacts.
+    """
+
+    name: str
+    config_cls: type
+    run: Callable[[Any, Reporter, Path], Mapping[str, float]]
+    metrics: tuple[Metric, ...]
+    description: str
+    preflight: Callable[[Any], None] | None = None
+    datasets: Callable[[Any], tuple[DatasetUse, ...]] | None = None
+
+
+# A trial's pick in one branch of a conditional space: the option's name and its built config,
+# e.g. ("umap", UmapConfig(n_neighbors=12, ...)).
+BranchPick = tuple[str, Any]
+
+
+@dataclass(frozen=True)
+class ObjectiveDef:
+    """An objective an Optuna study searches in the launcher process (stage kind `optuna`).
+
+    Its trials are cheap functions of data prepared once (clustering the embeddings of generated
+    images takes seconds), so they need no Ray scheduling: `prepare(config, workdir)` runs once per
+    stage and may cache in `workdir` (a resumed stage does not redo it), `evaluate(config, picks,
+    data)` runs once per trial, and `finalize(config, picks, data, folder)` writes the best trial's
+    result folder, which later stages receive by reference (`clustering.best`).
+
+    `branches` declare the conditional space: {"reducer": {"umap": UmapConfig, "pca": PcaConfig}}.
+    The YAML picks which options to search and each option's settings; a trial receives one
+    BranchPick per branch.
+    """
+
+    name: str
+    config_cls: type
+    branches: Mapping[str, Mapping[str, type]]
+    prepare: Callable[[Any, Path], Any]
+    evaluate: Callable[[Any, Mapping[str, BranchPick], Any], Mapping[str, float]]
+    finalize: Callable[[Any, Mapping[str, BranchPick], Any, Path], None]
+    metrics: tuple[Metric, ...]
+    description: str
+    preflight: Callable[[Any], None] | None = None
+    datasets: Callable[[Any], tuple[DatasetUse, ...]] | None = None
+    describe_data: Callable[[Any], Mapping[str, float]] | None = None  # logged on the stage's run
+
+    def metric(self, name: str) -> Metric:
+        for metric in self.metrics:
+            if metric.name == name:
+                return metric
+        raise KeyError(name)
