@@ -174,6 +174,6 @@ def write_importance(stage: str, trials: Sequence[Any], objectives: Sequence[tup
     if tracker is not None and run_id is not None:
         for path in (folder / TABLE_FILE, plot):
             if path.is_file():
-                tracker.client.log_artifact(run_id, str(path))
+                tracker.log_file(run_id, path)
         tracker.log_metrics(run_id, result.metrics())
     return result

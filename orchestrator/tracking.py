@@ -336,6 +336,9 @@ class Tracker:
         for path in step_files(checkpoint_folder):
             self.client.log_artifact(run_id, str(path))
 
+    def log_file(self, run_id: str, path: Path) -> None:
+        self.client.log_artifact(run_id, str(path))
+
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
         if folder.is_dir() and any(folder.iterdir()):
             self.client.log_artifacts(run_id, str(folder), artifact_path)
