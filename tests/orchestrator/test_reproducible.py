@@ -8,16 +8,21 @@ before each result, so the order in which parallel trials end changes from run t
 go through uninterrupted; run C is SIGKILLed in the middle of the tune stage, resumed, SIGKILLed again
 in the middle of the Optuna stage and resumed to the end. All three must hold the same trials
 (trials.csv but for ids and timings), the same champions and the same MLflow metric history for every
-trial, tune trials matched by their place in suggestion order.
+trial, tune trials matched by their place in suggestion order. Run C also shows what a SIGKILL must not
+cost: no process of the killed launcher's group survives, the resumed stage keeps its MLflow parent run,
+and a trial finished before the kill is never trained again.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import yaml
 
@@ -37,10 +42,13 @@ def twin_study(path: Path, seed: int | None = None) -> Path:
     """The study; `seed` (None: the file names none, so 0) for the comparison of seeds."""
     study = {"study": STUDY, **({"seed": seed} if seed is not None else {}), "stages": [
         {"name": "search", "kind": "tune", "trainable": toy.NOISY_NAME,
-         "config": {"epochs": EPOCHS, "jitter_s": 0.3},
+         # Every trial lasts at least 2 x 2 s (ASHA's grace period x the delay), longer than the kill's
+         # grace after the second trial ends: the kill lands with a trial still running, however fast the
+         # warm, reused workers start the next ones.
+         "config": {"epochs": EPOCHS, "jitter_s": 0.3, "delay_s": 2.0},
          "space": {"x": {"type": "uniform", "low": 0.0, "high": 1.0}},
          "metric": "loss", "num_samples": TUNE_TRIALS, "max_concurrent_trials": 2,
-         "scheduler": {"type": "asha", "max_t": EPOCHS, "grace_period": 1, "reduction_factor": 2},
+         "scheduler": {"type": "asha", "max_t": EPOCHS, "grace_period": 2, "reduction_factor": 2},
          "resources": {"cpu": 1}},
         {"name": "bowl", "kind": "optuna", "objective": toy.BOWL_NAME, "config": {"jitter_s": 0.4},
          "space": {"shape": {"point": {"a": {"type": "uniform", "low": 0.0, "high": 1.0},
@@ -74,17 +82,34 @@ def reference(study_file) -> Path:
     return study_file.parent / "a"
 
 
+@dataclass
+class KilledRun:
+    output: Path
+    second: str  # the output of the launch killed in the Optuna stage
+    last: str  # the output of the launch that ran to the end
+    survivors: list[int]  # processes of the first killed launcher's group still alive after the kill
+    search_parent: str  # the tune stage's MLflow parent run when the first kill came
+    finished_before: set[str]  # the tune stage's trials finished before the first kill
+
+
 @pytest.fixture(scope="module")
-def killed_and_resumed(study_file) -> tuple[Path, str, str]:
+def killed_and_resumed(study_file) -> KilledRun:
     """Run C: killed once the tune stage's first two trials ended (Tune snapshots its state about once a
     second, hence the wait), resumed and killed once the Optuna stage finished its second trial, resumed to
-    the end. Also the output of the two launches that were not killed."""
+    the end. Also what was true right after the first kill."""
     output = study_file.parent / "c"
-    run_until(study_file, output, r"\[search\] 2/\d+ done", grace_s=2.5, env=env())
+    killed: list[int] = []
+    run_until(study_file, output, r"\[search\] 2/\d+ done", grace_s=2.5, env=env(), killed=killed)
+    time.sleep(1)
+    survivors = [pid for pid in killed if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    _, parents, children = study_runs(client_for(output), STUDY)
+    parent = parents["search"]
+    assert parent.info.status == "RUNNING"  # killed: nobody could close it
+    finished = {r.data.tags["gensearch.trial_id"] for r in children[parent.info.run_id] if r.info.status == "FINISHED"}
     second = "".join(run_until(study_file, output, r"\[bowl\] 2/\d+ trial", grace_s=0.2, extra_args=("--resume",),
                                env=env()))
     last = run_study(study_file, output, "--resume")
-    return output, second, last
+    return KilledRun(output, second, last, survivors, parent.info.run_id, finished)
 
 
 def trials_table(output: Path, stage: str) -> pd.DataFrame:
@@ -151,13 +176,29 @@ def test_two_runs_of_one_seed_give_the_same_trials_champions_and_histories(study
 
 @pytest.mark.slow  # three launches of a tiny study
 def test_a_study_killed_mid_stage_and_resumed_ends_as_the_uninterrupted_one(reference, killed_and_resumed):
-    output, second, last = killed_and_resumed
+    output, second, last = killed_and_resumed.output, killed_and_resumed.second, killed_and_resumed.last
     # Each kill came in the middle of its stage: some trials were done, some were left to run.
     assert re.search(rf"\[search\] resuming .*\n(.*\n)*\[search\] [34]/{TUNE_TRIALS} done", second), second
     assert f"[bowl] {OPTUNA_TRIALS} of {OPTUNA_TRIALS} trials to run" in second
     left = re.search(rf"\[bowl\] (\d+) of {OPTUNA_TRIALS} trials to run", last)
     assert left and 0 < int(left.group(1)) < OPTUNA_TRIALS, last
     assert_same_study(reference, output)
+
+
+@pytest.mark.slow
+def test_a_sigkill_leaves_no_process_and_resume_keeps_the_parent_and_never_retrains_a_finished_trial(
+        killed_and_resumed):
+    run = killed_and_resumed
+    assert run.survivors == [], "processes of the killed launcher's group survived"
+    assert 2 <= len(run.finished_before) < TUNE_TRIALS, "the kill did not land mid-search"
+    _, parents, children = study_runs(client_for(run.output), STUDY)
+    assert parents["search"].info.run_id == run.search_parent and parents["search"].info.status == "FINISHED"
+    assert run.finished_before <= {r.data.tags["gensearch.trial_id"] for r in children[run.search_parent]}
+    # A trial finished before the kill was not trained again: Tune's own log of it has no repeated step.
+    for trial_id in run.finished_before:
+        log = next((run.output / "tune" / "search").glob(f"*{trial_id}*")) / "result.json"
+        steps = [json.loads(line)["training_iteration"] for line in log.read_text().splitlines()]
+        assert steps == list(range(1, len(steps) + 1)), f"trial {trial_id} re-ran after resume: steps {steps}"
 
 
 @pytest.mark.slow

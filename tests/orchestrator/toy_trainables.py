@@ -103,6 +103,7 @@ class NoisyConfig:
     epochs: int = 4
     seed: int = 0
     jitter_s: float = 0.0  # the most a result may be delayed
+    delay_s: float = 0.0  # a fixed wait before each result, on top of the jitter
 
 
 def noisy_loss(x: float, epoch: int, seed: int) -> float:
@@ -114,7 +115,7 @@ def train_noisy(config: NoisyConfig, reporter: Reporter) -> dict[str, float]:
     state = reporter.restore()
     metrics: dict[str, float] = {}
     for epoch in range((state or {}).get("epoch", 0) + 1, config.epochs + 1):
-        time.sleep(_TIMING.uniform(0.0, config.jitter_s))
+        time.sleep(config.delay_s + _TIMING.uniform(0.0, config.jitter_s))
         metrics = {"loss": noisy_loss(config.x, epoch, config.seed)}
         reporter.report(metrics, checkpoint={"trainable": "noisy", "epoch": epoch})
     return metrics
