@@ -142,8 +142,10 @@ def test_sigkill_then_resume_keeps_the_searchers_objectives_and_its_pruned_trial
 
     from tests.orchestrator.study_helpers import run_until
 
-    asha = {"type": "asha", "max_t": EPOCHS, "grace_period": 1, "reduction_factor": 2}
-    spec = two_objective_study(tmp_path / "toymo.yaml", name="toyresume", scheduler=asha, sleep_s=1.0)
+    # Every trial lasts at least 2 epochs x 2 s, longer than the kill's grace: the kill lands mid-search
+    # however fast the warm, reused workers start the next trials.
+    asha = {"type": "asha", "max_t": EPOCHS, "grace_period": 2, "reduction_factor": 2}
+    spec = two_objective_study(tmp_path / "toymo.yaml", name="toyresume", scheduler=asha, sleep_s=2.0)
     output, env = tmp_path / "out", toy.with_path(launcher_env())
     run_until(spec, output, r"\[search\] [12]/\d+ done", grace_s=2.5, env=env)
     client = client_for(output)
