@@ -164,13 +164,28 @@ def cluster(points: np.ndarray, config: ClustererConfig, seed: int = 0) -> np.nd
         )
         return clusterer.fit_predict(points).astype(np.int64)
     if isinstance(config, GmmConfig):
-        gmm = GaussianMixture(
-            n_components=min(config.n_components, n),
-            covariance_type=config.covariance_type,
-            random_state=seed,
-        )
-        return gmm.fit_predict(points).astype(np.int64)
+        return fit_gmm(points, config, seed)
     raise TypeError(f"not a clusterer config: {config!r}")
+
+
+GMM_RETRIES = ((None, 1e-6), (np.float64, 1e-6), (np.float64, 1e-4), (np.float64, 1e-2))  # (dtype, reg_covar)
+
+
+def fit_gmm(points: np.ndarray, config: GmmConfig, seed: int) -> np.ndarray:
+    """A GMM's labels. On float32 embeddings far from the origin, sklearn's covariance estimate can lose so
+    much precision that it is not positive definite, and the fit raises ("ill-defined empirical
+    covariance"): a property of the setting, not a bug, and one trial must not fail the search. Such a fit is
+    repeated in float64 and then with more regularisation (sklearn's own advice); a setting no retry fits
+    labels every point noise (-1), which the search's constraints then reject. The first attempt is the
+    plain fit, so a setting that fits gives the labels it always gave."""
+    for dtype, reg_covar in GMM_RETRIES:
+        gmm = GaussianMixture(n_components=min(config.n_components, len(points)),
+                              covariance_type=config.covariance_type, reg_covar=reg_covar, random_state=seed)
+        try:
+            return gmm.fit_predict(points if dtype is None else points.astype(dtype)).astype(np.int64)
+        except ValueError:
+            continue
+    return np.full(len(points), -1, dtype=np.int64)
 
 
 def score(points: np.ndarray, labels: np.ndarray) -> dict[str, float]:

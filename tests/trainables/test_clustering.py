@@ -231,3 +231,18 @@ def test_importing_the_module_loads_neither_umap_nor_hdbscan():
             "print(loaded); sys.exit(1 if loaded else 0)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_gmm_sklearn_cannot_fit_in_float32_is_refit_instead_of_failing_the_search():
+    """Two tight groups far from the origin, in float32: sklearn's covariance estimate loses its precision
+    and the plain fit raises "ill-defined empirical covariance" (a seed-1 flagship run failed on this)."""
+    from sklearn.mixture import GaussianMixture
+
+    points = (np.random.default_rng(0).normal(size=(300, 4)) * 1e-3 + 100.0).astype(np.float32)
+    points[:150, 0] += 1.0
+    with pytest.raises(ValueError, match="ill-defined empirical covariance"):
+        GaussianMixture(n_components=8, covariance_type="diag", random_state=0).fit(points)
+    labels = cluster(points, GmmConfig(n_components=8, covariance_type="diag"), 0)
+    assert (labels >= 0).all()
+    groups = [set(labels[:150]), set(labels[150:])]
+    assert groups[0].isdisjoint(groups[1])  # the two groups are told apart
