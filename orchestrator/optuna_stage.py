@@ -375,6 +375,8 @@ def run_optuna_stage(*, stage: OptunaStage, inputs: Mapping[str, str], workdir: 
         print(f"[{stage.name}] {remaining} of {stage.n_trials} trials to run, {stage.n_jobs} at a time; "
               f"Optuna {stage.searcher.sampler} on {stage.metric} ({stage.mode}); storage {where}", flush=True)
         runner = TrialRunner(stage, definition, config, data, tracker, parent_run_id, completed)
+        kept = best_trial(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), stage)
+        runner.best = None if kept is None else kept.value  # the progress line's "best" counts the kept trials
         # Queued re-runs go first, one at a time: on SQLite two threads can pop the same queued trial.
         queued = min(remaining, len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
         if queued:

@@ -24,6 +24,7 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from orchestrator.launch import main
+from orchestrator.optuna_stage import feasible_value
 from orchestrator.spec import load_study
 from tests.orchestrator.study_helpers import REPO, client_for, launcher, launcher_env, run_launcher, study_runs
 from trainables.ambiguous import AmbiguousSet, save_ambiguous
@@ -143,6 +144,10 @@ def test_sigkill_mid_stage_then_resume_reaches_n_trials_exactly_without_duplicat
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(completed) == n_trials
     assert {t.number for t in before} <= {t.number for t in completed}  # nothing done before was redone
+    # The resumed launcher's progress lines count the trials kept from before the kill in their "best".
+    first_line = next(line for line in result.stdout.splitlines() if "· best " in line)
+    kept_best = max(t.value for t in before if feasible_value(t))
+    assert float(first_line.rsplit("· best ", 1)[1]) >= kept_best - 1e-3, first_line
 
     _, parents, children = study_runs(client_for(output), "killed")
     kids = children[parents["clustering"].info.run_id]
