@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import statistics
 import sys
 import textwrap
@@ -29,6 +30,8 @@ from orchestrator.study_state import STATE_FILE, StudyState, load_state
 
 COMPARE_FILE = "compare.md"
 COMPARE_PLOT = "compare.png"
+CURVES_PLOT = "compare_curves.png"
+CURVE_POINT = re.compile(r"^(?P<prefix>.+)\.(?P<axis>[a-z])(?P<x>\d+)$")  # fewshot.pixels.lin.k16, ....n4
 COMPARE_RUN_NAME = "compare"
 TAG_COMPARE = "gensearch.compare"
 
@@ -151,7 +154,7 @@ def table(rows: Sequence[Row], runs: Sequence[Run], what: str) -> list[str]:
 
 
 def render(runs: Sequence[Run], champions: Sequence[Row], jobs: Sequence[Row], warnings: Sequence[str],
-           plotted: bool) -> str:
+           plotted: bool, curved: bool = False) -> str:
     lines = [f"# {runs[0].state.study}: {len(runs)} runs compared (seeds {', '.join(run.seed for run in runs)})", "",
              "Runs: " + ", ".join(f"`{run.output}`" for run in runs) + ". Mean ± sample standard deviation over "
              "the runs; a `-` is a value a run does not have.", ""]
@@ -164,9 +167,64 @@ def render(runs: Sequence[Run], champions: Sequence[Row], jobs: Sequence[Row], w
         lines += ["## Job metrics (the evaluation)", "", *table(jobs, runs, "metric"), ""]
     if plotted:
         lines += [f"![mean ± std over the runs]({COMPARE_PLOT})", ""]
+    if curved:
+        lines += [f"![curves: mean ± std over the runs]({CURVES_PLOT})", ""]
     if not champions and not jobs:
         lines += ["No stage recorded a champion or a metric.", ""]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Points of one job metric measured at several sizes (few-shot accuracy at k shots, the prototype curve
+    at n images): each point's x and its row."""
+
+    panel: str  # e.g. "evaluation: fewshot.lin (k)"
+    label: str  # the line within the panel, e.g. "pixels"
+    points: tuple[tuple[int, Row], ...]
+
+
+def curves(rows: Sequence[Row]) -> list[Curve]:
+    """Job metrics named `<family>.<line>.<rest>.<axis><x>` (e.g. fewshot.pixels.lin.k16,
+    prototype_curve.prototypes.test_accuracy.n4), grouped into lines (one per <line>) on panels (one per
+    stage, family, rest and axis); a prefix with fewer than two sizes is not a curve."""
+    grouped: dict[tuple[str, str, str], list[tuple[int, Row]]] = {}
+    for row in rows:
+        found = CURVE_POINT.match(row.metric)
+        parts = found.group("prefix").split(".") if found else []
+        if len(parts) < 2:
+            continue
+        family, line, rest = parts[0], parts[1], ".".join(parts[2:])
+        panel = f"{row.stage}: {family}{'.' + rest if rest else ''} ({found.group('axis')})"
+        grouped.setdefault((panel, line, found.group("axis")), []).append((int(found.group("x")), row))
+    return [Curve(panel, line, tuple(sorted(points, key=lambda point: point[0])))
+            for (panel, line, _), points in grouped.items() if len(points) >= 2]
+
+
+def plot_curves(found: Sequence[Curve], runs: Sequence[Run], path: Path) -> None:
+    """One panel per curve family: each line's mean against its size, with ± std error bars over the runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(dict.fromkeys(curve.panel for curve in found))
+    figure, axes = plt.subplots(len(panels), 1, figsize=(7, 3.2 * len(panels)), squeeze=False)
+    for axis, panel in zip(axes[:, 0], panels):
+        for curve in (c for c in found if c.panel == panel):
+            xs = [x for x, _ in curve.points]
+            means, stds = zip(*(row.mean_std for _, row in curve.points))
+            axis.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=curve.label)
+        sizes = sorted({x for c in found if c.panel == panel for x, _ in c.points})
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(sizes, [str(x) for x in sizes])
+        axis.minorticks_off()
+        axis.set_title(f"{panel}: mean ± std over {len(runs)} runs", loc="left", fontsize=10)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def plot(rows_by_stage: Mapping[str, Sequence[Row]], runs: Sequence[Run], path: Path) -> None:
@@ -215,7 +273,7 @@ def log_to_mlflow(run: Run, folder: Path, tracking_uri: str | None,
             if math.isfinite(mean):
                 client.log_metric(created, f"{row.stage}.{row.metric}.mean", mean)
                 client.log_metric(created, f"{row.stage}.{row.metric}.std", std)
-        for path in (folder / COMPARE_FILE, folder / COMPARE_PLOT):
+        for path in (folder / COMPARE_FILE, folder / COMPARE_PLOT, folder / CURVES_PLOT):
             if path.is_file():
                 client.log_artifact(created, str(path))
         client.set_terminated(created, status="FINISHED")
@@ -232,14 +290,20 @@ def compare(outputs: Sequence[Path], to: Path | None = None, tracking_uri: str |
     folder = Path(to) if to else runs[0].output.parent / f"{runs[0].state.study}-compare"
     folder.mkdir(parents=True, exist_ok=True)
     champions, jobs = champion_rows(runs), job_rows(runs)
+    found = curves(jobs)
+    on_curves = {id(row) for curve in found for _, row in curve.points}
     by_stage: dict[str, list[Row]] = {}
     for row in [*champions, *jobs]:
-        by_stage.setdefault(row.stage, []).append(row)
+        if id(row) not in on_curves:  # a curve's points are drawn as curves, not as a stack of dots
+            by_stage.setdefault(row.stage, []).append(row)
     if by_stage:
         plot(by_stage, runs, folder / COMPARE_PLOT)
+    (folder / CURVES_PLOT).unlink(missing_ok=True)
+    if found:
+        plot_curves(found, runs, folder / CURVES_PLOT)
     warnings = differences(runs)
     markdown = folder / COMPARE_FILE
-    markdown.write_text(render(runs, champions, jobs, warnings, plotted=bool(by_stage)))
+    markdown.write_text(render(runs, champions, jobs, warnings, plotted=bool(by_stage), curved=bool(found)))
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
     if log:

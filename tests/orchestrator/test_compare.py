@@ -93,3 +93,21 @@ def test_runs_that_differ_in_more_than_the_seed_are_named_in_a_warning(two_seeds
     edited = dataclasses.replace(second, spec=dataclasses.replace(second.spec, stages=(bowl, *second.spec.stages[1:])))
     assert compare.differences([first, edited]) == ["seed1: bowl.n_trials: 4 -> 5"]
     assert compare.differences([first, first]) == ["seed0: the same seed (0) as seed0"]
+
+
+def test_metrics_measured_at_several_sizes_become_curves_and_the_rest_stay_rows():
+    def row(metric, *values):
+        return compare.Row("evaluation", metric, values)
+
+    rows = [row("fewshot.pixels.lin.k4", 0.6, 0.8), row("fewshot.pixels.lin.k1", 0.3, 0.5),
+            row("fewshot.classifier.lin.k1", 0.4, 0.4), row("fewshot.classifier.lin.k4", 0.7, 0.9),
+            row("prototype_curve.real.test_accuracy.n2", 0.7, 0.7),
+            row("prototype_curve.real.test_accuracy.n4", 0.8, 0.8),
+            row("ood.kplus1_boundary.fashion_mnist.auroc", 0.6, 0.7),  # not measured at sizes
+            row("fewshot.pixels.nonlin.k8", 0.9, 0.9)]  # one size only: not a curve
+    found = {(c.panel, c.label): [(x, r.mean_std) for x, r in c.points] for c in compare.curves(rows)}
+    assert sorted(found) == [("evaluation: fewshot.lin (k)", "classifier"), ("evaluation: fewshot.lin (k)", "pixels"),
+                             ("evaluation: prototype_curve.test_accuracy (n)", "real")]
+    pixels = found[("evaluation: fewshot.lin (k)", "pixels")]
+    assert [x for x, _ in pixels] == [1, 4]  # sorted by size
+    assert pixels[0][1][0] == pytest.approx(0.4) and pixels[0][1][1] == pytest.approx(statistics.stdev([0.3, 0.5]))
