@@ -27,9 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: benchmarks/ is importable from the repository root
+from benchmarks.trivial import trivial_study  # noqa: E402
+
 GOAL = 1.2
 
 PLAIN_SCRIPT = '''
@@ -59,15 +60,6 @@ print("best score", best.metrics["score"])
 '''
 
 
-def gensearch_study(path: Path, trials: int) -> Path:
-    stage = {"name": "trivial", "kind": "tune", "trainable": "benchmarks.trivial:TRIVIAL", "config": {"steps": 1},
-             "space": {"x": {"type": "uniform", "low": 0.0, "high": 1.0}}, "metric": "score",
-             "num_samples": trials, "max_concurrent_trials": 2,
-             "searcher": {"type": "optuna", "sampler": "tpe", "seed": 0}, "resources": {"cpu": 1}}
-    path.write_text(yaml.safe_dump({"study": f"many{trials}", "stages": [stage]}, sort_keys=False))
-    return path
-
-
 def timed(command: list[str], log: Path) -> float:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     with open(log, "w") as out:
@@ -90,7 +82,7 @@ def main() -> None:
         root = Path(folder)
         script = root / "plain.py"
         script.write_text(PLAIN_SCRIPT)
-        study = gensearch_study(root / "many.yaml", args.trials)
+        study = trivial_study(root / "many.yaml", args.trials, name=f"many{args.trials}")
         for round_ in range(args.repeats):
             arms = ["plain", "gensearch"] if round_ % 2 == 0 else ["gensearch", "plain"]
             for arm in arms:

@@ -39,6 +39,9 @@ import psutil
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: benchmarks/ is importable from the repository root
+from benchmarks.trivial import trivial_study  # noqa: E402
+
 MEMORY_GOAL = 1.2
 
 
@@ -150,15 +153,6 @@ def compare_nodes(args, root: Path) -> None:
 
 
 # ---------------------------------------------------------------- 2. driver memory, 8 vs 64 trials
-
-
-def trivial_study(path: Path, trials: int) -> Path:
-    stage = {"name": "trivial", "kind": "tune", "trainable": "benchmarks.trivial:TRIVIAL", "config": {"steps": 1},
-             "space": {"x": {"type": "uniform", "low": 0.0, "high": 1.0}}, "metric": "score",
-             "num_samples": trials, "max_concurrent_trials": 2,
-             "searcher": {"type": "optuna", "sampler": "tpe", "seed": 0}, "resources": {"cpu": 1}}
-    path.write_text(yaml.safe_dump({"study": f"trivial{trials}", "stages": [stage]}, sort_keys=False))
-    return path
 
 
 def compare_memory(args, root: Path) -> None:

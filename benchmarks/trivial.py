@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 from trainables.definitions import Metric, TrainableDef
 from trainables.reporter import Reporter
@@ -41,3 +42,16 @@ TRIVIAL = TrainableDef(
     metrics=(Metric("score", higher_is_better=True, description="-(x - 0.3)^2"),
              Metric("step", higher_is_better=True, description="the step reached")),
     description="does nothing but report: for measuring the orchestrator", tiny_config={"steps": 1})
+
+
+def trivial_study(path: Path, trials: int, name: str | None = None) -> Path:
+    """A one-stage study of `trials` trivial trials, 2 at a time, 1 CPU each, TPE seeded: what the benchmarks
+    that measure the orchestrator itself launch."""
+    import yaml
+
+    stage = {"name": "trivial", "kind": "tune", "trainable": "benchmarks.trivial:TRIVIAL", "config": {"steps": 1},
+             "space": {"x": {"type": "uniform", "low": 0.0, "high": 1.0}}, "metric": "score",
+             "num_samples": trials, "max_concurrent_trials": 2,
+             "searcher": {"type": "optuna", "sampler": "tpe", "seed": 0}, "resources": {"cpu": 1}}
+    path.write_text(yaml.safe_dump({"study": name or f"trivial{trials}", "stages": [stage]}, sort_keys=False))
+    return path
