@@ -291,10 +291,10 @@ def compare(outputs: Sequence[Path], to: Path | None = None, tracking_uri: str |
     folder.mkdir(parents=True, exist_ok=True)
     champions, jobs = champion_rows(runs), job_rows(runs)
     found = curves(jobs)
-    on_curves = {id(row) for curve in found for _, row in curve.points}
+    on_curves = {row for curve in found for _, row in curve.points}
     by_stage: dict[str, list[Row]] = {}
     for row in [*champions, *jobs]:
-        if id(row) not in on_curves:  # a curve's points are drawn as curves, not as a stack of dots
+        if row not in on_curves:  # a curve's points are drawn as curves, not as a stack of dots
             by_stage.setdefault(row.stage, []).append(row)
     if by_stage:
         plot(by_stage, runs, folder / COMPARE_PLOT)
