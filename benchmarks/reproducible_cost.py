@@ -8,6 +8,11 @@ ratio (goal <= 1.10 on the flagship quick profile).
 
     .venv/bin/python benchmarks/reproducible_cost.py                       # flagship quick: ~30 min on 2 cores
     .venv/bin/python benchmarks/reproducible_cost.py --study search_spaces/smoke.yaml --repeats 2
+    .venv/bin/python benchmarks/reproducible_cost.py --seeds 1 2          # one round per study seed
+
+Early stopping makes one round a draw: which sampled settings ASHA stops at the first rung decides most
+of a tune stage's trial-epochs, in either mode. Rounds over several `--seeds` average that out; each
+round's trial-epochs per tune stage are printed beside its wall time so the two effects can be told apart.
 
 Run it on an otherwise idle machine: other processes on the two cores move each arm by minutes.
 Nothing here asserts; the figures go to benchmarks/README.md.
@@ -16,6 +21,7 @@ Nothing here asserts; the figures go to benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -40,6 +46,16 @@ def study_in_mode(source: Path, folder: Path, reproducible: bool) -> Path:
     return path
 
 
+def trial_epochs(output: Path) -> dict[str, int]:
+    """Epochs trained per tune stage: the sum of its trials' last `training_iteration` (tune/STAGE/trials.csv)."""
+    counts = {}
+    for table in sorted(output.glob("tune/*/trials.csv")):
+        with table.open() as handle:
+            counts[table.parent.name] = sum(int(float(row.get("training_iteration") or 0))
+                                            for row in csv.DictReader(handle))
+    return counts
+
+
 def run_arm(spec: Path, output: Path, extra: list[str]) -> tuple[float, dict[str, float]]:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     log = output.with_suffix(".log")
@@ -58,36 +74,50 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", type=Path, default=REPO / "search_spaces" / "gasten_mnist.yaml")
     parser.add_argument("--profile", help="a profile of the study (default: the file's own)")
-    parser.add_argument("--repeats", type=int, default=1, help="rounds of both arms (alternating which goes first)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="study seeds, one round of both arms each "
+                        "(default: the file's own seed)")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of both arms per seed "
+                        "(alternating which goes first)")
     parser.add_argument("--keep", type=Path, help="keep the studies' output folders here (default: a temp folder)")
     args = parser.parse_args()
-    extra = ["--profile", args.profile] if args.profile else []
+    profile = ["--profile", args.profile] if args.profile else []
+    rounds = [(seed, repeat) for seed in (args.seeds or [None]) for repeat in range(args.repeats)]
     walls: dict[str, list[float]] = {mode: [] for mode in MODES}
     stages: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
+    epochs: dict[str, list[dict[str, int]]] = {mode: [] for mode in MODES}
     with tempfile.TemporaryDirectory(prefix="gensearch-repro-cost-") as scratch:
         root = args.keep or Path(scratch)
         root.mkdir(parents=True, exist_ok=True)
         print(f"{args.study.name}{' --profile ' + args.profile if args.profile else ''}: "
-              f"{args.repeats} round(s) of both modes, outputs under {root}", flush=True)
-        for round_ in range(args.repeats):
-            order = list(MODES) if round_ % 2 == 0 else list(MODES)[::-1]
+              f"{len(rounds)} round(s) of both modes, outputs under {root}", flush=True)
+        for number, (seed, repeat) in enumerate(rounds):
+            order = list(MODES) if number % 2 == 0 else list(MODES)[::-1]
+            seeded = ["--seed", str(seed)] if seed is not None else []
             for mode in order:
                 spec = study_in_mode(args.study, root, MODES[mode])
-                wall, per_stage = run_arm(spec, root / f"{mode}-{round_}", extra)
+                output = root / f"{mode}-{'' if seed is None else f'seed{seed}-'}{repeat}"
+                wall, per_stage = run_arm(spec, output, [*profile, *seeded])
                 walls[mode].append(wall)
                 stages[mode].append(per_stage)
-                print(f"  round {round_ + 1} {mode:12s} launcher {wall:7.1f} s  "
-                      + ", ".join(f"{name} {seconds:.0f}" for name, seconds in per_stage.items()), flush=True)
-    names = list(stages["reproducible"][0])
-    print(f"\n{'stage':16s} {'reproducible s':>15s} {'asynchronous s':>15s} {'ratio':>6s}")
-    for name in names:
-        mean = {mode: sum(run[name] for run in stages[mode]) / args.repeats for mode in MODES}
+                epochs[mode].append(trial_epochs(output))
+                print(f"  round {number + 1}{'' if seed is None else f' (seed {seed})'} {mode:12s} "
+                      f"launcher {wall:7.1f} s  " + ", ".join(f"{name} {seconds:.0f}" for name, seconds
+                                                              in per_stage.items())
+                      + "; trial-epochs " + ", ".join(f"{name} {count}" for name, count
+                                                      in epochs[mode][-1].items()), flush=True)
+    count = len(rounds)
+    print(f"\n{'stage':16s} {'reproducible s':>15s} {'asynchronous s':>15s} {'ratio':>6s} "
+          f"{'trial-epochs (r/a)':>19s}")
+    for name in stages["reproducible"][0]:
+        mean = {mode: sum(run[name] for run in stages[mode]) / count for mode in MODES}
         ratio = mean["reproducible"] / mean["asynchronous"] if mean["asynchronous"] else float("nan")
-        print(f"{name:16s} {mean['reproducible']:15.1f} {mean['asynchronous']:15.1f} {ratio:6.2f}")
-    repro, asyn = (sum(walls[mode]) / args.repeats for mode in MODES)
+        trained = {mode: sum(run.get(name, 0) for run in epochs[mode]) for mode in MODES}
+        shown = f"{trained['reproducible']}/{trained['asynchronous']}" if trained["reproducible"] else ""
+        print(f"{name:16s} {mean['reproducible']:15.1f} {mean['asynchronous']:15.1f} {ratio:6.2f} {shown:>19s}")
+    repro, asyn = (sum(walls[mode]) / count for mode in MODES)
     ratio = repro / asyn
-    print(f"reproducible / asynchronous, whole launcher: {ratio:.3f} ({repro:.0f} s vs {asyn:.0f} s; "
-          f"goal <= {GOAL}: {'met' if ratio <= GOAL else 'missed'})", flush=True)
+    print(f"reproducible / asynchronous, whole launcher, mean over {count} round(s): {ratio:.3f} "
+          f"({repro:.0f} s vs {asyn:.0f} s; goal <= {GOAL}: {'met' if ratio <= GOAL else 'missed'})", flush=True)
 
 
 if __name__ == "__main__":
