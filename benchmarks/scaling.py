@@ -9,13 +9,13 @@
    raylet, GCS traffic, trials scheduled across nodes): a ratio near 1 means the split costs nothing. More nodes add
    throughput only with more machines, which one machine cannot show.
 2. memory: the driver's peak RSS (the launcher process: the kernel's high-water mark from wait4, and a
-   psutil sample every 0.1 s as a cross-check) for 8 and for 64 trials of `benchmarks.trivial:TRIVIAL`
-   on the launcher's own local Ray with the embedded MLflow store, and the ratio 64 / 8 (goal <= 1.2:
+   psutil sample every 0.1 s as a cross-check) for 8 and for 512 trials of `benchmarks.trivial:TRIVIAL`
+   on the launcher's own local Ray with the embedded MLflow store, and the ratio 512 / 8 (goal <= 1.2:
    the driver must not keep per-trial state that grows with the study).
 
     .venv/bin/python benchmarks/scaling.py                   # both parts: 6-10 minutes on the 2-core machine
     .venv/bin/python benchmarks/scaling.py --only nodes      # about 3 minutes per --repeats
-    .venv/bin/python benchmarks/scaling.py --only memory     # 4-6 minutes: 64 trials start 64 Ray workers
+    .venv/bin/python benchmarks/scaling.py --only memory     # 512 trials in warm workers: minutes
     .venv/bin/python benchmarks/scaling.py --only memory --memory-trials 8,32   # a quicker look
 
 Nothing here asserts; the figures go to benchmarks/README.md.
@@ -152,7 +152,7 @@ def compare_nodes(args, root: Path) -> None:
           f"averaged over {args.repeats} round(s))", flush=True)
 
 
-# ---------------------------------------------------------------- 2. driver memory, 8 vs 64 trials
+# ---------------------------------------------------------------- 2. driver memory, 8 vs 512 trials
 
 
 def compare_memory(args, root: Path) -> None:
@@ -180,7 +180,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--train-size", type=int, default=1500)
     parser.add_argument("--repeats", type=int, default=1, help="rounds of both arms (nodes)")
-    parser.add_argument("--memory-trials", default="8,64", help="trial counts for the memory part")
+    parser.add_argument("--memory-trials", default="8,512", help="trial counts for the memory part")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gensearch-scaling-") as folder:
         root = Path(folder)
