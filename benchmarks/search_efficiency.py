@@ -35,19 +35,18 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: benchmarks/ is importable from the repository root
+from benchmarks.reproducible_cost import run_arm  # noqa: E402
+
 GOAL = 0.33
 METRIC = "val_accuracy"
 
@@ -79,19 +78,6 @@ def study(args: argparse.Namespace, seed: int) -> dict:
            "scheduler": {"type": "asha", "max_t": args.epochs, "grace_period": args.grace_period,
                          "reduction_factor": args.reduction_factor}}
     return {"study": f"search_efficiency_seed{seed}", "seed": seed, "stages": [grid, tpe]}
-
-
-def launch(spec: Path, output: Path) -> float:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    log = output.with_suffix(".log")
-    with open(log, "w") as out:
-        started = time.monotonic()
-        code = subprocess.run([sys.executable, "-m", "orchestrator.launch", str(spec), "--output", str(output)],
-                              cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
-        wall = time.monotonic() - started
-    if code != 0:
-        raise RuntimeError(f"the launcher failed ({code}); see {log}:\n{log.read_text()[-3000:]}")
-    return wall
 
 
 def stage_trials(output: Path, stage: str) -> list[Trial]:
@@ -161,7 +147,7 @@ def main() -> None:
             spec = root / f"seed{seed}.yaml"
             spec.write_text(yaml.safe_dump(study(args, seed), sort_keys=False))
             output = root / f"seed{seed}"
-            wall = launch(spec, output)
+            wall, stage_walls = run_arm(spec, output, [])
             grid, tpe = stage_trials(output, "grid"), stage_trials(output, "tpe_asha")
             grid_epochs = sum(trial.epochs for trial in grid)
             best = max(max(trial.values) for trial in grid)
@@ -173,9 +159,8 @@ def main() -> None:
             if reached is None:
                 misses.append(seed)
             budget = sum(trial.epochs for trial in tpe)
-            state = json.loads((output / "study_state.json").read_text())["stages"]
-            print(f"  seed {seed}: launcher {wall:.0f} s (grid {state['grid']['wall_s']:.0f} s, tpe_asha "
-                  f"{state['tpe_asha']['wall_s']:.0f} s); grid {len(grid)} trials, {grid_epochs} trial-epochs, "
+            print(f"  seed {seed}: launcher {wall:.0f} s (grid {stage_walls['grid']:.0f} s, tpe_asha "
+                  f"{stage_walls['tpe_asha']:.0f} s); grid {len(grid)} trials, {grid_epochs} trial-epochs, "
                   f"best {best:.4f}; target {target:.4f}", flush=True)
             print(f"    TPE + ASHA: {len(tpe)} trials, {budget} trial-epochs in all; target "
                   + (f"reached by trial {reached.index} ({setting(reached)}) after {spent} trial-epochs"
