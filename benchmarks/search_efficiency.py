@@ -23,7 +23,7 @@ target counts its whole budget and is marked a miss (its ratio is then a lower b
 The figure printed last is the mean over seeds of (TPE + ASHA trial-epochs) / (grid trial-epochs);
 goal <= 0.33.
 
-    .venv/bin/python benchmarks/search_efficiency.py                    # 3 seeds: ~15-20 min on 2 cores
+    .venv/bin/python benchmarks/search_efficiency.py                    # 3 seeds: 13 min a seed on a busy 2-core machine
     .venv/bin/python benchmarks/search_efficiency.py --seeds 0 --epochs 3 --lrs 1e-3 1e-2   # a quick look
     .venv/bin/python benchmarks/search_efficiency.py --tolerance 0      # the grid's exact best as target
 
