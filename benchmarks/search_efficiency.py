@@ -27,7 +27,8 @@ goal <= 0.33.
     .venv/bin/python benchmarks/search_efficiency.py --seeds 0 --epochs 3 --lrs 1e-3 1e-2   # a quick look
     .venv/bin/python benchmarks/search_efficiency.py --tolerance 0      # the grid's exact best as target
 
-Trial-epochs do not depend on how busy the machine is, so other processes only make it slower.
+Trial-epochs do not depend on how busy the machine is (reproducible mode, the default, orders the trials and
+ASHA's rung decisions), so other processes only make it slower.
 Nothing here asserts; the figures go to benchmarks/README.md.
 """
 
@@ -110,10 +111,20 @@ def setting(trial: Trial) -> str:
     return f"lr {trial.config['lr']:g}, nf {trial.config['nf']:g}, batch {trial.config['batch_size']:g}"
 
 
+def tolerance_arg(text: str) -> str | float:
+    """`se` or a number >= 0, checked before any study runs."""
+    if text == "se":
+        return text
+    value = float(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
 def tolerance_of(best: float, args: argparse.Namespace) -> float:
     if args.tolerance == "se":
         return math.sqrt(best * (1 - best) / args.val_size)
-    return float(args.tolerance)
+    return args.tolerance
 
 
 def main() -> None:
@@ -131,7 +142,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=24, help="the TPE + ASHA arm's budget of trials")
     parser.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before the first rung")
     parser.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA: 1 in this many goes on")
-    parser.add_argument("--tolerance", default="se", help="'se' (one binomial standard error of the grid's "
+    parser.add_argument("--tolerance", type=tolerance_arg, default="se", help="'se' (one binomial standard error of the grid's "
                         "best accuracy on val_size images) or a number (0: the grid's exact best)")
     parser.add_argument("--keep", type=Path, help="keep the studies' output folders here (default: a temp folder)")
     args = parser.parse_args()
