@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", help="the study YAML file (see search_spaces/)")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; start nothing")
+    parser.add_argument("--estimate", action="store_true",
+                        help="with --dry-run: time one epoch of each tune stage's trainable here (seconds) and print "
+                             "the expected trial-epochs, wall time and CPU-/GPU-hours per stage and in total")
     parser.add_argument("--profile", metavar="NAME",
                         help="apply one of the study's named profiles (e.g. `paper` in gasten_mnist.yaml: long GPU "
                              "runs); default: the file's own `profile:`, usually the quick CPU one")
@@ -105,6 +108,9 @@ def stop_at_first_interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.estimate and not args.dry_run:
+        return fail("--estimate only works with --dry-run (it times the trainables instead of running the study). "
+                    "Nothing was run.", 2)
     lock = None
     if args.output and not args.dry_run:
         # The folder is claimed first: a launcher started seconds later is refused at once, not after both
@@ -171,7 +177,11 @@ def load_and_run(args, lock) -> int:
         if problems := preflight_problems(spec, offline=args.offline, dry_run=True):
             print("\n".join(problems), file=sys.stderr)
             return 2
-        print("\n".join(plan_lines(spec, str(output), target)))
+        print("\n".join(plan_lines(spec, str(output), target)), flush=True)
+        if args.estimate:
+            from orchestrator.estimate import estimate_lines, estimate_study
+
+            print("\n".join(estimate_lines(spec, estimate_study(spec))))
         print("Nothing was run (--dry-run).")
         return 0
     return run(spec, output.resolve(), target, args, lock)
