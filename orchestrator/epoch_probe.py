@@ -76,7 +76,9 @@ def probe_epoch(definition: TrainableDef, config: Any, threads: int) -> tuple[Ep
         raise ValueError(f"trainable {definition.name!r} declares no epoch_cost")
     images = cost.images(config)
     probe_images = min(images, PROBE_IMAGES)
-    probe_config = dataclasses.replace(config, **{cost.size_setting: probe_images})
+    share = probe_images / max(images, 1)
+    shrunk = {name: max(1, round(getattr(config, name) * share)) for name in cost.also_scaled}
+    probe_config = dataclasses.replace(config, **{cost.size_setting: probe_images, **shrunk})
     reporter = ProbeReporter()
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -91,6 +93,6 @@ def probe_epoch(definition: TrainableDef, config: Any, threads: int) -> tuple[Ep
     train_s, evaluate_s = reporter.phases["train"], reporter.phases["evaluate"]
     setup_s = reporter.evaluated_at - reporter.started - train_s - evaluate_s
     files_s = reporter.reported_at - reporter.evaluated_at
-    timing = EpochTiming(setup_s=setup_s, train_s=train_s * images / max(probe_images, 1),
+    timing = EpochTiming(setup_s=setup_s, train_s=train_s / share,
                          evaluate_s=evaluate_s + files_s, images=images, probe_images=probe_images)
     return timing, reporter.checkpoint

@@ -1,8 +1,8 @@
 """`--dry-run --estimate`: what each tune stage will cost, from one timed epoch of its trainable here.
 
 Per tune stage: the expected trial-epochs (ASHA's rungs, trial_epochs.py), one epoch timed through the
-trainable's own code (epoch_probe.py) at the first value of each searched setting, and a trial's start
-(a fresh Python importing torch, as each Ray worker does). From those: the wall time with as many trials
+trainable's own code (epoch_probe.py) at the first value of each searched setting, and a worker's start
+(a fresh Python importing torch: once per slot, since trials reuse warm Ray workers). From those: the wall time with as many trials
 at once as the stage allows and this machine holds, and the CPU-/GPU-hours its trials reserve. Ray's own
 start-up, tracking and the stages' jobs are not counted. Later stages' probes read the checkpoints of
 earlier probes (untrained but of the configured shapes) where the real stages read `STAGE.best`.
@@ -40,17 +40,20 @@ class StageEstimate:
     problem: str = ""
 
     def trial_s(self, epochs: int) -> float:
-        return self.start_s + self.timing.setup_s + epochs * self.timing.epoch_s
+        return self.timing.setup_s + epochs * self.timing.epoch_s
 
     @property
     def work_s(self) -> float:
-        """Seconds of all trials together (what the reserved CPUs and GPUs are held for)."""
-        return sum(count * self.trial_s(epochs) for count, epochs in self.trial_epochs.trial_lengths())
+        """Seconds of all slots together (what the reserved CPUs and GPUs are held for): each slot's worker
+        start, then its trials."""
+        trials = sum(count * self.trial_s(epochs) for count, epochs in self.trial_epochs.trial_lengths())
+        return self.parallel * self.start_s + trials
 
     @property
     def wall_s(self) -> float:
-        """The trials, longest first, each started on the first free slot of `parallel`."""
-        slots = [0.0] * self.parallel
+        """The trials, longest first, each started on the first free slot of `parallel` (each slot's worker
+        started first)."""
+        slots = [self.start_s] * self.parallel
         for count, epochs in sorted(self.trial_epochs.trial_lengths(), key=lambda entry: -entry[1]):
             for _ in range(math.ceil(count - 1e-9)):
                 heapq.heappush(slots, heapq.heappop(slots) + self.trial_s(epochs))
@@ -66,7 +69,7 @@ class StageEstimate:
 
 
 def trial_start_seconds() -> float:
-    """A fresh interpreter importing torch: what every trial's Ray worker pays before its first line."""
+    """A fresh interpreter importing torch: what each Ray worker pays before its first trial."""
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import torch"], check=True, capture_output=True)
     return time.perf_counter() - started
@@ -175,7 +178,7 @@ def estimate_lines(spec: StudySpec, estimates: list[StageEstimate | str]) -> lis
             t = estimate.timing
             lines += [
                 f"  {estimate.name}: {describe_trial_epochs(estimate.trial_epochs)}",
-                f"       per trial: start {estimate.start_s:.1f} s + setup {t.setup_s:.1f} s; "
+                f"       worker start {estimate.start_s:.1f} s; per trial: setup {t.setup_s:.1f} s; "
                 f"per epoch: train {t.train_s:.1f} s ({t.images} images) + evaluate {t.evaluate_s:.1f} s",
                 f"       {estimate.parallel} trial{'s' if estimate.parallel != 1 else ''} at a time -> wall "
                 f"{clock(estimate.wall_s)}; reserves {estimate.cpu_hours:.2f} CPU-hours, "

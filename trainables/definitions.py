@@ -38,11 +38,13 @@ class Metric:
 class EpochCost:
     """How the cost estimate (`--dry-run --estimate`) may time one epoch on a few images and scale it to
     the configured run: the setting that caps the training images an epoch reads (set low for the timing),
-    and how many an epoch reads under a config. Only the training part is scaled; evaluation is timed at
-    the configured sizes."""
+    and how many an epoch reads under a config. `also_scaled`: settings an epoch reads all of besides (K+1's
+    outliers), shrunk by the same share. Only the training part is scaled; evaluation is timed at the
+    configured sizes."""
 
     size_setting: str
     images: Callable[[Any], int]
+    also_scaled: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ after chunk, until `outliers` are kept or `outlier_candidates` have been tried.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -385,5 +386,5 @@ KPLUS1 = TrainableDef(
     build_model=build_model,
     datasets=training_data,
     tiny_config={"train_size": 256, "val_size": 64, "vae_epochs": 1, "outliers": 256, "epochs": 1},
-    epoch_cost=HELD_OUT_EPOCH_COST,
+    epoch_cost=dataclasses.replace(HELD_OUT_EPOCH_COST, also_scaled=("outliers",)),  # every outlier, every epoch
 )
