@@ -1,9 +1,10 @@
 """`--dry-run --estimate`: what each tune stage will cost, from one timed epoch of its trainable here.
 
 Per tune stage: the expected trial-epochs (ASHA's rungs, trial_epochs.py), one epoch timed through the
-trainable's own code (epoch_probe.py) at the first value of each searched setting, and a worker's start
-(a fresh Python importing torch: once per slot, since trials reuse warm Ray workers). From those: the wall time with as many trials
-at once as the stage allows and this machine holds, and the CPU-/GPU-hours its trials reserve. Ray's own
+trainable's own code (epoch_probe.py) at the first value of each searched setting, and a worker's start (a
+fresh Python importing torch: once per slot, since trials reuse warm Ray workers). From those: the wall time
+with as many trials at once as the stage allows and this machine holds, and the CPU-/GPU-hours its trials
+reserve. `--estimate` on a launch keeps the result for the report (estimate_record.py). Ray's own
 start-up, tracking and the stages' jobs are not counted. Later stages' probes read the checkpoints of
 earlier probes (untrained but of the configured shapes) where the real stages read `STAGE.best`.
 """

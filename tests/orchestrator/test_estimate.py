@@ -3,6 +3,7 @@ trials on a few slots, and `--dry-run --estimate` on the smoke study through the
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -64,9 +65,9 @@ def test_trials_at_once_are_capped_by_the_stage_and_by_the_machine():
     assert parallel_trials(on_gpus, cpus=16, gpus=1) == 2
 
 
-def test_estimate_needs_dry_run(capsys):
-    assert main([str(SMOKE), "--estimate"]) == 2
-    assert "--estimate only works with --dry-run" in capsys.readouterr().err
+def test_a_resumed_study_keeps_the_estimate_it_was_launched_with(capsys):
+    assert main([str(SMOKE), "--estimate", "--resume"]) == 2
+    assert "--estimate works with --dry-run or a fresh launch" in capsys.readouterr().err
 
 
 def test_dry_run_estimate_of_the_smoke_study(capsys):
@@ -79,3 +80,30 @@ def test_dry_run_estimate_of_the_smoke_study(capsys):
     assert re.search(r"2 trials at a time -> wall \d:\d\d:\d\d; reserves \d+\.\d\d CPU-hours, 0\.00 GPU-hours", out)
     assert "  evaluate: job stage, not estimated" in out
     assert re.search(r"total of the 1 stage\(s\) estimated: 16 trial-epochs, wall", out)
+
+
+def test_the_report_sets_a_kept_estimate_beside_the_actual_cost(tmp_path):
+    from orchestrator.estimate_record import ESTIMATE_FILE
+    from orchestrator.report import write_report
+    from tests.orchestrator.test_report import TRIAL_TIMES, fake_state
+
+    output = tmp_path / "out"
+    fake_state(output)  # stage `search` finished in 40 s wall, its trials' time_total_s summed below
+    (output / ESTIMATE_FILE).write_text(json.dumps(
+        {"search": {"trial_epochs": 6, "wall_s": 50.0, "cpu_hours": 0.02, "gpu_hours": 0.0}}))
+    report = write_report(output, log_to_mlflow=False).read_text()
+    section = report.split("## Estimate vs actual", 1)[1].split("\n## ", 1)[0]
+    row = next(line for line in section.splitlines() if line.startswith("| search"))
+    cells = [cell.strip() for cell in row.strip("|").split(" | ")]
+    actual_cpu_h = sum(times[-1] for times in TRIAL_TIMES.values()) / 3600
+    assert cells[1:3] == ["50 s / 40 s", "1.25"]
+    assert cells[3] == f"0.02 / {actual_cpu_h:.4g}"
+
+
+def test_a_study_launched_without_estimate_has_no_such_section(tmp_path):
+    from orchestrator.report import write_report
+    from tests.orchestrator.test_report import fake_state
+
+    output = tmp_path / "out"
+    fake_state(output)
+    assert "Estimate vs actual" not in write_report(output, log_to_mlflow=False).read_text()
