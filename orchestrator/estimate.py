@@ -2,10 +2,10 @@
 
 Per tune stage: the expected trial-epochs (ASHA's rungs, trial_epochs.py), one epoch timed through the
 trainable's own code (epoch_probe.py) at the first value of each searched setting, and a worker's start (a
-fresh Python importing torch: once per slot, since trials reuse warm Ray workers). From those: the wall time
-with as many trials at once as the stage allows and this machine holds, and the CPU-/GPU-hours its trials
-reserve. `--estimate` on a launch keeps the result for the report (estimate_record.py). Ray's own
-start-up, tracking and the stages' jobs are not counted. Later stages' probes read the checkpoints of
+fresh Python importing torch and the trainables and building its first optimizer: once per slot, since
+trials reuse warm Ray workers). From those: the wall time with as many trials at once as the stage allows
+and this machine holds, and the CPU-/GPU-hours its trials reserve. `--estimate` on a launch keeps the result
+for the report (estimate_record.py). Ray's own start-up, tracking and the stages' jobs are not counted. Later stages' probes read the checkpoints of
 earlier probes (untrained but of the configured shapes) where the real stages read `STAGE.best`.
 """
 
@@ -69,11 +69,19 @@ class StageEstimate:
         return self.work_s * self.gpu / 3600
 
 
-def trial_start_seconds() -> float:
-    """A fresh interpreter importing torch: what each Ray worker pays before its first trial."""
+# What a Ray worker does once, before or in its first trial: import torch and the trainables, and build its
+# first optimizer (torch's first one imports torch._dynamo, seconds).
+WORKER_START = ("import torch\nfrom trainables import catalog\ncatalog.trainable_names()\n"
+                "torch.optim.Adam([torch.zeros(1, requires_grad=True)])\n")
+
+
+def worker_start_seconds() -> float:
+    """Time WORKER_START in a fresh interpreter, and run it here so no probe's setup counts it again."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch"], check=True, capture_output=True)
-    return time.perf_counter() - started
+    subprocess.run([sys.executable, "-c", WORKER_START], check=True, capture_output=True)
+    seconds = time.perf_counter() - started
+    exec(WORKER_START, {})  # noqa: S102 - the fixed text above
+    return seconds
 
 
 def parallel_trials(stage: TuneStage, cpus: int, gpus: int) -> int:
@@ -136,7 +144,7 @@ def estimate_study(spec: StudySpec) -> list[StageEstimate | str]:
             if not isinstance(stage, TuneStage):
                 results.append(stage.name)
                 continue
-            start_s = trial_start_seconds() if start_s is None else start_s
+            start_s = worker_start_seconds() if start_s is None else start_s
             results.append(estimate_stage(stage, checkpoints, Path(folder), start_s, cpus, gpus))
     return results
 
