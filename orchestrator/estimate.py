@@ -162,10 +162,12 @@ def describe_trial_epochs(trial_epochs: TrialEpochs) -> str:
     """`8 trials x 4 epochs = 32 trial-epochs` or, with ASHA, who reaches which rung and the expected total."""
     full = trial_epochs.trials * trial_epochs.epochs
     if not trial_epochs.milestones:
-        return f"{trial_epochs.trials} trials x {trial_epochs.epochs} epochs = {full} trial-epochs"
+        epochs = f"{trial_epochs.epochs} epoch{'s' if trial_epochs.epochs != 1 else ''}"
+        return f"{trial_epochs.trials} trials x {epochs} = {full} trial-epochs"
     rungs = ", ".join(f"{count(reach)} reach epoch {milestone}"
                       for milestone, reach in zip(trial_epochs.milestones, trial_epochs.reaching))
-    return (f"ASHA: {rungs}, {count(trial_epochs.finishing)} go on to {trial_epochs.epochs} -> "
+    go_on = "goes on" if trial_epochs.finishing == 1 else "go on"
+    return (f"ASHA: {rungs}, {count(trial_epochs.finishing)} {go_on} to {trial_epochs.epochs} -> "
             f"{count(trial_epochs.total)} trial-epochs expected (without early stopping {full})")
 
 
