@@ -25,6 +25,7 @@ from pathlib import Path
 EXAMPLE = textwrap.dedent("""\
     examples:
       python -m orchestrator.launch search_spaces/smoke.yaml --dry-run   # check the file, print the plan
+      python -m orchestrator.launch search_spaces/smoke.yaml --dry-run --estimate   # ... and what it will cost here
       python -m orchestrator.launch search_spaces/smoke.yaml             # run it (local Ray, embedded MLflow)
       python -m orchestrator.launch search_spaces/smoke.yaml --resume    # continue after a crash or Ctrl-C
       python -m orchestrator.launch search_spaces/smoke.yaml --resume --restart-from evaluate   # rerun a stage
