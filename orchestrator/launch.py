@@ -25,6 +25,7 @@ from pathlib import Path
 EXAMPLE = textwrap.dedent("""\
     examples:
       python -m orchestrator.launch search_spaces/smoke.yaml --dry-run   # check the file, print the plan
+      python -m orchestrator.launch search_spaces/smoke.yaml --dry-run --estimate   # ... and what it will cost here
       python -m orchestrator.launch search_spaces/smoke.yaml             # run it (local Ray, embedded MLflow)
       python -m orchestrator.launch search_spaces/smoke.yaml --resume    # continue after a crash or Ctrl-C
       python -m orchestrator.launch search_spaces/smoke.yaml --resume --restart-from evaluate   # rerun a stage
@@ -59,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", help="the study YAML file (see search_spaces/)")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; start nothing")
+    parser.add_argument("--estimate", action="store_true",
+                        help="time one epoch of each tune stage's trainable here (seconds) and print the expected "
+                             "trial-epochs, wall time and CPU-/GPU-hours per stage and in total; with --dry-run "
+                             "only that, else the launch keeps it (OUTPUT/estimate.json) and the report sets it "
+                             "beside what each stage cost")
     parser.add_argument("--profile", metavar="NAME",
                         help="apply one of the study's named profiles (e.g. `paper` in gasten_mnist.yaml: long GPU "
                              "runs); default: the file's own `profile:`, usually the quick CPU one")
@@ -105,6 +111,9 @@ def stop_at_first_interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.estimate and (args.resume or args.restart_from is not None):
+        return fail("--estimate works with --dry-run or a fresh launch (which keeps it for the report), not with "
+                    "--resume: the study keeps the estimate it was launched with. Nothing was run.", 2)
     lock = None
     if args.output and not args.dry_run:
         # The folder is claimed first: a launcher started seconds later is refused at once, not after both
@@ -171,7 +180,11 @@ def load_and_run(args, lock) -> int:
         if problems := preflight_problems(spec, offline=args.offline, dry_run=True):
             print("\n".join(problems), file=sys.stderr)
             return 2
-        print("\n".join(plan_lines(spec, str(output), target)))
+        print("\n".join(plan_lines(spec, str(output), target)), flush=True)
+        if args.estimate:
+            from orchestrator.estimate import estimate_lines, estimate_study
+
+            print("\n".join(estimate_lines(spec, estimate_study(spec))))
         print("Nothing was run (--dry-run).")
         return 0
     return run(spec, output.resolve(), target, args, lock)
@@ -314,6 +327,10 @@ def run_study(spec, output: Path, target, args, state, plan) -> int:
     state.spec_file, state.profile = str(output / KEPT_STUDY_FILE), spec.profile
     state.seed, state.reproducible = spec.seed, spec.reproducible
     save_state(output, state)
+    if args.estimate:
+        from orchestrator.estimate_record import record_estimate
+
+        record_estimate(spec, output, manifest)
     worker_env = {k: os.environ[k] for k in ("GENSEARCH_DATA", "GENSEARCH_CACHE") if k in os.environ}
     runner = StudyRunner(spec, output, tracker, state, resume=args.resume or args.restart_from is not None,
                          address=args.address, worker_env=worker_env, verbose=args.verbose)

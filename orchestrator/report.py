@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from orchestrator.estimate_record import estimate_section
 from orchestrator.study_state import STATE_FILE, BestTrial, StageState, StudyState, load_state
 from orchestrator.tracking import TAG_STUDY, TrackingTarget, error_line
 
@@ -915,7 +916,8 @@ def log_report(ctx: ReportContext, report: Path, hours: Mapping[str, float]) -> 
 def render(ctx: ReportContext, gallery: Gallery) -> str:
     """The whole report as markdown (copies the images it shows into the gallery on the way)."""
     sections = [stage_lines(ctx, index, name, gallery) for index, name in enumerate(stage_order(ctx), start=1)]
-    lines = header_lines(ctx) + cost_lines(ctx) + [line for section in sections for line in section]
+    lines = header_lines(ctx) + cost_lines(ctx) + estimate_section(ctx)
+    lines += [line for section in sections for line in section]
     return "\n".join(lines + footer_lines(ctx)).rstrip() + "\n"
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.data import ImageSet, load_images, training_data
-from trainables.definitions import Metric, TrainableDef
+from trainables.definitions import EpochCost, Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.fit import fit
 from trainables.reporter import CheckpointState, Reporter
@@ -143,6 +143,16 @@ def load_training_data(config: ClassifierConfig) -> ImageSet:
                        allow_fallback=config.allow_fallback, seed=config.seed)
 
 
+def held_out_epoch_images(config) -> int:
+    """Training images one epoch reads where `split_train_val` carves the validation images out first (any
+    config with dataset, classes, allow_fallback, seed, val_size and train_size)."""
+    left = len(load_training_data(config)) - config.val_size
+    return min(config.train_size, left) if config.train_size else left
+
+
+HELD_OUT_EPOCH_COST = EpochCost(size_setting="train_size", images=held_out_epoch_images)
+
+
 def train(config: ClassifierConfig, reporter: Reporter) -> dict[str, float]:
     """The trainable: reports train_loss, val_loss and val_accuracy every epoch."""
     torch.manual_seed(config.seed)
@@ -196,4 +206,5 @@ CLASSIFIER = TrainableDef(
     build_model=build_model,
     datasets=training_data,
     tiny_config={"train_size": 64, "val_size": 32, "epochs": 1, "batch_size": 32},
+    epoch_cost=HELD_OUT_EPOCH_COST,
 )

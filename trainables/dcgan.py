@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.data import DatasetUse, ImageSet, load_images
-from trainables.definitions import Metric, TrainableDef
+from trainables.definitions import EpochCost, Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.feature_net import embed_images, feature_net
 from trainables.fit import fit
@@ -237,12 +237,16 @@ def load_fid_reference(dataset: str, classes: tuple[int, ...], fid_images: int, 
                        seed=seed)
 
 
+def training_images(config: DCGANConfig) -> ImageSet:
+    return load_images(config.dataset, "train", classes=config.classes or None, limit=config.train_size or None,
+                       allow_fallback=config.allow_fallback, seed=config.seed)
+
+
 def train(config: DCGANConfig, reporter: Reporter) -> dict[str, float]:
     """The trainable: reports d_loss, g_loss and fid_mnist (lower is better) every epoch."""
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
-    data = load_images(config.dataset, "train", classes=config.classes or None, limit=config.train_size or None,
-                       allow_fallback=config.allow_fallback, seed=config.seed)
+    data = training_images(config)
     fid = FidScorer(load_fid_reference(config.dataset, config.classes, config.fid_images, config.allow_fallback),
                     config.fid_images, config.z_dim, device, config.allow_fallback, config.inception_weights)
     generator = Generator(config.z_dim, config.ngf).to(device)
@@ -296,4 +300,5 @@ DCGAN = TrainableDef(
     build_model=build_model,
     datasets=datasets,
     tiny_config={"train_size": 128, "epochs": 1, "batch_size": 32, "fid_images": 64},
+    epoch_cost=EpochCost(size_setting="train_size", images=lambda config: len(training_images(config))),
 )

@@ -35,6 +35,19 @@ class Metric:
 
 
 @dataclass(frozen=True)
+class EpochCost:
+    """How the cost estimate (`--dry-run --estimate`) may time one epoch on a few images and scale it to
+    the configured run: the setting that caps the training images an epoch reads (set low for the timing),
+    and how many an epoch reads under a config. `also_scaled`: settings an epoch reads all of besides (K+1's
+    outliers), shrunk by the same share. Only the training part is scaled; evaluation is timed at the
+    configured sizes."""
+
+    size_setting: str
+    images: Callable[[Any], int]
+    also_scaled: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class TrainableDef:
     """A searchable unit of training: `run(config, reporter)` returns its final metrics."""
 
@@ -57,6 +70,7 @@ class TrainableDef:
     # Reference points drawn on the Pareto plot, label -> (x metric, y metric) reported by every trial,
     # e.g. GASTeN's real boundary digits: ("fid_real_ambiguous", "acd_real_ambiguous").
     pareto_references: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    epoch_cost: EpochCost | None = None  # None: the cost estimate says "not estimated" for its stages
 
     def metric(self, name: str) -> Metric:
         for metric in self.metrics:

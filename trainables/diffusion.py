@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.classifier import split_train_val
+from trainables.classifier import HELD_OUT_EPOCH_COST, split_train_val
 from trainables.data import load_images, training_data
 from trainables.definitions import Metric, TrainableDef
 from trainables.device import resolve_device
@@ -450,4 +450,5 @@ DIFFUSION = TrainableDef(
     datasets=training_data,
     tiny_config={"train_size": 128, "val_size": 32, "epochs": 1, "batch_size": 64, "nf": 4, "timesteps": 50,
                  "sample_images": 2},
+    epoch_cost=HELD_OUT_EPOCH_COST,
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Mapping
 
 import torch
@@ -60,10 +61,14 @@ def fit(
     for epoch in range(start, epochs):
         for module in modules.values():
             module.train()
+        started = time.perf_counter()
         train_metrics = train_epoch(epoch)
+        reporter.timed("train", time.perf_counter() - started)
         for module in modules.values():
             module.eval()
+        started = time.perf_counter()
         eval_metrics = evaluate(epoch)
+        reporter.timed("evaluate", time.perf_counter() - started)
         metrics = {"epoch": float(epoch + 1), **train_metrics, **eval_metrics}
         bad = sorted(key for key, value in metrics.items() if not math.isfinite(value))
         if bad:

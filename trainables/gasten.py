@@ -48,10 +48,10 @@ from torch import nn
 
 from trainables import classifier as classifier_module
 from trainables.checkpoint import load_checkpoint
-from trainables.data import DatasetUse, load_images
+from trainables.data import DatasetUse, ImageSet, load_images
 from trainables.dcgan import (FID_INCEPTION, Discriminator, FidScorer, Generator, build_model, check_gan_training,
                               generate, load_fid_reference, train_gan_epoch)
-from trainables.definitions import Metric, TrainableDef
+from trainables.definitions import EpochCost, Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.feature_net import FEATURE_NET_VERSION
 from trainables.fit import fit
@@ -197,6 +197,13 @@ def tradeoff_real(acd: float, fid: float, acd_step1: float, fid_real_ambiguous: 
     return acd / max(acd_step1, 1e-12) + max(0.0, fid / max(fid_real_ambiguous, 1e-12) - 1.0)
 
 
+def training_images(config: GastenConfig, classifier_state: CheckpointState) -> ImageSet:
+    """The real images fine-tuning reads: the classifier's own dataset and classes."""
+    task = classifier_state["config"]
+    return load_images(task["dataset"], "train", classes=tuple(task["classes"]), limit=config.train_size or None,
+                       allow_fallback=config.allow_fallback, seed=config.seed)
+
+
 def train(config: GastenConfig, reporter: Reporter) -> dict[str, float]:
     """The trainable: reports fid_mnist, acd, g_loss, d_loss and confusion_loss every epoch."""
     torch.manual_seed(config.seed)
@@ -204,8 +211,7 @@ def train(config: GastenConfig, reporter: Reporter) -> dict[str, float]:
     generator, discriminator = load_gan(config.generator, device)
     classifier, classifier_state = load_frozen_classifier(config.classifier, device)
     dataset, classes = classifier_state["config"]["dataset"], tuple(classifier_state["config"]["classes"])
-    data = load_images(dataset, "train", classes=classes, limit=config.train_size or None,
-                       allow_fallback=config.allow_fallback, seed=config.seed)
+    data = training_images(config, classifier_state)
     fid = FidScorer(load_fid_reference(dataset, classes, config.fid_images, config.allow_fallback),
                     config.fid_images, generator.z_dim, device, config.allow_fallback, config.inception_weights)
     acd_noise = fixed_noise(config.acd_images, generator.z_dim, ACD_NOISE_SEED)
@@ -305,4 +311,6 @@ GASTEN = TrainableDef(
     # Empty on purpose: `generator` and `classifier` are required checkpoint folders, so the contract
     # test skips gasten (it has required fields) and tests/trainables/test_gasten.py builds the inputs.
     tiny_config={},
+    epoch_cost=EpochCost(size_setting="train_size",
+                         images=lambda config: len(training_images(config, load_checkpoint(config.classifier)))),
 )

@@ -35,6 +35,11 @@ class Reporter(ABC):
     def restore(self) -> CheckpointState | None:
         """The checkpoint to resume from, or None for a fresh start."""
 
+    def timed(self, phase: str, seconds: float) -> None:
+        """How long one part of an epoch took ("train", "evaluate"), told by `fit`. Only the cost estimate
+        (orchestrator/estimate.py) listens: it times the parts apart because only training scales with the
+        number of training images."""
+
 
 def clone_state(state: CheckpointState) -> CheckpointState:
     """A deep copy made the way a checkpoint file would be, so later in-place updates to the

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.classifier import split_train_val
+from trainables.classifier import HELD_OUT_EPOCH_COST, split_train_val
 from trainables.data import load_images, training_data
 from trainables.definitions import Metric, TrainableDef
 from trainables.device import resolve_device
@@ -252,4 +252,5 @@ VAE_TRAINABLE = TrainableDef(
     build_model=build_model,
     datasets=training_data,
     tiny_config={"train_size": 256, "val_size": 64, "epochs": 1, "batch_size": 64},
+    epoch_cost=HELD_OUT_EPOCH_COST,
 )

@@ -31,6 +31,7 @@ after chunk, until `outliers` are kept or `outlier_candidates` have been tried.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ from torch import nn
 
 from trainables.ambiguous import check_band, generate_ambiguous, load_generator
 from trainables.checkpoint import STATE_FILE, load_checkpoint
-from trainables.classifier import Classifier, split_train_val
+from trainables.classifier import HELD_OUT_EPOCH_COST, Classifier, split_train_val
 from trainables.data import ImageSet, load_images, training_data
 from trainables.dcgan import generate
 from trainables.definitions import Metric, TrainableDef
@@ -385,4 +386,5 @@ KPLUS1 = TrainableDef(
     build_model=build_model,
     datasets=training_data,
     tiny_config={"train_size": 256, "val_size": 64, "vae_epochs": 1, "outliers": 256, "epochs": 1},
+    epoch_cost=dataclasses.replace(HELD_OUT_EPOCH_COST, also_scaled=("outliers",)),  # every outlier, every epoch
 )
