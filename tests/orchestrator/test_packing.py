@@ -213,7 +213,9 @@ def test_cpu_fallback_runs_the_study_on_a_machine_without_gpu(tmp_path):
     print(f"fallback study: {time.monotonic() - started:.1f} s")
 
 
+@pytest.mark.slow
 def test_a_gpu_stage_without_fallback_fails_with_one_line_naming_resources_gpu(tmp_path):
+    """Through the launcher and a real Ray (slow: Ray starts). The message itself is checked without Ray above."""
     result = run_without_gpu(tmp_path, {"cpu": 1, "gpu": 0.5})
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
