@@ -37,7 +37,8 @@ def load_estimate(output: Path) -> dict[str, dict[str, float]]:
 
 def estimate_section(ctx: Any) -> list[str]:
     """`## Estimate vs actual`: per estimated stage, its wall time and CPU-/GPU-hours estimated / actual."""
-    from orchestrator.report import _num, _seconds, _table, stage_cost
+    from orchestrator.report.cost import stage_cost
+    from orchestrator.report.formatting import _num, _seconds, _table
 
     estimate = load_estimate(ctx.output)
     rows = []

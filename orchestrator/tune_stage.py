@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,15 @@ from orchestrator.champion import Champion, Point, choose_champion, pareto_front
 from orchestrator.plan import describe_metrics
 from orchestrator.spec import Choice, Grid, IntRange, LogUniform, SpaceEntry, TuneStage, Uniform
 from orchestrator.study_state import BestTrial
-from orchestrator.tracking import TAG_REASON, Tracker, last_line, numeric_metrics
+from orchestrator.tracking import TAG_REASON, Tracker, last_line
 from orchestrator.trial_logger import STEP_MARKER, TUNE_BOOKKEEPING, MlflowTrialLogger
 from orchestrator.tune_reporter import TuneReporter
+from orchestrator.tune_results import (_plain, best_value, checkpoint_at_best, evaluated_points, in_suggestion_order,
+                                       metrics_at_best, trial_folder_name, trial_id_of, trials_by_place)
 from orchestrator.rung_scheduler import OrderedASHA
 from orchestrator.samplers import make_sampler, stage_sampler_seed
 from orchestrator.seeds import seeds_config
-from orchestrator.trial_order import OrderedSearch, SeededSearch, VariantSearch, suggestion_place
+from orchestrator.trial_order import OrderedSearch, SeededSearch, VariantSearch
 from orchestrator.tune_searcher import BudgetAwareOptunaSearch
 from trainables import catalog
 from trainables.config import build_config
@@ -283,26 +284,6 @@ def champion_of(stage: TuneStage, finished: list[tuple[Any, str]]
     return best, champion, pareto_front(points, stage.objectives)
 
 
-def evaluated_points(result: Any) -> list[tuple[Point, Any]]:
-    """A trial's evaluated epochs as (point, that epoch's checkpoint): a candidate champion is a model one
-    can load, so a trial that checkpoints offers its checkpointed results (every epoch for the built-in
-    trainables); one that never checkpoints offers every reported result, without a checkpoint. A step
-    repeated after a resume counts once, by its latest record (whose checkpoint is the one kept)."""
-    trial = trial_id_of(result)
-    if result.best_checkpoints:
-        rows = sorted(((metrics, checkpoint) for checkpoint, metrics in result.best_checkpoints),
-                      key=lambda row: (row[0].get("training_iteration", 0), row[1].path))
-    else:
-        frame = result.metrics_dataframe
-        rows = [(row.to_dict(), None) for _, row in frame.iterrows()] if frame is not None else []
-    by_step: dict[int, tuple[Point, Any]] = {}
-    for metrics, checkpoint in rows:
-        step = int(_plain(metrics.get("training_iteration", 0)))
-        values = numeric_metrics({k: _plain(v) for k, v in metrics.items() if k not in TUNE_BOOKKEEPING})
-        by_step[step] = (Point(trial, step, values), checkpoint)
-    return [by_step[step] for step in sorted(by_step)]
-
-
 def close_as_tune_ended(tracker: Tracker, run_id: str, result: Any, new: bool = False) -> None:
     """Give a trial's run the status Tune ended the trial with. A run closed KILLED by an interrupt, or FAILED
     before a retry, may have ended otherwise since (or Tune's snapshot had it done already); its old reason
@@ -342,54 +323,6 @@ def backfill_results(tracker: Tracker, run_id: str, result: Any, known: bool = T
     return count
 
 
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
-
-
-def checkpoint_at_best(result: Any, metric: str, value: float) -> Any:
-    """The checkpoint of the LAST step that reported the trial's best `value`: when steps tie (a
-    validation AUROC of 1.0 from the first epoch on) the one trained longest is kept, not the first."""
-    tied = [(m.get("training_iteration", 0), c) for c, m in (result.best_checkpoints or []) if m.get(metric) == value]
-    return max(tied, key=lambda pair: pair[0])[1] if tied else None
-
-
-def metrics_at_best(result: Any, metric: str, value: float) -> tuple[int | None, dict[str, float]]:
-    """The last step at which the trial reported its best `value`, and every metric it reported then."""
-    frame = result.metrics_dataframe
-    if frame is None or metric not in frame:
-        return None, {}
-    rows = frame[frame[metric] == value]
-    if rows.empty:
-        return None, {}
-    row = rows.iloc[-1]
-    names = set(result.metrics or {}) - TUNE_BOOKKEEPING
-    metrics = {name: float(row[name]) for name in sorted(names)
-               if name in row.index and isinstance(row[name], (int, float)) and math.isfinite(row[name])}
-    return int(row.get("training_iteration", 0)) or None, metrics
-
-
-def trial_folder_name(trial: Any) -> str:
-    """Trial folders named by trial id alone, so a folder always tells which trial it holds."""
-    return f"trial_{trial.trial_id}"
-
-
-def trial_id_of(result: Any) -> str:
-    return Path(result.path).name.removeprefix("trial_")
-
-
-def best_value(result: Any, metric: str, mode: str) -> float | None:
-    """The trial's best reported value of `metric` (ASHA may stop a trial after its best epoch)."""
-    frame = result.metrics_dataframe
-    if frame is None or metric not in frame:
-        value = (result.metrics or {}).get(metric)
-        return value if isinstance(value, (int, float)) and math.isfinite(value) else None
-    column = frame[metric].dropna()
-    column = column[column.map(math.isfinite)]
-    if column.empty:
-        return None
-    return float(column.max() if mode == "max" else column.min())
-
-
 def _reason_from_error(error: BaseException) -> str:
     return last_line(error, type(error).__name__)
 
@@ -399,26 +332,6 @@ def _first_error(results: Any) -> str:
         if result.error is not None:
             return _reason_from_error(result.error)
     return "no trial reported the metric"
-
-
-def trials_by_place(grid: Any) -> list[tuple[int, Any, Any]]:
-    """(place in suggestion order, Tune trial, result) of every trial of a finished stage, by place. Tune's
-    own order is that of its trial list, which a resume rebuilds by last result time."""
-    trials = list(getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or [])
-    if len(trials) != len(grid):  # a ResultGrid without its trials (not Ray 2.60's): keep Tune's order
-        return [(index, None, result) for index, result in enumerate(grid)]
-    rows = []
-    for index, (trial, result) in enumerate(zip(trials, grid)):
-        try:
-            place = suggestion_place(trial)
-        except ValueError:
-            place = len(trials) + index
-        rows.append((place, trial, result))
-    return sorted(rows, key=lambda row: row[0])
-
-
-def in_suggestion_order(grid: Any) -> list[Any]:
-    return [result for _, _, result in trials_by_place(grid)]
 
 
 def write_trials_table(grid: Any, path: Path) -> None:

@@ -1,4 +1,4 @@
-"""orchestrator/report.py: the study report, on hand-made output folders (fast) and on a real tiny study.
+"""orchestrator/report/: the study report, on hand-made output folders (fast) and on a real tiny study.
 
 The hand-made folders mimic what the launcher leaves (study_state.json written with the real
 dataclasses, Tune's trials.csv and result.json, job folders with tables, pictures and subfolders),

@@ -1,0 +1,272 @@
+"""One section per stage, by kind: a tune or optuna stage's best trial, champion, Pareto front, importance
+and plots; a job's headline metrics, tables and pictures from the files it left.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from orchestrator.report.facts import ReportContext, local_path, stage_folder
+from orchestrator.report.formatting import _num, _table, format_settings, numeric_items
+from orchestrator.report.gallery import CAPTIONS, Gallery
+from orchestrator.study_state import BestTrial, StageState
+
+HEADLINE_METRICS = 6  # a job's first metrics (jobs put their headline first; the rest are in MLflow)
+MAX_GRIDS = 6  # prototype grids, one per cluster: a few show what the clusters look like
+MAX_IMAGES_PER_FOLDER = 8  # generic fallback: a job folder with many images would bury the rest
+MAX_TABLE_LINES = 40  # a job's markdown table inlined; longer ones are copied and linked instead
+MAX_FRONT_ROWS = 10  # a two-objective stage's Pareto front: its best rows; the whole front is in pareto_front.csv
+PARETO_FRONT_FILE = "pareto_front.csv"
+
+TUNE_IMAGES = ("search_history.png", "parameter_sweep.png", "pareto.png")
+KNOWN_JOB_FILES = ("fewshot.md", "fewshot_curves.png", "ood_table.md", "roc_curves.png", "prototype_curve.md",
+                   "prototype_curve.png", "scatter.png", "confusion_matrix.png", "misclassified.png", "summary.txt")
+GRID_FOLDER = "grids"
+SKIPPED_FOLDERS = ("images",)  # prototypes: one small PNG per pick (dozens); the grids show them
+
+
+def best_lines(ctx: ReportContext, name: str, best: BestTrial) -> list[str]:
+    """The best trial: id, metric, the other metrics at that step, and its (searched) settings."""
+    facts = ctx.facts[name]
+    epoch = f", step {best.epoch}" if best.epoch else ""
+    lines = [f"**Best trial `{best.trial_id}`**{epoch}: **{best.metric} = {_num(best.value)}**", ""]
+    others = [(k, v) for k, v in best.metrics.items() if k != best.metric and k != "epoch" and not k.endswith("_s")]
+    if others:
+        lines += ["Also at that step: " + ", ".join(f"{k}={_num(v)}" for k, v in others[:8]), ""]
+    config = {k: v for k, v in best.config.items() if k not in facts.inputs}
+    if facts.kind == "tune" and facts.searched:
+        lines += [f"Searched settings: `{format_settings(config, facts.searched)}`", ""]
+    elif config:
+        lines += [f"Settings: `{format_settings(config)}`", ""]
+    if best.child_run_id:
+        lines += [f"MLflow run of the trial: `{best.child_run_id}`", ""]
+    return lines
+
+
+def registered_lines(stage: StageState) -> list[str]:
+    reg = stage.registered
+    if reg is None:
+        return []
+    return [f"**Registered model:** `{reg.name}` version {reg.version}, alias `@{reg.alias}` "
+            f"(`models:/{reg.name}@{reg.alias}`)", ""]
+
+
+def step_images(checkpoint: Path) -> list[Path]:
+    """The PNG step files (samples.png, ...) of a trial's chosen checkpoint; when that checkpoint has
+    none, those of the trial's latest checkpoint that has some."""
+    from trainables.checkpoint import step_files
+
+    pngs = [p for p in step_files(checkpoint) if p.suffix == ".png"]
+    if pngs or not checkpoint.parent.is_dir():
+        return pngs
+    for folder in sorted(checkpoint.parent.glob("checkpoint_*"), reverse=True):
+        pngs = [p for p in step_files(folder) if p.suffix == ".png"]
+        if pngs:
+            return pngs
+    return []
+
+
+def champion_lines(ctx: ReportContext, name: str, stage: StageState) -> list[str]:
+    """A stage with several metrics: its champion rule, the chosen point and each reference point it beats
+    or not (from the spec; without one, nothing: the front table still shows the chosen row)."""
+    from orchestrator.spec import TuneStage
+
+    spec_stage = next((s for s in ctx.spec.stages if s.name == name), None) if ctx.spec is not None else None
+    if not isinstance(spec_stage, TuneStage) or not spec_stage.multi_objective or stage.best is None:
+        return []
+    from orchestrator.champion import describe_champion
+
+    metrics = ", ".join(f"{m} ({mode})" for m, mode in spec_stage.objectives)
+    chosen = describe_champion(spec_stage, stage.best)
+    return [f"Searched metrics: {metrics}. Champion rule: **{spec_stage.champion}**, over every evaluated epoch "
+            "of every trial.", "", f"{chosen[0].upper()}{chosen[1:]}.", ""]
+
+
+def pareto_front_lines(path: Path) -> list[str]:
+    """The first rows of pareto_front.csv (the front of a two-objective stage, best first) as a table."""
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if len(rows) < 2:
+        return []
+    header, body = rows[0], rows[1:]
+
+    def cell(text: str) -> str:
+        try:
+            return _num(float(text))
+        except ValueError:
+            return text
+
+    lines = [f"**Pareto front**: {len(body)} evaluated epoch(s) that no other epoch beats on every searched "
+             f"metric (`{PARETO_FRONT_FILE}` in the stage's MLflow run)", ""]
+    lines += _table(header, ([cell(c) for c in row] for row in body[:MAX_FRONT_ROWS]))
+    if len(body) > MAX_FRONT_ROWS:
+        lines.append(f"\n… and {len(body) - MAX_FRONT_ROWS} more rows in {PARETO_FRONT_FILE}.")
+    return lines + [""]
+
+
+def tune_section(ctx: ReportContext, name: str, stage: StageState, gallery: Gallery) -> list[str]:
+    lines: list[str] = []
+    if stage.best is not None:
+        lines += best_lines(ctx, name, stage.best) + registered_lines(stage)
+    lines += champion_lines(ctx, name, stage)
+    folder = stage_folder(ctx.output, name, stage, "tune")
+    if folder is not None:
+        images = list(TUNE_IMAGES)
+        if (folder / PARETO_FRONT_FILE).is_file():  # the front table, with its picture right after it
+            lines += pareto_front_lines(folder / PARETO_FRONT_FILE)
+            images.sort(key=lambda image: image != "pareto.png")
+        for image in images:
+            if (folder / image).is_file():
+                lines += gallery.image(folder / image, name, image)
+        lines += importance_lines(folder, name, gallery)
+    if stage.best is not None and stage.best.checkpoint:
+        step = f", step {stage.best.epoch}" if stage.best.epoch else ""
+        for png in step_images(local_path(stage.best.checkpoint, ctx.output)):
+            what = CAPTIONS.get(png.name, f"{png.stem} from the best trial's chosen checkpoint")
+            lines += gallery.image(png, name, "best_trial", png.name,
+                                   caption=f"{what} (trial {stage.best.trial_id}{step})")
+    return lines
+
+
+def importance_lines(folder: Path, name: str, gallery: Gallery) -> list[str]:
+    """The stage's parameter importance (importance.py): its table, or the line saying why there is none,
+    and its bar chart."""
+    from orchestrator.importance import PLOT_FILE, TABLE_FILE
+
+    if not (folder / TABLE_FILE).is_file():
+        return []
+    lines = (folder / TABLE_FILE).read_text(errors="replace").strip().splitlines() + [""]
+    if (folder / PLOT_FILE).is_file():
+        lines += gallery.image(folder / PLOT_FILE, name, PLOT_FILE)
+    return lines
+
+
+def optuna_section(ctx: ReportContext, name: str, stage: StageState, gallery: Gallery) -> list[str]:
+    lines: list[str] = []
+    if stage.best is not None:
+        lines += best_lines(ctx, name, stage.best)
+    folder = stage_folder(ctx.output, name, stage, "optuna")
+    if folder is not None:
+        if (folder / "search_history.png").is_file():
+            lines += gallery.image(folder / "search_history.png", name, "search_history.png")
+        lines += importance_lines(folder, name, gallery)
+        best = folder / "best"
+        for png in sorted(best.glob("*.png"))[:MAX_IMAGES_PER_FOLDER] if best.is_dir() else []:
+            lines += gallery.image(png, name, "best", png.name, caption="the best trial's result")
+    return lines
+
+
+def headline_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """A job's first few metrics as a small table (jobs list their headline metrics first)."""
+    items = numeric_items(metrics)
+    if not items:
+        return []
+    lines = _table(["metric", "value"], [(k, _num(v)) for k, v in items[:HEADLINE_METRICS]])
+    more = len(items) - HEADLINE_METRICS
+    if more > 0:
+        lines.append(f"\n… and {more} more in metrics.json and the stage's MLflow run.")
+    return lines + [""]
+
+
+def markdown_file_lines(path: Path, gallery: Gallery, *parts: str) -> list[str]:
+    """A job's markdown table inline; a long one is copied next to the report and linked instead."""
+    text = path.read_text(errors="replace").strip()
+    lines = [f"**{path.name}**", ""]
+    if len(text.splitlines()) <= MAX_TABLE_LINES:
+        return lines + text.splitlines() + [""]
+    link = gallery.add(path, *parts)
+    return lines + text.splitlines()[:MAX_TABLE_LINES] + ["", f"… [the whole table]({link})", ""]
+
+
+def text_file_lines(path: Path) -> list[str]:
+    text = path.read_text(errors="replace").rstrip().splitlines()
+    return [f"**{path.name}**", "", "```", *text[:MAX_TABLE_LINES], "```", ""]
+
+
+def ordered_files(folder: Path) -> list[Path]:
+    """A job folder's files worth showing: the known ones in a sensible order, then any other
+    markdown tables and PNGs (the generic fallback, capped)."""
+    known = [folder / name for name in KNOWN_JOB_FILES if (folder / name).is_file()]
+    others = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".md", ".png") and p not in known)
+    other_md = [p for p in others if p.suffix == ".md"]
+    other_png = [p for p in others if p.suffix == ".png"]
+    room = max(0, MAX_IMAGES_PER_FOLDER - sum(1 for p in known if p.suffix == ".png"))
+    return known + other_md + other_png[:room]
+
+
+def job_folder_lines(folder: Path, gallery: Gallery, parts: tuple[str, ...],
+                     fallback_metrics: Mapping[str, Any] | None = None) -> list[str]:
+    """One job folder (the stage's own, or one of its subfolders): headline metrics, tables, pictures,
+    prototype grids."""
+    metrics_file = folder / "metrics.json"
+    metrics: Mapping[str, Any] = fallback_metrics or {}
+    if metrics_file.is_file():
+        try:
+            loaded = json.loads(metrics_file.read_text())
+            metrics = loaded if isinstance(loaded, dict) else metrics
+        except json.JSONDecodeError:
+            pass
+    lines = headline_lines(metrics)
+    for path in ordered_files(folder):
+        if path.suffix == ".md":
+            lines += markdown_file_lines(path, gallery, *parts, path.name)
+        elif path.suffix == ".txt":
+            lines += text_file_lines(path)
+        else:
+            lines += gallery.image(path, *parts, path.name)
+    lines += grid_lines(folder / GRID_FOLDER, gallery, parts)
+    for skipped in SKIPPED_FOLDERS:
+        count = len(list((folder / skipped).glob("*.png"))) if (folder / skipped).is_dir() else 0
+        if count:
+            lines += [f"({count} images in `{skipped}/` are not shown here.)", ""]
+    return lines
+
+
+def grid_lines(grids: Path, gallery: Gallery, parts: tuple[str, ...]) -> list[str]:
+    """Prototype grids (one per cluster), at most MAX_GRIDS of them."""
+    if not grids.is_dir():
+        return []
+    pngs = sorted(grids.glob("*.png"))
+    lines = []
+    for png in pngs[:MAX_GRIDS]:
+        lines += gallery.image(png, *parts, GRID_FOLDER, png.name, caption="prototypes of one cluster")
+    if len(pngs) > MAX_GRIDS:
+        lines += [f"({len(pngs) - MAX_GRIDS} more grids in `{GRID_FOLDER}/`.)", ""]
+    return lines
+
+
+def job_subfolders(folder: Path) -> list[Path]:
+    """Subfolders with something to show (an evaluation job may write fewshot/, ood/, ... each with its
+    own files); grids and per-image folders are part of their parent."""
+    return [p for p in sorted(folder.iterdir())
+            if p.is_dir() and not p.name.startswith(".") and p.name not in (GRID_FOLDER, *SKIPPED_FOLDERS)
+            and any(q.suffix in (".md", ".png", ".json", ".txt") or q.name == GRID_FOLDER for q in p.iterdir())]
+
+
+def job_section(ctx: ReportContext, name: str, stage: StageState, gallery: Gallery) -> list[str]:
+    folder = stage_folder(ctx.output, name, stage, "job")
+    if folder is None:
+        return headline_lines(stage.metrics)
+    lines = job_folder_lines(folder, gallery, (name,), stage.metrics)
+    for sub in job_subfolders(folder):
+        lines += [f"### {name} / {sub.name}", ""] + job_folder_lines(sub, gallery, (name, sub.name))
+    return lines
+
+
+def stage_lines(ctx: ReportContext, index: int, name: str, gallery: Gallery) -> list[str]:
+    """A stage's section; what it holds depends on the stage's kind and the files it left."""
+    stage, facts = ctx.state.stages.get(name, StageState()), ctx.facts[name]
+    lines = [f"## {index}. {name} ({facts.kind}, {stage.status})", ""]
+    if facts.failure_reason:
+        lines += [f"**Failed:** {facts.failure_reason.splitlines()[0][:500]}", ""]
+    if stage.status == "failed" and (ctx.output / "error.log").is_file():
+        lines += ["The traceback is in `error.log` in the output folder; fix the cause and re-run the launcher "
+                  "with `--resume`.", ""]
+    if stage.status == "pending":
+        return lines + ["Not started.", ""]
+    body = {"tune": tune_section, "optuna": optuna_section}.get(facts.kind, job_section)(ctx, name, stage, gallery)
+    return lines + (body or ["Nothing to show.", ""])
