@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 from orchestrator.spec import (BranchOption, Choice, Grid, IntRange, JobStage, LogUniform, OptunaStage,
                                ResourcesSpec, SpaceEntry, StudySpec, TuneStage, Uniform, trials_per_gpu)
+from orchestrator.pbt import describe as describe_pbt
+from orchestrator.pbt import is_pbt
 from orchestrator.tracking import TrackingTarget
 
 
@@ -87,7 +89,10 @@ def plan_lines(spec: StudySpec, output: str, target: TrackingTarget) -> list[str
             seed = f", seed {stage.searcher.seed}" if stage.searcher.seed is not None else ""
             at_once = f", at most {stage.max_concurrent_trials} at once" if stage.max_concurrent_trials else ""
             asha = (f"ASHA max_t={stage.scheduler.max_t} grace={stage.scheduler.grace_period} "
-                    f"reduction={stage.scheduler.reduction_factor:g}") if stage.scheduler else "no early stopping"
+                    f"reduction={stage.scheduler.reduction_factor:g}") if stage.scheduler and not is_pbt(stage) \
+                else "no early stopping"
+            if is_pbt(stage):
+                asha = describe_pbt(stage.scheduler)
             if stage.scheduler and (stage.multi_objective or stage.scheduler.metric):
                 asha += " on {} ({})".format(*stage.scheduler_metric)
             lines += [

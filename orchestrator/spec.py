@@ -17,6 +17,7 @@ from typing import Any, Literal, get_type_hints
 
 import yaml
 
+from orchestrator.pbt import PbtSpec, check_pbt_stage, parse_pbt
 from trainables import catalog
 from trainables.config import ConfigError, build_config, check_value, field_names, required_fields
 
@@ -243,7 +244,7 @@ class TuneStage:
     inputs: Mapping[str, Reference] = field(default_factory=dict)
     num_samples: int = 1
     max_concurrent_trials: int | None = None
-    scheduler: AshaSpec | None = None
+    scheduler: AshaSpec | PbtSpec | None = None  # PbtSpec: population-based training (orchestrator/pbt.py)
     searcher: SearcherSpec = SearcherSpec()
     resources: ResourcesSpec = ResourcesSpec()
     max_failures: int = 0
@@ -798,7 +799,11 @@ def _parse_tune_stage(raw: Mapping[str, Any], key: str, study: str, earlier: lis
         scheduler_mode = _metric_mode(scheduler.metric, f"{key}.scheduler.metric", trainable_name, definition,
                                       problems)
         scheduler = dataclasses.replace(scheduler, mode=scheduler_mode)
+    if isinstance(scheduler, PbtSpec):
+        check_pbt_stage(raw, key, scheduler, definition.config_cls if definition else None, problems)
     searcher = _parse_searcher(raw.get("searcher"), f"{key}.searcher", problems)
+    if isinstance(scheduler, PbtSpec) and searcher is not None:  # a random first population (pbt_tune.py)
+        searcher = dataclasses.replace(searcher, type="basic")
     if searcher is not None and searcher.type == "optuna":
         for param, entry in space.items():
             if isinstance(entry, Grid):
@@ -959,16 +964,18 @@ def _bound_side(sides: Mapping[str, Any], side: str, key: str, trainable_name: s
     return None if number is None else float(number)
 
 
-def _parse_scheduler(raw: Any, key: str, problems: _Problems) -> AshaSpec | None:
+def _parse_scheduler(raw: Any, key: str, problems: _Problems) -> AshaSpec | PbtSpec | None:
     """None means no early stopping (or an invalid block, already recorded in `problems`)."""
     if raw is None or raw == "none":
         return None
     raw = _mapping(raw, key, problems)
     if raw is None:
         return None
-    kind = _string(raw, "type", key, problems, required=True, choices=("asha",))
+    kind = _string(raw, "type", key, problems, required=True, choices=("asha", "pbt"))
     if kind is None:
         return None
+    if kind == "pbt":
+        return parse_pbt(raw, key, problems)
     _unknown_keys(raw, ("type", "max_t", "grace_period", "reduction_factor", "metric"), key, problems)
     max_t = _number(raw, "max_t", key, problems, integer=True, required=True)
     grace = _number(raw, "grace_period", key, problems, integer=True, default=1)
