@@ -97,6 +97,12 @@ class SeededPBT(PopulationBasedTraining):
         finally:
             random.setstate(saved)
 
+    def _exploit(self, tune_controller: Any, trial: Any, trial_to_clone: Any) -> None:
+        super()._exploit(tune_controller, trial, trial_to_clone)
+        settings = ", ".join(f"{name}={trial.config[name]:.4g}" for name in self._hyperparam_mutations)
+        print(f"[{self.stage}] PBT: trial {trial.trial_id} continues from trial {trial_to_clone.trial_id} at "
+              f"iteration {self._trial_state[trial_to_clone].last_train_time} with {settings}", flush=True)
+
     def _get_new_config(self, trial: Any, trial_to_clone: Any) -> tuple[dict, dict]:
         config, operations = super()._get_new_config(trial, trial_to_clone)
         for name, (low, high) in self.bounds.items():
