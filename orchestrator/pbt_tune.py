@@ -70,8 +70,11 @@ def population_search(stage: TuneStage, space: Mapping[str, Any], study_seed: in
 
     config_cls = catalog.trainable(stage.trainable).config_cls
     seeded = seeds_config(config_cls, {**stage.config, **stage.inputs}, stage.space)
+    from ray import tune
+
     members = population(stage, study_seed, seeded)
-    space = {**space, **{name: value for name, value in members[0].items() if name not in space}}
+    space = {**space, **{name: tune.choice(sorted({member[name] for member in members}))
+                         for name in members[0] if name not in space}}
     return PopulationSearch(points_to_evaluate=members), space
 
 
@@ -115,16 +118,16 @@ class SeededPBT(PopulationBasedTraining):
 
 
 def make_scheduler(stage: TuneStage, study_seed: int) -> SeededPBT:
+    """The stage's PBT; its metric and mode are Tune's own (the stage's `scheduler_metric`)."""
     from orchestrator.spec import Choice
     from orchestrator.tune_stage import tune_domain
 
     spec: PbtSpec = stage.scheduler
-    metric, mode = stage.scheduler_metric
     mutations = {name: list(entry.values) if isinstance(entry, Choice) else tune_domain(entry)
                  for name, entry in spec.mutations.items()}
     bounds = {name: (entry.low, entry.high) for name, entry in spec.mutations.items() if not isinstance(entry, Choice)}
     return SeededPBT(study_seed=study_seed, stage=stage.name, bounds=bounds, time_attr="training_iteration",
-                     metric=metric, mode=mode, perturbation_interval=spec.perturbation_interval,
+                     perturbation_interval=spec.perturbation_interval,
                      hyperparam_mutations=mutations, quantile_fraction=spec.quantile_fraction,
                      resample_probability=spec.resample_probability, synch=True)
 

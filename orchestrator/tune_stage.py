@@ -497,7 +497,7 @@ def draw_stage_plots(stage: TuneStage, results: Any, experiment_dir: Path, best:
 def write_stage_importance(stage: TuneStage, results: Any, experiment_dir: Path, tracker: Tracker,
                            parent_run_id: str) -> None:
     """Parameter importance over the trials that did not fail, each by its best value of every objective
-    (importance.py)."""
+    (importance.py). A setting PBT mutates has no one value per trial: it is left out."""
     from orchestrator.importance import trials_from_configs, write_importance
 
     rows = []
@@ -506,7 +506,8 @@ def write_stage_importance(stage: TuneStage, results: Any, experiment_dir: Path,
             if result.error is None else [None]
         if None not in values:
             rows.append((result.config or {}, values))
-    write_importance(stage.name, trials_from_configs(stage.space, rows), stage.objectives, experiment_dir,
+    space = {name: entry for name, entry in stage.space.items() if name not in mutated_settings(stage)}
+    write_importance(stage.name, trials_from_configs(space, rows), stage.objectives, experiment_dir,
                      tracker, parent_run_id)
 
 

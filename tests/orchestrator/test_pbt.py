@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from orchestrator.launch import main
+from orchestrator.tracking import TAG_TRIAL
 from tests.orchestrator import toy_trainables as toy
 from tests.orchestrator.study_helpers import client_for, launcher_env, run_launcher, run_until, study_runs
 
@@ -23,7 +24,7 @@ EXPLOIT = re.compile(r"^from trial (\w+) at iteration (\d+)$")
 def pbt_study(path: Path, **scheduler) -> Path:
     study = {"study": STUDY, "stages": [
         {"name": "descent", "kind": "tune", "trainable": toy.DESCENT_NAME,
-         "config": {"epochs": EPOCHS, "delay_s": 0.3},
+         "config": {"epochs": EPOCHS, "delay_s": 0.1},
          "space": {"lr": {"type": "loguniform", "low": 0.01, "high": 0.2}},
          "metric": "loss", "num_samples": TRIALS,
          "scheduler": {"type": "pbt", "perturbation_interval": INTERVAL,
@@ -45,8 +46,8 @@ def history(client, run_id: str, metric: str) -> dict[int, float]:
 def trial_runs(output: Path) -> dict[str, object]:
     _, parents, children = study_runs(client_for(output), STUDY)
     runs = children[parents["descent"].info.run_id]
-    by_trial = {run.data.tags["gensearch.trial"]: run for run in runs}
-    assert len(runs) == len(by_trial) == TRIALS, [run.data.tags.get("gensearch.trial") for run in runs]
+    by_trial = {run.data.tags[TAG_TRIAL]: run for run in runs}
+    assert len(runs) == len(by_trial) == TRIALS, [run.data.tags.get(TAG_TRIAL) for run in runs]
     return by_trial
 
 
