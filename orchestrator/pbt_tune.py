@@ -80,11 +80,20 @@ def population_search(stage: TuneStage, space: Mapping[str, Any], study_seed: in
 
 class SeededPBT(PopulationBasedTraining):
     """Ray's PBT, with each exploit's random draws taken from (study seed, stage, trial place, epoch), mutated
-    numbers kept inside the YAML's bounds, and the exploiting trial's own seed kept."""
+    numbers kept inside the YAML's bounds, and the exploiting trial's own seed kept. `last_iteration` (the
+    stage's fixed `epochs`): no decision there, where a trial paused or sent back would only report its last
+    epoch again."""
 
-    def __init__(self, *, study_seed: int, stage: str, bounds: Mapping[str, tuple[float, float]], **settings: Any):
+    def __init__(self, *, study_seed: int, stage: str, bounds: Mapping[str, tuple[float, float]],
+                 last_iteration: int | None = None, **settings: Any):
         super().__init__(**settings)
         self.study_seed, self.stage, self.bounds = study_seed, stage, dict(bounds)
+        self.last_iteration = last_iteration
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if self.last_iteration is not None and result.get(self._time_attr, 0) >= self.last_iteration:
+            return self.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
 
     def _checkpoint_or_exploit(self, trial: Any, tune_controller: Any, upper_quantile: list, lower_quantile: list):
         from orchestrator.trial_order import suggestion_place
@@ -126,7 +135,9 @@ def make_scheduler(stage: TuneStage, study_seed: int) -> SeededPBT:
     mutations = {name: list(entry.values) if isinstance(entry, Choice) else tune_domain(entry)
                  for name, entry in spec.mutations.items()}
     bounds = {name: (entry.low, entry.high) for name, entry in spec.mutations.items() if not isinstance(entry, Choice)}
+    epochs = stage.config.get("epochs")
     return SeededPBT(study_seed=study_seed, stage=stage.name, bounds=bounds, time_attr="training_iteration",
+                     last_iteration=epochs if isinstance(epochs, int) else None,
                      perturbation_interval=spec.perturbation_interval,
                      hyperparam_mutations=mutations, quantile_fraction=spec.quantile_fraction,
                      resample_probability=spec.resample_probability, synch=True)
