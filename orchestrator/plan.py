@@ -4,23 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from orchestrator.spec import (BranchOption, Choice, Grid, IntRange, JobStage, LogUniform, OptunaStage,
-                               ResourcesSpec, SpaceEntry, StudySpec, TuneStage, Uniform, trials_per_gpu)
+from orchestrator.pbt import describe as describe_pbt
+from orchestrator.pbt import is_pbt
+from orchestrator.spec import (BranchOption, JobStage, OptunaStage, ResourcesSpec, StudySpec, TuneStage,
+                               describe_entry, trials_per_gpu)
 from orchestrator.tracking import TrackingTarget
-
-
-def describe_entry(entry: SpaceEntry) -> str:
-    if isinstance(entry, Uniform):
-        return f"uniform[{entry.low:g}, {entry.high:g}]"
-    if isinstance(entry, LogUniform):
-        return f"loguniform[{entry.low:g}, {entry.high:g}]"
-    if isinstance(entry, IntRange):
-        return f"int[{entry.low}, {entry.high}]{' log' if entry.log else ''}"
-    if isinstance(entry, Choice):
-        return f"choice{list(entry.values)}"
-    if isinstance(entry, Grid):
-        return f"grid{list(entry.values)}"
-    raise TypeError(entry)
 
 
 def describe_branches(branches: Mapping[str, Mapping[str, BranchOption]]) -> str:
@@ -87,7 +75,10 @@ def plan_lines(spec: StudySpec, output: str, target: TrackingTarget) -> list[str
             seed = f", seed {stage.searcher.seed}" if stage.searcher.seed is not None else ""
             at_once = f", at most {stage.max_concurrent_trials} at once" if stage.max_concurrent_trials else ""
             asha = (f"ASHA max_t={stage.scheduler.max_t} grace={stage.scheduler.grace_period} "
-                    f"reduction={stage.scheduler.reduction_factor:g}") if stage.scheduler else "no early stopping"
+                    f"reduction={stage.scheduler.reduction_factor:g}") if stage.scheduler and not is_pbt(stage) \
+                else "no early stopping"
+            if is_pbt(stage):
+                asha = describe_pbt(stage.scheduler)
             if stage.scheduler and (stage.multi_objective or stage.scheduler.metric):
                 asha += " on {} ({})".format(*stage.scheduler_metric)
             lines += [

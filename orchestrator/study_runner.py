@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from orchestrator.pbt import is_pbt
+from orchestrator.pbt import run_params as pbt_params
 from orchestrator.spec import JobStage, OptunaStage, ResourcesSpec, Stage, StudySpec, TuneStage, packing_problem
 from orchestrator.study_state import BestTrial, StudyState, save_state
 from orchestrator.tracking import Tracker, TrackingLost, error_line, tracking_outage
@@ -71,7 +73,9 @@ def stage_params(stage: Stage) -> dict[str, Any]:
     from orchestrator.plan import describe_entry
 
     asha = {}
-    if stage.scheduler is not None:
+    if is_pbt(stage):
+        asha = pbt_params(stage.scheduler)
+    elif stage.scheduler is not None:
         asha = {f"asha.{k}": getattr(stage.scheduler, k) for k in ("max_t", "grace_period", "reduction_factor")}
         if stage.multi_objective or stage.scheduler.metric:  # else: the stage's metric, as the params say
             asha["asha.metric"] = "{} ({})".format(*stage.scheduler_metric)
@@ -188,7 +192,8 @@ class StudyRunner:
             stage = dataclasses.replace(stage, resources=resources)
         stage_state = self.state.stage(stage.name)
         stage_state.trial_cpu, stage_state.trial_gpu = float(stage.resources.cpu), float(stage.resources.gpu)
-        window = self.reproducible_window(stage) if self.spec.reproducible else None
+        # PBT decides on complete generations, in Tune's own asynchronous way (orchestrator/pbt_tune.py).
+        window = self.reproducible_window(stage) if self.spec.reproducible and not is_pbt(stage) else None
         outcome = run_tune_stage(stage=stage, inputs=inputs, storage=self.output / "tune", tracker=self.tracker,
                                  parent_run_id=parent, resume=self.resume, retry_failed=retrying,
                                  study_seed=self.spec.seed, window=window)

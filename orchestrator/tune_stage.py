@@ -22,8 +22,11 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 
 from orchestrator.champion import Champion, Point, choose_champion, pareto_front
+from orchestrator import pbt_tune
+from orchestrator.tune_domains import tune_domain
+from orchestrator.pbt import SETTING_PREFIX, is_pbt, mutated_settings
 from orchestrator.plan import describe_metrics
-from orchestrator.spec import Choice, Grid, IntRange, LogUniform, SpaceEntry, TuneStage, Uniform
+from orchestrator.spec import TuneStage
 from orchestrator.study_state import BestTrial
 from orchestrator.tracking import TAG_REASON, Tracker, last_line
 from orchestrator.trial_logger import STEP_MARKER, TUNE_BOOKKEEPING, MlflowTrialLogger
@@ -53,20 +56,6 @@ class TuneOutcome:
     # A stage with several metrics: how its champion was chosen, and the Pareto front of every epoch.
     champion: Champion | None = None
     front: list[Point] = dataclasses.field(default_factory=list)
-
-
-def tune_domain(entry: SpaceEntry) -> Any:
-    if isinstance(entry, Uniform):
-        return tune.uniform(entry.low, entry.high)
-    if isinstance(entry, LogUniform):
-        return tune.loguniform(entry.low, entry.high)
-    if isinstance(entry, IntRange):  # Tune's upper bound is exclusive, ours inclusive
-        return tune.lograndint(entry.low, entry.high + 1) if entry.log else tune.randint(entry.low, entry.high + 1)
-    if isinstance(entry, Choice):
-        return tune.choice(list(entry.values))
-    if isinstance(entry, Grid):
-        return tune.grid_search(list(entry.values))
-    raise TypeError(entry)
 
 
 def param_space(stage: TuneStage, inputs: Mapping[str, str], searched: bool = True) -> dict[str, Any]:
@@ -128,17 +117,20 @@ def use_deterministic_kernels() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def make_trial_function(trainable_name: str, cpus: float, deterministic_gpu: bool = False):
+def make_trial_function(trainable_name: str, cpus: float, deterministic_gpu: bool = False,
+                        settings: tuple[str, ...] = ()):
     """The function Tune runs per trial: typed config in, metrics out through `TuneReporter`.
     `deterministic_gpu`: ask torch for its deterministic kernels (cuDNN, cuBLAS) where it has them; a CPU
-    trial with a fixed thread count is deterministic already."""
+    trial with a fixed thread count is deterministic already. `settings` (a PBT stage's mutated ones): reported
+    with every result as `pbt.NAME`, with the checkpoint each run of the trial started from (pbt_tune.py)."""
 
     def run_trial(config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, int(cpus)))
         if deterministic_gpu:
             use_deterministic_kernels()
         definition = catalog.trainable(trainable_name)
-        definition.run(build_config(definition.config_cls, config), TuneReporter())
+        shown = {f"{SETTING_PREFIX}{name}": config[name] for name in settings}
+        definition.run(build_config(definition.config_cls, config), TuneReporter(shown, note_restores=bool(settings)))
 
     run_trial.__name__ = trainable_name.replace(":", "_").replace(".", "_")
     return run_trial
@@ -161,7 +153,8 @@ def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path
     trials at a time (trial_order.py); None: Tune's asynchronous way, `max_concurrent_trials` at a time."""
     experiment_dir = storage / stage.name
     run_trial = make_trial_function(stage.trainable, stage.resources.cpu,
-                                    deterministic_gpu=window is not None and stage.resources.gpu > 0)
+                                    deterministic_gpu=window is not None and stage.resources.gpu > 0,
+                                    settings=mutated_settings(stage))
     trainable = tune.with_resources(run_trial, {"cpu": stage.resources.cpu, "gpu": stage.resources.gpu})
     if resume and can_restore(experiment_dir):
         print(f"[{stage.name}] resuming the Tune experiment in {experiment_dir}", flush=True)
@@ -175,14 +168,19 @@ def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path
                                    headline=f"metrics {describe_metrics(stage)}" if stage.multi_objective else "")
         # Tune's own metric is the one ASHA stops on; the searcher keeps the stage's objectives.
         metric, mode = stage.scheduler_metric
-        search, domains_in_space = make_search(stage, study_seed=study_seed, window=window)
+        if is_pbt(stage):
+            search, space = pbt_tune.population_search(stage, param_space(stage, inputs), study_seed)
+        else:
+            search, domains_in_space = make_search(stage, study_seed=study_seed, window=window)
+            space = param_space(stage, inputs, searched=domains_in_space)
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space(stage, inputs, searched=domains_in_space),
+            param_space=space,
             tune_config=tune.TuneConfig(
                 metric=metric, mode=mode, num_samples=stage.total_trials,
                 max_concurrent_trials=None if window else stage.max_concurrent_trials,
-                search_alg=search, scheduler=make_scheduler(stage, window),
+                search_alg=search, scheduler=pbt_tune.make_scheduler(stage, study_seed) if is_pbt(stage)
+                else make_scheduler(stage, window),
                 trial_dirname_creator=trial_folder_name,
                 # A trial starts in a warm worker (torch and the data already imported) instead of a fresh
                 # one; seeds, checkpoints and logs stay each trial's own (benchmarks/many_trials.py).
@@ -199,6 +197,7 @@ def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path
     grid = tuner.fit()
     results = in_suggestion_order(grid)  # ties between trials are broken the same way in every run
     outcome = reconcile(stage, results, tracker, parent_run_id, experiment_dir)
+    pbt_tune.tag_exploits(stage, results, tracker, outcome.child_runs)
     write_trials_table(grid, experiment_dir / "trials.csv")
     if stage.multi_objective:
         write_pareto_front(stage, outcome, experiment_dir / PARETO_FRONT_FILE)
@@ -398,7 +397,7 @@ def draw_stage_plots(stage: TuneStage, results: Any, experiment_dir: Path, best:
 def write_stage_importance(stage: TuneStage, results: Any, experiment_dir: Path, tracker: Tracker,
                            parent_run_id: str) -> None:
     """Parameter importance over the trials that did not fail, each by its best value of every objective
-    (importance.py)."""
+    (importance.py). A setting PBT mutates has no one value per trial: it is left out."""
     from orchestrator.importance import trials_from_configs, write_importance
 
     rows = []
@@ -407,7 +406,8 @@ def write_stage_importance(stage: TuneStage, results: Any, experiment_dir: Path,
             if result.error is None else [None]
         if None not in values:
             rows.append((result.config or {}, values))
-    write_importance(stage.name, trials_from_configs(stage.space, rows), stage.objectives, experiment_dir,
+    space = {name: entry for name, entry in stage.space.items() if name not in mutated_settings(stage)}
+    write_importance(stage.name, trials_from_configs(space, rows), stage.objectives, experiment_dir,
                      tracker, parent_run_id)
 
 

@@ -39,6 +39,10 @@ def fit(
 ) -> dict[str, float]:
     """Run epochs `[start, epochs)` where `start` comes from the reporter's checkpoint.
 
+    A checkpoint written under another config (population-based training hands a trial the checkpoint of a
+    better one, with changed settings) gives its weights and optimizer moments only: the optimizers keep this
+    config's settings (lr, betas, ...) and the random stream stays this trial's own, from its own seed.
+
     Each epoch reports `{"epoch": n, **train metrics, **eval metrics}` with a checkpoint that
     holds everything needed to continue (and to rebuild the model from the folder alone), and
     `files(epoch)` (sample grids and the like, made with the modules in eval mode) when given.
@@ -46,11 +50,13 @@ def fit(
     state = reporter.restore()
     start, metrics = 0, {}
     if state is not None:
+        own = written_under(config, state.get("config"))
         for name, module in modules.items():
             module.load_state_dict(state["modules"][name])
         for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
-        torch.set_rng_state(state["rng"])
+            load_optimizer_state(optimizer, state["optimizers"][name], keep_settings=not own)
+        if own:
+            torch.set_rng_state(state["rng"])
         start, metrics = state["epoch"], dict(state["metrics"])
         if start >= epochs:
             # Finished before the interruption: publish the final result once more so the
@@ -78,6 +84,26 @@ def fit(
         reporter.report(metrics, checkpoint_state(trainable, config, epoch + 1, metrics, modules, optimizers),
                         step_files)
     return metrics
+
+
+def written_under(config: object, saved: Mapping | None) -> bool:
+    """Whether a checkpoint's stored config is `config` (lists stored where the dataclass has tuples)."""
+    from trainables.config import ConfigError, build_config
+
+    try:
+        return saved is not None and build_config(type(config), saved) == config
+    except (ConfigError, TypeError, ValueError):
+        return False
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: Mapping, keep_settings: bool = False) -> None:
+    """Load an optimizer's saved state; `keep_settings`: only its moments, keeping the settings of its param
+    groups (lr, betas, ...) as this optimizer was built with."""
+    settings = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    if keep_settings:
+        for group, own in zip(optimizer.param_groups, settings):
+            group.update(own)
 
 
 def checkpoint_state(

@@ -54,7 +54,7 @@ from trainables.dcgan import (FID_INCEPTION, Discriminator, FidScorer, Generator
 from trainables.definitions import EpochCost, Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.feature_net import FEATURE_NET_VERSION
-from trainables.fit import fit
+from trainables.fit import fit, load_optimizer_state
 from trainables.metrics.acd import (DEFAULT_BAND, average_confusion_distance, band_share, check_band,
                                     confusion_distance, fixed_noise)
 from trainables.real_ambiguous import RealAmbiguous, cache_key, cached_real_ambiguous, real_ambiguous
@@ -115,10 +115,7 @@ def continue_step1_optimizers(folder: str, g_optimizer: torch.optim.Optimizer,
     for the search, off by default."""
     optimizers = load_checkpoint(folder)["optimizers"]
     for name, optimizer in (("generator", g_optimizer), ("discriminator", d_optimizer)):
-        settings = [(group["lr"], group["betas"]) for group in optimizer.param_groups]
-        optimizer.load_state_dict(optimizers[name])
-        for group, (lr, betas) in zip(optimizer.param_groups, settings):
-            group["lr"], group["betas"] = lr, betas
+        load_optimizer_state(optimizer, optimizers[name], keep_settings=True)
 
 
 def load_frozen_classifier(folder: str, device: torch.device) -> tuple[nn.Module, CheckpointState]:

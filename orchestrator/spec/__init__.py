@@ -16,9 +16,10 @@ from orchestrator.spec.gpu_packing import packing_problem, trials_per_gpu
 from orchestrator.spec.problems import SpecError
 from orchestrator.spec.profiles import PROFILE_KEYS, apply_profile
 from orchestrator.spec.schema import (SPACE_TYPES, AshaSpec, BranchOption, ChampionBound, ChampionRule, Choice,
-                                      Constraint, Grid, IntRange, JobStage, LogUniform, OptunaStage, Reference,
+                                      Constraint, Grid, IntRange, JobStage, LogUniform, OptunaStage, PbtSpec, Reference,
                                       RegisterSpec, ResourcesSpec, SearcherSpec, SpaceEntry, Stage, StudySpec,
-                                      TrackingSpec, TuneStage, Uniform, representative_values)
+                                      TrackingSpec, TuneStage, Uniform, describe_entry,
+                                      representative_values)
 from orchestrator.spec.study import MAX_STUDY_SEED, load_study, parse_study
 from orchestrator.spec.yaml_loading import (MAX_DEPTH, MAX_FILE_BYTES, MAX_SCALAR_CHARS, MAX_TOTAL_CHARS, MAX_VALUES,
                                             MERGE_TAG, load_yaml)
@@ -27,8 +28,8 @@ __all__ = [
     "MAX_DEPTH", "MAX_FILE_BYTES", "MAX_SCALAR_CHARS", "MAX_STUDY_SEED", "MAX_TOTAL_CHARS", "MAX_VALUES", "MERGE_TAG",
     "NAME_PATTERN", "PROFILE_KEYS", "REFERENCE_PATTERN", "SELECTORS", "SPACE_TYPES",
     "AshaSpec", "BranchOption", "ChampionBound", "ChampionRule", "Choice", "Constraint", "Grid", "IntRange",
-    "JobStage", "LogUniform", "OptunaStage", "Reference", "RegisterSpec", "ResourcesSpec", "SearcherSpec",
+    "JobStage", "LogUniform", "OptunaStage", "PbtSpec", "Reference", "RegisterSpec", "ResourcesSpec", "SearcherSpec",
     "SpaceEntry", "SpecError", "Stage", "StudySpec", "TrackingSpec", "TuneStage", "Uniform",
-    "apply_profile", "load_study", "load_yaml", "packing_problem", "parse_study", "representative_values",
+    "apply_profile", "describe_entry", "load_study", "load_yaml", "packing_problem", "parse_study", "representative_values",
     "trials_per_gpu",
 ]

@@ -48,6 +48,21 @@ SpaceEntry = Uniform | LogUniform | IntRange | Choice | Grid
 SPACE_TYPES = {"uniform": Uniform, "loguniform": LogUniform, "int": IntRange, "choice": Choice, "grid": Grid}
 
 
+def describe_entry(entry: SpaceEntry) -> str:
+    """`loguniform[0.0001, 0.03]`: how the plan, the parent runs' params and PBT's mutations show an entry."""
+    if isinstance(entry, Uniform):
+        return f"uniform[{entry.low:g}, {entry.high:g}]"
+    if isinstance(entry, LogUniform):
+        return f"loguniform[{entry.low:g}, {entry.high:g}]"
+    if isinstance(entry, IntRange):
+        return f"int[{entry.low}, {entry.high}]{' log' if entry.log else ''}"
+    if isinstance(entry, Choice):
+        return f"choice{list(entry.values)}"
+    if isinstance(entry, Grid):
+        return f"grid{list(entry.values)}"
+    raise TypeError(entry)
+
+
 def representative_values(entry: SpaceEntry) -> tuple[Any, ...]:
     """Values a sampler may produce, used to type-check an entry against its config field."""
     if isinstance(entry, (Choice, Grid)):
@@ -75,6 +90,24 @@ class AshaSpec:
     # champion's objective); `scheduler: {metric: NAME}` picks another the trainable reports.
     metric: str | None = None
     mode: Literal["max", "min"] | None = None
+
+
+@dataclass(frozen=True)
+class PbtSpec:
+    """`scheduler: {type: pbt, ...}` (orchestrator/pbt.py parses and describes it; pbt_tune.py runs it)."""
+
+    perturbation_interval: int  # epochs (training iterations) between two exploit/explore decisions
+    mutations: Mapping[str, SpaceEntry] = field(default_factory=dict)
+    quantile_fraction: float = 0.25  # the bottom fraction copies the top fraction
+    resample_probability: float = 0.25  # else a number is scaled by 0.8 or 1.2, a choice moves to a neighbour
+    # The metric trials are ranked on; None: the stage's (as ASHA's `metric`).
+    metric: str | None = None
+    mode: Literal["max", "min"] | None = None
+
+    @property
+    def max_t(self) -> None:
+        """PBT stops no trial early: each ends at its trainable's own `epochs`."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -165,7 +198,7 @@ class TuneStage:
     inputs: Mapping[str, Reference] = field(default_factory=dict)
     num_samples: int = 1
     max_concurrent_trials: int | None = None
-    scheduler: AshaSpec | None = None
+    scheduler: AshaSpec | PbtSpec | None = None  # PbtSpec: population-based training (orchestrator/pbt.py)
     searcher: SearcherSpec = SearcherSpec()
     resources: ResourcesSpec = ResourcesSpec()
     max_failures: int = 0

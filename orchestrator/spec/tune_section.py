@@ -8,13 +8,14 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from orchestrator.pbt import check_pbt_stage, parse_pbt
 from orchestrator.spec.config_checks import _check_config
 from orchestrator.spec.fields import (NAME_PATTERN, _closest, _kind, _mapping, _number, _parse_inputs,
                                       _parse_searcher, _parse_space_entry, _string, _unknown_keys)
 from orchestrator.spec.gpu_packing import packing_problem
 from orchestrator.spec.problems import _Problems
-from orchestrator.spec.schema import (AshaSpec, ChampionBound, ChampionRule, Grid, RegisterSpec, ResourcesSpec,
-                                      SearcherSpec, TuneStage)
+from orchestrator.spec.schema import (AshaSpec, ChampionBound, ChampionRule, Grid, PbtSpec, RegisterSpec,
+                                      ResourcesSpec, SearcherSpec, TuneStage)
 from trainables import catalog
 
 
@@ -64,7 +65,11 @@ def _parse_tune_stage(raw: Mapping[str, Any], key: str, study: str, earlier: lis
         scheduler_mode = _metric_mode(scheduler.metric, f"{key}.scheduler.metric", trainable_name, definition,
                                       problems)
         scheduler = dataclasses.replace(scheduler, mode=scheduler_mode)
+    if isinstance(scheduler, PbtSpec):
+        check_pbt_stage(raw, key, scheduler, definition.config_cls if definition else None, problems)
     searcher = _parse_searcher(raw.get("searcher"), f"{key}.searcher", problems)
+    if isinstance(scheduler, PbtSpec) and searcher is not None:  # a random first population (pbt_tune.py)
+        searcher = dataclasses.replace(searcher, type="basic")
     if searcher is not None and searcher.type == "optuna":
         for param, entry in space.items():
             if isinstance(entry, Grid):
@@ -225,16 +230,18 @@ def _bound_side(sides: Mapping[str, Any], side: str, key: str, trainable_name: s
     return None if number is None else float(number)
 
 
-def _parse_scheduler(raw: Any, key: str, problems: _Problems) -> AshaSpec | None:
+def _parse_scheduler(raw: Any, key: str, problems: _Problems) -> AshaSpec | PbtSpec | None:
     """None means no early stopping (or an invalid block, already recorded in `problems`)."""
     if raw is None or raw == "none":
         return None
     raw = _mapping(raw, key, problems)
     if raw is None:
         return None
-    kind = _string(raw, "type", key, problems, required=True, choices=("asha",))
+    kind = _string(raw, "type", key, problems, required=True, choices=("asha", "pbt"))
     if kind is None:
         return None
+    if kind == "pbt":
+        return parse_pbt(raw, key, problems)
     _unknown_keys(raw, ("type", "max_t", "grace_period", "reduction_factor", "metric"), key, problems)
     max_t = _number(raw, "max_t", key, problems, integer=True, required=True)
     grace = _number(raw, "grace_period", key, problems, integer=True, default=1)

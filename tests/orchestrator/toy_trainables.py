@@ -192,3 +192,59 @@ SCORE = JobDef(
     metrics=(Metric("acc_k1", higher_is_better=True), Metric("acc_k5", higher_is_better=True)),
     description="toy: an evaluation whose scores move with the seed",
 )
+
+
+# ---------------------------------------------------------------- a toy for population-based training
+# `toy_trainables:DESCENT` trains through the project's own loop (`fit`), so PBT's exploit goes through the
+# same checkpoint restore as a real trainable: one weight w, from 0, one plain SGD step per epoch on
+# (w - TARGET)^2, i.e. w <- w + 2 lr (TARGET - w). It reports the lr its optimizer actually stepped with and
+# the seed it runs under, so a test can check that a trial exploiting another continues with the donor's w
+# and its own new lr and seed.
+
+DESCENT_NAME = "toy_trainables:DESCENT"
+TARGET = 3.0
+
+
+@dataclass(frozen=True)
+class DescentConfig:
+    lr: float = 0.1
+    epochs: int = 6
+    seed: int = 0
+    delay_s: float = 0.0  # per epoch
+
+
+def descent_step(w: float, lr: float) -> float:
+    """One epoch of the toy by hand: what the test expects after an exploit."""
+    return w + 2 * lr * (TARGET - w)
+
+
+def train_descent(config: DescentConfig, reporter: Reporter) -> dict[str, float]:
+    from trainables.fit import fit
+
+    torch.manual_seed(config.seed)
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+
+    def train_epoch(epoch: int) -> dict[str, float]:
+        time.sleep(config.delay_s)
+        optimizer.zero_grad()
+        ((model.weight.sum() - TARGET) ** 2).backward()
+        optimizer.step()
+        return {"lr_used": optimizer.param_groups[0]["lr"], "seed_used": float(config.seed)}
+
+    def evaluate(epoch: int) -> dict[str, float]:
+        w = float(model.weight.item())
+        return {"w": w, "loss": (w - TARGET) ** 2}
+
+    return fit(trainable="descent", config=config, epochs=config.epochs, modules={"model": model},
+               optimizers={"sgd": optimizer}, train_epoch=train_epoch, evaluate=evaluate, reporter=reporter)
+
+
+DESCENT = TrainableDef(
+    name="descent", config_cls=DescentConfig, run=train_descent,
+    metrics=(Metric("loss", higher_is_better=False), Metric("w", higher_is_better=True),
+             Metric("lr_used", higher_is_better=True), Metric("seed_used", higher_is_better=True)),
+    description="toy: one weight descending on a parabola, one SGD step per epoch",
+)

@@ -133,3 +133,22 @@ def test_resume_restores_the_global_random_stream():
     fit_tiny(draw, evaluate, resumed)
     assert [r["epoch"] for r in resumed.results] == [3.0]
     assert resumed.results[0]["train_loss"] == straight.results[2]["train_loss"]
+
+
+def test_a_checkpoint_of_another_config_gives_weights_and_moments_but_keeps_this_configs_settings():
+    """Population-based training resumes a trial from a better trial's checkpoint with changed settings: the
+    weights and Adam's moments come from the checkpoint, the lr from the new config. At a vanishing lr the
+    epoch leaves the donor's weights where they were; at the donor's own lr it would move them."""
+    donor = run(epochs=2)
+    taken = run(ListReporter(resume_from=donor.last_checkpoint), lr=1e-9, seed=7)
+    assert [r["epoch"] for r in taken.results] == [3.0]
+    state, before = taken.last_checkpoint, donor.last_checkpoint
+    assert [group["lr"] for group in state["optimizers"]["model"]["param_groups"]] == [1e-9]
+    assert state["config"]["seed"] == 7
+    for key, weight in before["modules"]["model"].items():
+        if not key.endswith(("weight", "bias")):
+            continue  # batch norm's running statistics follow the data, whatever the lr
+        assert torch.allclose(state["modules"]["model"][key].float(), weight.float(), atol=1e-6), key
+    # Adam's step count went on from the donor's: two epochs there, one here.
+    steps = [s["step"] for s in (before["optimizers"]["model"]["state"][0], state["optimizers"]["model"]["state"][0])]
+    assert float(steps[1]) == pytest.approx(1.5 * float(steps[0]))
