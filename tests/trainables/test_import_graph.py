@@ -105,3 +105,13 @@ def test_orchestrator_and_trainables_have_no_import_cycle():
 ])
 def test_the_cycle_finder_sees_a_cycle_hidden_in_a_function(sources, cycle):
     assert find_cycle(import_graph(sources)) == cycle
+
+
+MAX_LINES = 500  # issue 17: every module small enough to read in one sitting
+
+
+def test_no_source_file_of_orchestrator_or_trainables_is_over_500_lines():
+    sizes = {str(path.relative_to(PACKAGE.parent)): len(path.read_text().splitlines())
+             for folder in (ORCHESTRATOR, PACKAGE) for path in folder.rglob("*.py")}
+    assert len(sizes) > 50, sorted(sizes)  # the walk found the packages
+    assert {name: lines for name, lines in sizes.items() if lines > MAX_LINES} == {}
