@@ -87,13 +87,20 @@ def fit(
 
 
 def written_under(config: object, saved: Mapping | None) -> bool:
-    """Whether a checkpoint's stored config is `config` (lists stored where the dataclass has tuples)."""
+    """Whether a checkpoint's stored config is `config` but for `epochs`: a trial resuming its own checkpoint
+    (also one written by a shorter run of it) continues its own random stream; only another trial's
+    (a PBT exploit, other settings) does not. Lists are stored where the dataclass has tuples."""
     from trainables.config import ConfigError, build_config
 
+    if saved is None:
+        return False
     try:
-        return saved is not None and build_config(type(config), saved) == config
+        stored = build_config(type(config), saved)
     except (ConfigError, TypeError, ValueError):
         return False
+    if hasattr(config, "epochs"):
+        stored = dataclasses.replace(stored, epochs=config.epochs)
+    return stored == config
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: Mapping, keep_settings: bool = False) -> None:
