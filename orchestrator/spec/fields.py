@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchestrator.spec.problems import _Problems
 from orchestrator.spec.schema import SPACE_TYPES, IntRange, Reference, SearcherSpec, SpaceEntry
+from trainables import catalog
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 REFERENCE_PATTERN = re.compile(r"^(?P<stage>[A-Za-z][A-Za-z0-9_-]*)\.(?P<selector>[A-Za-z_]+)$")
@@ -168,3 +169,15 @@ def _parse_searcher(raw: Any, key: str, problems: _Problems, kinds: tuple[str, .
     if kind == "basic" and "sampler" in raw:
         problems.add(f"{key}.sampler", "only applies to `type: optuna`")
     return SearcherSpec(kind or "optuna", sampler or "tpe", seed)
+
+
+def _catalog_entry(name: str | None, lookup: Callable[[str], Any], key: str, problems: _Problems) -> Any:
+    """The catalog's definition named `name` (a trainable, objective or job), or None with the catalog's
+    message recorded at `key` when there is none by that name (None `name`: already reported)."""
+    if name is None:
+        return None
+    try:
+        return lookup(name)
+    except catalog.UnknownEntryError as error:
+        problems.add(key, str(error))
+        return None

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.spec.config_checks import _check_config
-from orchestrator.spec.fields import _mapping, _parse_inputs, _string, _unknown_keys
+from orchestrator.spec.fields import _catalog_entry, _mapping, _parse_inputs, _string, _unknown_keys
 from orchestrator.spec.problems import _Problems
 from orchestrator.spec.schema import JobStage
 from trainables import catalog
@@ -18,12 +18,8 @@ def _parse_job_stage(raw: Mapping[str, Any], key: str, earlier: list[str], later
     job_name = _string(raw, "job", key, problems, required=True)
     config = _mapping(raw.get("config"), f"{key}.config", problems) or {}
     inputs = _parse_inputs(raw.get("inputs"), f"{key}.inputs", earlier, later, problems)
-    if job_name is not None:
-        try:
-            definition = catalog.job(job_name)
-        except catalog.UnknownEntryError as error:
-            problems.add(f"{key}.job", str(error))
-        else:
-            _check_config(definition.config_cls, config, {}, inputs, key, f"job {job_name!r}", problems,
-                          declared_inputs=raw.get("inputs"))
+    definition = _catalog_entry(job_name, catalog.job, f"{key}.job", problems)
+    if definition is not None:
+        _check_config(definition.config_cls, config, {}, inputs, key, f"job {job_name!r}", problems,
+                      declared_inputs=raw.get("inputs"))
     return JobStage(name=raw["name"], job=job_name or "", config=dict(config), inputs=inputs)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.spec.config_checks import _check_config
-from orchestrator.spec.fields import (_closest, _mapping, _number, _parse_inputs, _parse_searcher,
+from orchestrator.spec.fields import (_catalog_entry, _closest, _mapping, _number, _parse_inputs, _parse_searcher,
                                       _parse_space_entry, _string, _unknown_keys)
 from orchestrator.spec.problems import _Problems
 from orchestrator.spec.schema import BranchOption, Constraint, Grid, OptunaStage, SearcherSpec
@@ -64,12 +64,7 @@ def _parse_optuna_stage(raw: Mapping[str, Any], key: str, earlier: list[str], la
                "n_jobs", "searcher", "sampler")
     _unknown_keys(raw, allowed, key, problems)
     objective_name = _string(raw, "objective", key, problems, required=True)
-    definition = None
-    if objective_name is not None:
-        try:
-            definition = catalog.objective(objective_name)
-        except catalog.UnknownEntryError as error:
-            problems.add(f"{key}.objective", str(error))
+    definition = _catalog_entry(objective_name, catalog.objective, f"{key}.objective", problems)
     config = _mapping(raw.get("config"), f"{key}.config", problems) or {}
     inputs = _parse_inputs(raw.get("inputs"), f"{key}.inputs", earlier, later, problems)
     space_raw = _mapping(raw.get("space"), f"{key}.space", problems) or {}

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from orchestrator.pbt import check_pbt_stage, parse_pbt
 from orchestrator.spec.config_checks import _check_config
-from orchestrator.spec.fields import (NAME_PATTERN, _closest, _kind, _mapping, _number, _parse_inputs,
+from orchestrator.spec.fields import (NAME_PATTERN, _catalog_entry, _closest, _kind, _mapping, _number, _parse_inputs,
                                       _parse_searcher, _parse_space_entry, _string, _unknown_keys)
 from orchestrator.spec.gpu_packing import packing_problem
 from orchestrator.spec.problems import _Problems
@@ -26,12 +26,7 @@ def _parse_tune_stage(raw: Mapping[str, Any], key: str, study: str, earlier: lis
     _unknown_keys(raw, allowed, key, problems)
     name = raw["name"]
     trainable_name = _string(raw, "trainable", key, problems, required=True)
-    definition = None
-    if trainable_name is not None:
-        try:
-            definition = catalog.trainable(trainable_name)
-        except catalog.UnknownEntryError as error:
-            problems.add(f"{key}.trainable", str(error))
+    definition = _catalog_entry(trainable_name, catalog.trainable, f"{key}.trainable", problems)
     config = _mapping(raw.get("config"), f"{key}.config", problems) or {}
     space_raw = _mapping(raw.get("space"), f"{key}.space", problems) or {}
     space = {}
