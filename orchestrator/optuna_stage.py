@@ -146,18 +146,27 @@ def requeue_unfinished_trials(study: Any, stage: OptunaStage, tracker: Tracker, 
             continue
         study.tell(trial.number, state=TrialState.FAIL)
         stale.append(trial)
+    # A stop between creating a trial's child run and recording it in the trial leaves the run unreferenced
+    # but tagged with the trial's number: the trial's re-run adopts it, so no empty KILLED run is left behind.
+    referenced = {t.user_attrs.get(CHILD_RUN) for t in study.get_trials(deepcopy=False)}
+    orphans = {number: run.info.run_id for number, run in tracker.children(parent_run_id).items()
+               if run.info.status == "RUNNING" and run.info.run_id not in referenced}
+    for trial in resumed:
+        if not trial.user_attrs.get(CHILD_RUN) and str(trial.number) in orphans and storage is not None:
+            storage.set_trial_user_attr(trial._trial_id, CHILD_RUN, orphans.pop(str(trial.number)))
     retried = {t.user_attrs.get(RETRY_OF) for t in study.get_trials(deepcopy=False)}
     stale_numbers = {trial.number for trial in stale}
     again = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number not in retried]
     for trial in again:
         attrs = {RETRY_OF: trial.number}
-        if trial.user_attrs.get(CHILD_RUN):
-            attrs[CHILD_RUN] = trial.user_attrs[CHILD_RUN]
+        child_run = trial.user_attrs.get(CHILD_RUN) or orphans.pop(str(trial.number), None)
+        if child_run:
+            attrs[CHILD_RUN] = child_run
         study.enqueue_trial(dict(trial.params), user_attrs=attrs)
         why = "was cut off by the last stop" if trial.number in stale_numbers else "failed"
         print(f"[{stage.name}] trial {trial.number} {why}: queued again", flush=True)
     waiting = {t.user_attrs.get(CHILD_RUN) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
-    waiting |= {t.user_attrs.get(CHILD_RUN) for t in resumed}
+    waiting |= {t.user_attrs.get(CHILD_RUN) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     for run in tracker.children(parent_run_id).values():
         if run.info.status == "RUNNING" and run.info.run_id not in waiting:
             tracker.finish(run.info.run_id, "KILLED", "cut off by a stop before its trial was recorded")
