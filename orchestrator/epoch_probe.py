@@ -5,12 +5,18 @@ The probe runs the trainable with its epoch's training images capped low (the se
 epoch reads. Evaluation is timed at the configured sizes, so nothing is guessed about how it scales.
 `fit` tells the reporter how long training and evaluation took (`Reporter.timed`); the rest, before the
 first epoch, is the trial's setup (data, models, reference features).
+
+Trials that run side by side slow each other down (memory bandwidth and caches are shared even when each
+has its own core: about 1.3x for two DCGANs on two cores), so `probe_side_by_side` times as many probes at
+once, in separate processes, as the stage will run trials at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -96,3 +102,34 @@ def probe_epoch(definition: TrainableDef, config: Any, threads: int) -> tuple[Ep
     timing = EpochTiming(setup_s=setup_s, train_s=train_s / share,
                          evaluate_s=evaluate_s + files_s, images=images, probe_images=probe_images)
     return timing, reporter.checkpoint
+
+
+_start_together: Any = None  # the barrier of the side-by-side probes, set in each probe process
+
+
+def _join(barrier: Any) -> None:
+    global _start_together
+    _start_together = barrier
+
+
+def _probe_in_a_process(trainable: str, config: Any, threads: int) -> tuple[EpochTiming, CheckpointState | None]:
+    from trainables import catalog
+
+    definition = catalog.trainable(trainable)
+    _start_together.wait()  # every probe imported and ready: their epochs overlap as parallel trials' do
+    return probe_epoch(definition, config, threads)
+
+
+def probe_side_by_side(definition: TrainableDef, config: Any, threads: int,
+                       parallel: int) -> tuple[EpochTiming, CheckpointState | None]:
+    """`probe_epoch` run `parallel` times at once in fresh processes (one alone: here); the slowest probe's
+    timing, since a stage's wall time waits for its slowest slot, and the first probe's checkpoint."""
+    if parallel <= 1:
+        return probe_epoch(definition, config, threads)
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(parallel)
+    with ProcessPoolExecutor(parallel, mp_context=context, initializer=_join, initargs=(barrier,)) as pool:
+        results = list(pool.map(_probe_in_a_process, [definition.name] * parallel, [config] * parallel,
+                                [threads] * parallel))
+    slowest = max((timing for timing, _ in results), key=lambda timing: timing.epoch_s)
+    return slowest, results[0][1]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.epoch_probe import PROBE_IMAGES, EpochTiming, probe_epoch
+from orchestrator.epoch_probe import PROBE_IMAGES, EpochTiming, probe_side_by_side
 from orchestrator.spec import JobStage, OptunaStage, StudySpec, TuneStage, representative_values, trials_per_gpu
 from orchestrator.trial_epochs import TrialEpochs, expected_trial_epochs
 
@@ -119,7 +119,8 @@ def estimate_stage(stage: TuneStage, checkpoints: dict[str, Path], folder: Path,
     try:
         config = probe_config(stage, definition, checkpoints)
         epochs = getattr(config, "epochs")
-        timing, checkpoint = probe_epoch(definition, config, threads=max(1, int(stage.resources.cpu)))
+        parallel = parallel_trials(stage, cpus, gpus)
+        timing, checkpoint = probe_side_by_side(definition, config, max(1, int(stage.resources.cpu)), parallel)
     except Exception as error:  # noqa: BLE001 - a probe may fail in any way; the estimate says so and goes on
         return StageEstimate(stage.name, problem=f"{type(error).__name__}: {error}")
     if checkpoint is not None:
@@ -127,8 +128,7 @@ def estimate_stage(stage: TuneStage, checkpoints: dict[str, Path], folder: Path,
     asha = stage.scheduler
     trial_epochs = expected_trial_epochs(stage.total_trials, epochs, (asha.grace_period, asha.reduction_factor,
                                                                       asha.max_t) if asha else None)
-    return StageEstimate(stage.name, trial_epochs, timing, start_s, parallel_trials(stage, cpus, gpus),
-                         stage.resources.cpu, stage.resources.gpu)
+    return StageEstimate(stage.name, trial_epochs, timing, start_s, parallel, stage.resources.cpu, stage.resources.gpu)
 
 
 def estimate_study(spec: StudySpec) -> list[StageEstimate | str]:
