@@ -131,6 +131,13 @@ def reference_verdicts(definition: TrainableDef, axes: tuple[str, str],
     return verdicts
 
 
+def describe_metrics(stage: TuneStage) -> str:
+    """`val_accuracy (max)`; for several metrics `[acd (min), fid_mnist (min)], champion: minimize acd where ...`."""
+    if not stage.multi_objective:
+        return f"{stage.metric} ({stage.mode})"
+    return "[" + ", ".join(f"{m} ({mode})" for m, mode in stage.objectives) + f"], champion: {stage.champion}"
+
+
 def searched_values(stage: TuneStage, metrics: Mapping[str, float], joiner: str = "=") -> str:
     """`acd=0.21, fid_mnist=40.1`: a point's value of each metric the stage searches."""
     return ", ".join(f"{m}{joiner}{metrics[m]:.4g}" for m in stage.metrics if m in metrics)

@@ -31,15 +31,10 @@ def offline_by_env() -> bool:
 
 
 def stage_definition(stage: Any) -> Any:
-    """The catalog entry (TrainableDef, ObjectiveDef or JobDef) a stage runs."""
-    from orchestrator.spec import JobStage, OptunaStage
-    from trainables import catalog
+    """The catalog entry (TrainableDef, ObjectiveDef or JobDef) a stage runs; None for a kind that runs none."""
+    from orchestrator.stages import kind_of
 
-    if isinstance(stage, OptunaStage):
-        return catalog.objective(stage.objective)
-    if isinstance(stage, JobStage):
-        return catalog.job(stage.job)
-    return catalog.trainable(stage.trainable)
+    return kind_of(stage).definition(stage)
 
 
 def representative_config(stage: Any, definition: Any) -> Any:
@@ -69,7 +64,7 @@ def _needs(spec: Any) -> tuple[dict[str, _Need], list[str]]:
     problems: list[str] = []
     for index, stage in enumerate(spec.stages):
         definition = stage_definition(stage)
-        if definition.datasets is None:
+        if definition is None or definition.datasets is None:
             continue
         try:
             uses = definition.datasets(representative_config(stage, definition))

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.epoch_probe import PROBE_IMAGES, EpochTiming, probe_side_by_side
-from orchestrator.spec import JobStage, OptunaStage, StudySpec, TuneStage, representative_values, trials_per_gpu
+from orchestrator.spec import StudySpec, TuneStage, representative_values, trials_per_gpu
+from orchestrator.stages import kind_of
 from orchestrator.trial_epochs import TrialEpochs, expected_trial_epochs
 
 
@@ -132,7 +133,7 @@ def estimate_stage(stage: TuneStage, checkpoints: dict[str, Path], folder: Path,
 
 
 def estimate_study(spec: StudySpec) -> list[StageEstimate | str]:
-    """An estimate per tune stage; for any other stage the name of its kind (not estimated)."""
+    """An estimate per stage whose kind the estimate times (tune); for any other stage its name (not estimated)."""
     import torch
 
     cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
@@ -141,7 +142,7 @@ def estimate_study(spec: StudySpec) -> list[StageEstimate | str]:
     checkpoints: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix="gensearch-estimate-") as folder:
         for stage in spec.stages:
-            if not isinstance(stage, TuneStage):
+            if not kind_of(stage).estimated:
                 results.append(stage.name)
                 continue
             start_s = worker_start_seconds() if start_s is None else start_s
@@ -178,7 +179,7 @@ def estimate_lines(spec: StudySpec, estimates: list[StageEstimate | str]) -> lis
     lines = [f"Estimate (one epoch of each tune stage timed here on {PROBE_IMAGES} training images, scaled; "
              f"{os.cpu_count()} CPUs, {gpus or 'no'} GPU{'s' if gpus != 1 else ''}; Ray's start-up, tracking "
              f"and jobs not counted):"]
-    kinds = {stage.name: stage.kind for stage in spec.stages if isinstance(stage, (JobStage, OptunaStage))}
+    kinds = {stage.name: stage.kind for stage in spec.stages}
     timed = [e for e in estimates if isinstance(e, StageEstimate) and not e.problem]
     for estimate in estimates:
         if isinstance(estimate, str):

@@ -200,7 +200,7 @@ def preflight_problems(spec, *, offline: bool = False, dry_run: bool = False) ->
     problems = data_problems(spec, offline=offline or offline_by_env(), dry_run=dry_run)
     for index, stage in enumerate(spec.stages):
         definition = stage_definition(stage)
-        if definition.preflight is None:
+        if definition is None or definition.preflight is None:
             continue
         try:
             definition.preflight(representative_config(stage, definition))

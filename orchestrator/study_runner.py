@@ -16,11 +16,10 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from orchestrator.pbt import is_pbt
-from orchestrator.pbt import run_params as pbt_params
 from orchestrator.spec import JobStage, OptunaStage, ResourcesSpec, Stage, StudySpec, TuneStage, packing_problem
+from orchestrator.stages import kind_of
 from orchestrator.study_state import BestTrial, StudyState, save_state
 from orchestrator.tracking import Tracker, TrackingLost, error_line, tracking_outage
 
@@ -57,45 +56,6 @@ def champion_tags(best: BestTrial) -> dict[str, str]:
             "gensearch.champion_rule_met": str(bool(best.rule_met)).lower()}
 
 
-def stage_params(stage: Stage) -> dict[str, Any]:
-    """What the parent run records about how its stage was set up."""
-    if isinstance(stage, JobStage):
-        return {"job": stage.job, "config": dict(stage.config),
-                "inputs": {k: str(v) for k, v in stage.inputs.items()}}
-    if isinstance(stage, OptunaStage):
-        from orchestrator.plan import describe_branches
-
-        return {"objective": stage.objective, "metric": stage.metric, "mode": stage.mode, "n_trials": stage.n_trials,
-                "n_jobs": stage.n_jobs, "sampler": stage.searcher.sampler, "seed": stage.searcher.seed,
-                "constraints": "; ".join(map(str, stage.constraints)) or "none", "config": dict(stage.config),
-                "space": {branch: describe_branches({branch: options}) for branch, options in stage.branches.items()},
-                "inputs": {k: str(v) for k, v in stage.inputs.items()}}
-    from orchestrator.plan import describe_entry
-
-    asha = {}
-    if is_pbt(stage):
-        asha = pbt_params(stage.scheduler)
-    elif stage.scheduler is not None:
-        asha = {f"asha.{k}": getattr(stage.scheduler, k) for k in ("max_t", "grace_period", "reduction_factor")}
-        if stage.multi_objective or stage.scheduler.metric:  # else: the stage's metric, as the params say
-            asha["asha.metric"] = "{} ({})".format(*stage.scheduler_metric)
-    objectives = {"metric": ",".join(stage.metrics), "mode": ",".join(stage.modes),
-                  "champion": str(stage.champion)} if stage.multi_objective else {"metric": stage.metric,
-                                                                                  "mode": stage.mode}
-    return {
-        "trainable": stage.trainable, **objectives, "num_samples": stage.num_samples,
-        "max_concurrent_trials": stage.max_concurrent_trials, "searcher": stage.searcher.type,
-        "sampler": stage.searcher.sampler, "seed": stage.searcher.seed,
-        "scheduler": "asha" if stage.scheduler else "none", **asha,
-        "resources.cpu": stage.resources.cpu, "resources.gpu": stage.resources.gpu,
-        **{f"resources.{k}": getattr(stage.resources, k) for k in ("gpu_memory_gb", "device_memory_gb", "fallback")
-           if getattr(stage.resources, k) is not None},
-        "max_failures": stage.max_failures, "config": dict(stage.config),
-        "space": {name: describe_entry(entry) for name, entry in stage.space.items()},  # e.g. loguniform[0.0001, 0.03]
-        "inputs": {k: str(v) for k, v in stage.inputs.items()},
-    }
-
-
 class StudyRunner:
     def __init__(self, spec: StudySpec, output: Path, tracker: Tracker, state: StudyState, *, resume: bool,
                  address: str | None, worker_env: Mapping[str, str], verbose: bool = False) -> None:
@@ -108,7 +68,7 @@ class StudyRunner:
 
     def run(self) -> None:
         pending = [s for s in self.spec.stages if self.state.stage(s.name).status != "finished"]
-        if any(isinstance(stage, TuneStage) for stage in pending):
+        if any(kind_of(stage).uses_ray for stage in pending):
             # Importing MLflow (~1 s), creating an embedded store (~1.5 s of schema migrations) and
             # booting Ray (~3 s, mostly waiting for its processes) are independent: side by side. If
             # the thread fails in any way, the line after the join does the same work again and raises.
@@ -133,12 +93,11 @@ class StudyRunner:
         stage_state = self.state.stage(stage.name)
         resuming = stage_state.parent_run_id is not None
         retrying = stage_state.status == "failed"  # unchanged since (an edited one was set aside: see resume_plan)
+        kind = kind_of(stage)
         if retrying:
-            how = "running it again" if isinstance(stage, JobStage) else \
-                "retrying it: its failed trials run again, finished ones are kept"
-            print(f"[{stage.name}] failed last time: {how}", flush=True)
+            print(f"[{stage.name}] failed last time: {kind.retry_note}", flush=True)
         inputs = resolve_inputs(stage, self.state)
-        params = {**stage_params(stage), **({"profile": self.spec.profile} if self.spec.profile else {}),
+        params = {**kind.parent_params(stage), **({"profile": self.spec.profile} if self.spec.profile else {}),
                   "study_seed": self.spec.seed, "reproducible": self.spec.reproducible}
         parent = self.tracker.start_parent(stage.name, stage.kind, params, stage_state.parent_run_id)
         stage_state.parent_run_id, stage_state.status = parent, "running"
@@ -148,12 +107,7 @@ class StudyRunner:
             self.tracker.client.log_artifact(parent, str(spec_path))
         started = time.monotonic()
         try:
-            if isinstance(stage, TuneStage):
-                self.run_tune(stage, inputs, parent, retrying)
-            elif isinstance(stage, OptunaStage):
-                self.run_optuna(stage, inputs, parent)
-            else:
-                self.run_job(stage, inputs, parent)
+            kind.run(stage, self, inputs, parent, retrying)
         except KeyboardInterrupt:
             stage_state.wall_s += time.monotonic() - started
             self.save()

@@ -21,11 +21,10 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 
-from orchestrator.champion import Champion, Point, choose_champion, pareto_front
+from orchestrator.champion import Champion, Point, choose_champion, describe_metrics, pareto_front
 from orchestrator import pbt_tune
 from orchestrator.tune_domains import tune_domain
 from orchestrator.pbt import SETTING_PREFIX, is_pbt, mutated_settings
-from orchestrator.plan import describe_metrics
 from orchestrator.spec import TuneStage
 from orchestrator.study_state import BestTrial
 from orchestrator.tracking import TAG_REASON, Tracker, last_line

@@ -252,13 +252,13 @@ def spec_from_runs(client: Any, state: StudyState, runs: Mapping[str, Any]) -> A
 
 def facts_from_spec(stage: Any) -> StageFacts:
     """A stage's facts as its spec declares them."""
-    from orchestrator.spec import OptunaStage, TuneStage
+    from orchestrator.stages import kind_of
 
-    inputs = tuple(stage.inputs)
-    if isinstance(stage, TuneStage):
-        return StageFacts(stage.name, "tune", stage.resources.cpu, stage.resources.gpu, "spec",
-                          searched=tuple(stage.space), inputs=inputs)
-    return StageFacts(stage.name, "optuna" if isinstance(stage, OptunaStage) else "job", resources_from="spec",
+    kind, inputs = kind_of(stage), tuple(stage.inputs)
+    resources = kind.trial_resources(stage)
+    if resources is None:  # the stage runs in the launcher: the cost table counts its driver CPU
+        return StageFacts(stage.name, kind.name, resources_from="spec", inputs=inputs)
+    return StageFacts(stage.name, kind.name, resources.cpu, resources.gpu, "spec", searched=kind.searched(stage),
                       inputs=inputs)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.spec.problems import _Problems
@@ -16,6 +17,16 @@ from trainables import catalog
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 REFERENCE_PATTERN = re.compile(r"^(?P<stage>[A-Za-z][A-Za-z0-9_-]*)\.(?P<selector>[A-Za-z_]+)$")
 SELECTORS = ("best",)
+
+
+@dataclass(frozen=True)
+class SectionContext:
+    """Where a stage's section sits in its study: the study's name (a default model name) and the stage
+    names before and after it (what its references may name, and what they may not yet)."""
+
+    study: str
+    earlier: list[str]
+    later: list[str]
 
 
 def _mapping(raw: Any, key: str, problems: _Problems) -> Mapping[str, Any] | None:

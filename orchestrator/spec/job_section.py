@@ -6,18 +6,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.spec.config_checks import _check_config
-from orchestrator.spec.fields import _catalog_entry, _mapping, _parse_inputs, _string, _unknown_keys
+from orchestrator.spec.fields import SectionContext, _catalog_entry, _mapping, _parse_inputs, _string, _unknown_keys
 from orchestrator.spec.problems import _Problems
 from orchestrator.spec.schema import JobStage
 from trainables import catalog
 
 
-def _parse_job_stage(raw: Mapping[str, Any], key: str, earlier: list[str], later: list[str],
-                     problems: _Problems) -> JobStage | None:
+def _parse_job_stage(raw: Mapping[str, Any], key: str, where: SectionContext, problems: _Problems) -> JobStage | None:
     _unknown_keys(raw, ("name", "kind", "job", "config", "inputs"), key, problems)
     job_name = _string(raw, "job", key, problems, required=True)
     config = _mapping(raw.get("config"), f"{key}.config", problems) or {}
-    inputs = _parse_inputs(raw.get("inputs"), f"{key}.inputs", earlier, later, problems)
+    inputs = _parse_inputs(raw.get("inputs"), f"{key}.inputs", where.earlier, where.later, problems)
     definition = _catalog_entry(job_name, catalog.job, f"{key}.job", problems)
     if definition is not None:
         _check_config(definition.config_cls, config, {}, inputs, key, f"job {job_name!r}", problems,

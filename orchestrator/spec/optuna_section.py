@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.spec.config_checks import _check_config
-from orchestrator.spec.fields import (_catalog_entry, _closest, _mapping, _number, _parse_inputs, _parse_searcher,
-                                      _parse_space_entry, _string, _unknown_keys)
+from orchestrator.spec.fields import (SectionContext, _catalog_entry, _closest, _mapping, _number, _parse_inputs,
+                                      _parse_searcher, _parse_space_entry, _string, _unknown_keys)
 from orchestrator.spec.problems import _Problems
 from orchestrator.spec.schema import BranchOption, Constraint, Grid, OptunaStage, SearcherSpec
 from trainables import catalog
@@ -58,7 +58,7 @@ def _parse_constraints(raw: Any, key: str, definition: catalog.ObjectiveDef | No
     return tuple(constraints)
 
 
-def _parse_optuna_stage(raw: Mapping[str, Any], key: str, earlier: list[str], later: list[str],
+def _parse_optuna_stage(raw: Mapping[str, Any], key: str, where: SectionContext,
                         problems: _Problems) -> OptunaStage | None:
     allowed = ("name", "kind", "objective", "config", "space", "inputs", "metric", "constraints", "n_trials",
                "n_jobs", "searcher", "sampler")
@@ -66,7 +66,7 @@ def _parse_optuna_stage(raw: Mapping[str, Any], key: str, earlier: list[str], la
     objective_name = _string(raw, "objective", key, problems, required=True)
     definition = _catalog_entry(objective_name, catalog.objective, f"{key}.objective", problems)
     config = _mapping(raw.get("config"), f"{key}.config", problems) or {}
-    inputs = _parse_inputs(raw.get("inputs"), f"{key}.inputs", earlier, later, problems)
+    inputs = _parse_inputs(raw.get("inputs"), f"{key}.inputs", where.earlier, where.later, problems)
     space_raw = _mapping(raw.get("space"), f"{key}.space", problems) or {}
     branches: dict[str, dict[str, BranchOption]] = {}
     mode = "max"

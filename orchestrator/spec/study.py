@@ -4,11 +4,11 @@ stage handed to its kind's section parser; every problem of the file raised toge
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.spec.fields import NAME_PATTERN, _kind, _mapping, _number, _string, _unknown_keys
+from orchestrator.spec.fields import NAME_PATTERN, SectionContext, _kind, _mapping, _number, _string, _unknown_keys
 from orchestrator.spec.job_section import _parse_job_stage
 from orchestrator.spec.optuna_section import _parse_optuna_stage
 from orchestrator.spec.problems import SpecError, _Problems
@@ -18,6 +18,15 @@ from orchestrator.spec.tune_section import _parse_tune_stage
 from orchestrator.spec.yaml_loading import load_yaml
 
 MAX_STUDY_SEED = 2**31 - 1
+
+# Each stage kind's section parser, by the YAML's `kind:` (the order is the one error messages list).
+# The spec layer sits below orchestrator/stages/ (whose modules read these specs), so it keeps its own
+# table; orchestrator/stages/KINDS names the same parsers and a test keeps the two in step.
+SECTION_PARSERS: dict[str, Callable[[Mapping[str, Any], str, SectionContext, _Problems], Stage | None]] = {
+    "tune": _parse_tune_stage,
+    "optuna": _parse_optuna_stage,
+    "job": _parse_job_stage,
+}
 
 
 def parse_study(raw: Any, source: str, default_output: Path | None = None, profile: str | None = None) -> StudySpec:
@@ -70,15 +79,11 @@ def parse_study(raw: Any, source: str, default_output: Path | None = None, profi
         earlier = [n for n in names[:index] if isinstance(n, str)]
         later = [n for n in names[index + 1:] if isinstance(n, str)]
         kind = stage_raw.get("kind")
-        if kind == "tune":
-            stage = _parse_tune_stage(stage_raw, key, study or "study", earlier, later, problems)
-        elif kind == "job":
-            stage = _parse_job_stage(stage_raw, key, earlier, later, problems)
-        elif kind == "optuna":
-            stage = _parse_optuna_stage(stage_raw, key, earlier, later, problems)
-        else:
-            problems.add(f"{key}.kind", f"must be one of tune, optuna, job, got {kind!r}")
+        parse_section = SECTION_PARSERS.get(kind) if isinstance(kind, str) else None
+        if parse_section is None:
+            problems.add(f"{key}.kind", f"must be one of {', '.join(SECTION_PARSERS)}, got {kind!r}")
             continue
+        stage = parse_section(stage_raw, key, SectionContext(study or "study", earlier, later), problems)
         if stage is not None:
             stages.append(stage)
 

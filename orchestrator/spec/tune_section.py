@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 from orchestrator.pbt import check_pbt_stage, parse_pbt
 from orchestrator.spec.config_checks import _check_config
-from orchestrator.spec.fields import (NAME_PATTERN, _catalog_entry, _closest, _kind, _mapping, _number, _parse_inputs,
-                                      _parse_searcher, _parse_space_entry, _string, _unknown_keys)
+from orchestrator.spec.fields import (NAME_PATTERN, SectionContext, _catalog_entry, _closest, _kind, _mapping, _number,
+                                      _parse_inputs, _parse_searcher, _parse_space_entry, _string, _unknown_keys)
 from orchestrator.spec.gpu_packing import packing_problem
 from orchestrator.spec.problems import _Problems
 from orchestrator.spec.schema import (AshaSpec, ChampionBound, ChampionRule, Grid, PbtSpec, RegisterSpec,
@@ -19,8 +19,7 @@ from orchestrator.spec.schema import (AshaSpec, ChampionBound, ChampionRule, Gri
 from trainables import catalog
 
 
-def _parse_tune_stage(raw: Mapping[str, Any], key: str, study: str, earlier: list[str], later: list[str],
-                      problems: _Problems) -> TuneStage | None:
+def _parse_tune_stage(raw: Mapping[str, Any], key: str, where: SectionContext, problems: _Problems) -> TuneStage | None:
     allowed = ("name", "kind", "trainable", "config", "space", "inputs", "metric", "mode", "champion", "num_samples",
                "max_concurrent_trials", "scheduler", "searcher", "resources", "max_failures", "register")
     _unknown_keys(raw, allowed, key, problems)
@@ -34,7 +33,7 @@ def _parse_tune_stage(raw: Mapping[str, Any], key: str, study: str, earlier: lis
         entry = _parse_space_entry(entry_raw, f"{key}.space.{param}", problems)
         if entry is not None:
             space[str(param)] = entry
-    inputs = _parse_inputs(raw.get("inputs"), f"{key}.inputs", earlier, later, problems)
+    inputs = _parse_inputs(raw.get("inputs"), f"{key}.inputs", where.earlier, where.later, problems)
 
     metrics, modes = _parse_tune_metrics(raw, key, trainable_name, definition, problems)
     if definition is not None:
@@ -71,7 +70,7 @@ def _parse_tune_stage(raw: Mapping[str, Any], key: str, study: str, earlier: lis
                 problems.add(f"{key}.space.{param}", "grid needs `searcher: {type: basic}` (Optuna samples, it "
                              "does not enumerate); use `type: choice` to let Optuna pick")
     resources = _parse_resources(raw.get("resources"), f"{key}.resources", problems)
-    register = _parse_register(raw.get("register"), f"{key}.register", f"{study}-{name}", definition, problems)
+    register = _parse_register(raw.get("register"), f"{key}.register", f"{where.study}-{name}", definition, problems)
     if not space and (num_samples or 1) > 1 and searcher is not None and searcher.type == "optuna":
         problems.add(f"{key}.space", "is empty: Optuna has nothing to search; add a space or set num_samples: 1")
     return TuneStage(

@@ -115,3 +115,78 @@ def test_no_source_file_of_orchestrator_or_trainables_is_over_500_lines():
              for folder in (ORCHESTRATOR, PACKAGE) for path in folder.rglob("*.py")}
     assert len(sizes) > 50, sorted(sizes)  # the walk found the packages
     assert {name: lines for name, lines in sizes.items() if lines > MAX_LINES} == {}
+
+
+SCHEMA = ORCHESTRATOR / "spec" / "schema.py"
+STAGES = ORCHESTRATOR / "stages"
+
+
+def stage_kind_classes(schema_source: str) -> set[str]:
+    """The spec dataclasses that are stage kinds: those with a `kind` field (`kind: Literal["tune"]`)."""
+    return {node.name for node in ast.walk(ast.parse(schema_source)) if isinstance(node, ast.ClassDef)
+            and any(isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name) and item.target.id == "kind"
+                    for item in node.body)}
+
+
+def _class_names(node: ast.AST) -> set[str]:
+    """`TuneStage`, `spec.TuneStage`, `(TuneStage, JobStage)` -> the class names they name."""
+    if isinstance(node, ast.Tuple):
+        return set().union(*map(_class_names, node.elts))
+    if isinstance(node, ast.BinOp):  # isinstance(stage, TuneStage | JobStage)
+        return _class_names(node.left) | _class_names(node.right)
+    if isinstance(node, ast.Name):
+        return {node.id}
+    if isinstance(node, ast.Attribute):
+        return {node.attr}
+    return set()
+
+
+def kind_switches(source: str, kinds: set[str]) -> list[tuple[int, str]]:
+    """(line, class) of each test of a stage's kind by its class: `isinstance(s, TuneStage)`, on a tuple
+    of them too, `issubclass`, `type(s) is TuneStage` and a `case TuneStage():` pattern."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        named: set[str] = set()
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in (
+                "isinstance", "issubclass") and len(node.args) == 2:
+            named = _class_names(node.args[1])
+        elif isinstance(node, ast.Compare) and isinstance(node.left, ast.Call) and isinstance(
+                node.left.func, ast.Name) and node.left.func.id == "type":
+            named = set().union(*map(_class_names, node.comparators))
+        elif isinstance(node, ast.MatchClass):
+            named = _class_names(node.cls)
+        found += [(node.lineno, name) for name in sorted(named & kinds)]
+    return found
+
+
+def stage_kind_switches_outside_stages() -> dict[str, list[tuple[int, str]]]:
+    kinds = stage_kind_classes(SCHEMA.read_text())
+    found = {}
+    for folder in (ORCHESTRATOR, PACKAGE):
+        for path in sorted(folder.rglob("*.py")):
+            if STAGES in path.parents:
+                continue
+            if switches := kind_switches(path.read_text(), kinds):
+                found[str(path.relative_to(PACKAGE.parent))] = switches
+    return found
+
+
+def test_the_stage_kind_classes_are_read_from_the_schema():
+    assert stage_kind_classes(SCHEMA.read_text()) == {"TuneStage", "OptunaStage", "JobStage"}
+
+
+def test_no_module_outside_orchestrator_stages_tests_a_stage_kind_by_its_class():
+    """issue 17: what differs between kinds is asked of `orchestrator.stages.kind_of(stage)`."""
+    assert stage_kind_switches_outside_stages() == {}
+
+
+@pytest.mark.parametrize("source, found", [
+    ("if isinstance(stage, TuneStage):\n    pass", [(1, "TuneStage")]),
+    ("x = isinstance(stage, (spec.JobStage, OptunaStage))", [(1, "JobStage"), (1, "OptunaStage")]),
+    ("x = isinstance(stage, TuneStage | JobStage)", [(1, "JobStage"), (1, "TuneStage")]),
+    ("x = type(stage) is OptunaStage", [(1, "OptunaStage")]),
+    ("match stage:\n    case JobStage(job=name):\n        pass", [(2, "JobStage")]),
+    ("x = isinstance(stage, Mapping) or stage.kind == 'tune'", []),
+])
+def test_the_kind_switch_finder_sees_each_spelling(source, found):
+    assert kind_switches(source, {"TuneStage", "OptunaStage", "JobStage"}) == found
