@@ -124,4 +124,9 @@ CLUSTERING = ObjectiveDef(
     description="reduce (UMAP/PCA/none) and cluster (HDBSCAN/GMM) ambiguous images' classifier embeddings",
     preflight=preflight,
     describe_data=describe_data,
+    # A 1-epoch DCGAN draws blobs the tiny classifier is sure about: none falls in [0.4, 0.6], so keep them all.
+    tiny_config={"images": 300, "band": [0.0, 1.0]},
+    contract_inputs=lambda upstream: {"generator": upstream.trainable("dcgan"),
+                                      "classifier": upstream.trainable("classifier")},
+    tiny_picks={"reducer": ("pca", {"n_components": 5}), "clusterer": ("gmm", {"n_components": 3})},
 )

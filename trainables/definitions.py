@@ -3,7 +3,9 @@
 A `TrainableDef` holds its config class, the metrics it reports (and which way is better, so a
 scheduler's mode is never guessed), how to rebuild its model from a checkpoint for the model registry,
 the datasets it reads (so the launcher fetches and verifies them once, before any trial starts), and a
-cheap `preflight` that fails fast on anything else (e.g. a missing input file).
+cheap `preflight` that fails fast on anything else (e.g. a missing input file). Each also declares a
+seconds-long run of itself (`tiny_config`, and `contract_inputs` for the earlier stages' results it
+reads), so one contract test runs every entry of the catalog for real.
 
 These types live apart from `trainables.catalog` (the registry of built-in names) so that every
 trainable can import them while the catalog imports the trainables: no import cycle.
@@ -14,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from torch import nn
 
@@ -32,6 +34,28 @@ class Metric:
     @property
     def mode(self) -> str:
         return "max" if self.higher_is_better else "min"
+
+
+class Upstream(Protocol):
+    """The results of earlier stages that a tiny run of a definition needs (its `contract_inputs` asks here).
+
+    The contract test (tests/trainables/contract_runs.py) is the one implementation: each call really runs
+    that catalog entry on its own `tiny_config` with `changes` on top (and its own inputs, asked the same
+    way), once per test session, and returns what a later stage receives by reference: a trainable's
+    checkpoint folder, a job's output folder, an objective's best-result folder. So every definition is
+    tested on the real output of the code upstream of it, never on a hand-made stand-in.
+    """
+
+    def trainable(self, name: str, **changes: Any) -> str: ...
+
+    def job(self, name: str, **changes: Any) -> str: ...
+
+    def objective(self, name: str, **changes: Any) -> str: ...
+
+
+# The settings that point a tiny run at its inputs, laid over `tiny_config`, e.g. gasten's
+# `lambda upstream: {"generator": upstream.trainable("dcgan"), "classifier": upstream.trainable("classifier")}`.
+ContractInputs = Callable[[Upstream], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -59,7 +83,8 @@ class TrainableDef:
     build_model: Callable[[CheckpointState], nn.Module] | None = None
     preflight: Callable[[Any], None] | None = None
     datasets: Callable[[Any], tuple[DatasetUse, ...]] | None = None  # what a config reads (trainables.data)
-    tiny_config: Mapping[str, Any] = field(default_factory=dict)
+    tiny_config: Mapping[str, Any] = field(default_factory=dict)  # settings of a seconds-long run (the contract test)
+    contract_inputs: ContractInputs | None = None  # the earlier stages' results that tiny run needs
     # Two metrics that pull against each other (GASTeN: fid_mnist vs acd): each stage of this
     # trainable gets a Pareto plot of them across its trials.
     pareto: tuple[str, str] | None = None
@@ -93,6 +118,8 @@ class JobDef:
     description: str
     preflight: Callable[[Any], None] | None = None
     datasets: Callable[[Any], tuple[DatasetUse, ...]] | None = None
+    tiny_config: Mapping[str, Any] = field(default_factory=dict)  # as in TrainableDef
+    contract_inputs: ContractInputs | None = None
 
 
 # A trial's pick in one branch of a conditional space: the option's name and its built config,
@@ -126,6 +153,10 @@ class ObjectiveDef:
     preflight: Callable[[Any], None] | None = None
     datasets: Callable[[Any], tuple[DatasetUse, ...]] | None = None
     describe_data: Callable[[Any], Mapping[str, float]] | None = None  # logged on the stage's run
+    tiny_config: Mapping[str, Any] = field(default_factory=dict)  # as in TrainableDef
+    contract_inputs: ContractInputs | None = None
+    # The one trial a tiny run scores: per branch an option and its settings, {"reducer": ("pca", {...})}.
+    tiny_picks: Mapping[str, tuple[str, Mapping[str, Any]]] = field(default_factory=dict)
 
     def metric(self, name: str) -> Metric:
         for metric in self.metrics:

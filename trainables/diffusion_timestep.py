@@ -109,5 +109,7 @@ DDPM_TIMESTEP = TrainableDef(
     ),
     description="features of a trained DDPM at one diffusion step t, scored by few-shot accuracy (search t, "
                 "never retrain)",
-    tiny_config={},
+    # The tiny DDPM's split is 128 training and 32 validation images.
+    tiny_config={"t": 10, "fewshot_k": 2, "fewshot_repeats": 2, "pool_size": 128, "val_images": 32},
+    contract_inputs=lambda upstream: {"ddpm": upstream.trainable("ddpm")},
 )

@@ -99,4 +99,6 @@ EVALUATE_CLASSIFIER = JobDef(
         Metric("test_loss", higher_is_better=False, description="cross-entropy on the test split"),
     ),
     description="score a classifier checkpoint on the test split; confusion matrix and misclassified images",
+    tiny_config={"limit": 200},
+    contract_inputs=lambda upstream: {"checkpoint": upstream.trainable("classifier")},
 )

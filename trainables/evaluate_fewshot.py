@@ -165,4 +165,8 @@ FEWSHOT = JobDef(
                 "diffusion, GAN discriminator or classifier features beside raw pixels, on the test split; table, "
                 "parquet, plot",
     datasets=lambda config: (DatasetUse(config.dataset, ("train", "test")),),
+    tiny_config={"shots": [2, 16], "repeats": 2, "heads": ["lin"], "train_pool": 500, "test_images": 300},
+    contract_inputs=lambda upstream: {"vae": upstream.trainable("vae"), "diffusion": upstream.trainable("ddpm_timestep"),
+                                      "classifier": upstream.trainable("classifier", classes=[]),
+                                      "discriminator": upstream.trainable("dcgan")},
 )

@@ -126,4 +126,12 @@ EVALUATE_GASTEN = JobDef(
                 "vs pixels, the prototype curve (prototypes vs random vs real), the OOD table with a boundary K+1",
     datasets=lambda config: (DatasetUse("mnist", ("train", "test"), setting=""),  # the few-shot curves
                              *ood_datasets(config.ood_sets, "ood_sets")),
+    tiny_config={"shots": [16], "fewshot_repeats": 1, "heads": ["lin"], "train_pool": 300, "test_images": 200,
+                 "curve_repeats": 1, "ood_sets": ["uniform_noise"], "ood_images": 100},
+    # The flagship study's wiring, every part on: one 7-vs-1 classifier upstream of the clustering and the K+1.
+    contract_inputs=lambda upstream: {"classifier": upstream.trainable("classifier"),
+                                      "discriminator": upstream.trainable("dcgan"),
+                                      "prototypes": upstream.job("prototypes"),
+                                      "clustering": upstream.objective("clustering"),
+                                      "kplus1": upstream.trainable("kplus1", classes=[7, 1])},
 )

@@ -305,9 +305,9 @@ GASTEN = TrainableDef(
     description="GASTeN: fine-tune a DCGAN generator towards a frozen binary classifier's decision boundary",
     build_model=build_model,
     datasets=datasets,
-    # Empty on purpose: `generator` and `classifier` are required checkpoint folders, so the contract
-    # test skips gasten (it has required fields) and tests/trainables/test_gasten.py builds the inputs.
-    tiny_config={},
+    tiny_config={"train_size": 128, "epochs": 1, "batch_size": 32, "fid_images": 64, "acd_images": 256},
+    contract_inputs=lambda upstream: {"generator": upstream.trainable("dcgan"),
+                                      "classifier": upstream.trainable("classifier")},
     epoch_cost=EpochCost(size_setting="train_size",
                          images=lambda config: len(training_images(config, load_checkpoint(config.classifier)))),
 )

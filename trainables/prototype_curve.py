@@ -409,4 +409,9 @@ PROTOTYPE_CURVE = JobDef(
     description="is prototype selection worth it: heads trained on n prototypes, n random ambiguous images "
                 "(both labelled by C) and n real images; test accuracy and agreement with C vs n; table, parquet, "
                 "plot",
+    tiny_config={"repeats": 2, "train_pool": 200, "test_images": 200},
+    # C must be the classifier that scored the clustering: the same tiny classifier upstream of both.
+    contract_inputs=lambda upstream: {"prototypes": upstream.job("prototypes"),
+                                      "clustering": upstream.objective("clustering"),
+                                      "classifier": upstream.trainable("classifier")},
 )

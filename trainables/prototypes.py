@@ -453,4 +453,6 @@ PROTOTYPES = JobDef(
     ),
     description="per cluster of ambiguous images: medoid, representatives and most ambiguous members, "
                 "as images, a parquet table, grids and a scatter plot",
+    tiny_config={"k": 2},
+    contract_inputs=lambda upstream: {"clustering": upstream.objective("clustering")},
 )

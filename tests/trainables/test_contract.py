@@ -1,4 +1,8 @@
-"""The contract every catalogued trainable and job keeps, and the trainables/orchestrator boundary."""
+"""The contract every catalogued trainable, job and objective keeps, and the trainables/orchestrator boundary.
+
+Every entry of the catalog runs here for real, on its definition's `tiny_config`, with the earlier stages'
+results its `contract_inputs` asks for made by really running those entries (tests/trainables/contract_runs.py).
+"""
 
 from __future__ import annotations
 
@@ -7,63 +11,64 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.trainables.contract_runs import ContractRuns
+from tests.trainables.threads import single_threaded
 from trainables import catalog
-from trainables.checkpoint import save_checkpoint
+from trainables.checkpoint import load_checkpoint
 from trainables.classifier import CLASSIFIER, Classifier
-from trainables.config import build_config, field_names, required_fields
-from trainables.reporter import ListReporter
+from trainables.config import build_config
+from trainables.data import DatasetUse
 
 REPO = Path(__file__).resolve().parents[2]
 
-
-# Trainables whose required settings are checkpoint folders of earlier stages: the contract test cannot
-# build those inputs from `tiny_config` alone, so the named test file covers them instead.
-COVERED_ELSEWHERE = {"gasten": "tests/trainables/test_gasten.py",
-                     "ddpm_timestep": "tests/trainables/test_representation_parts.py",
-                     "odin": "tests/trainables/ood/test_ood_study_parts.py"}
+# Cases that take more than a few seconds on 2 busy cores (measured; see the module's --durations).
+SLOW = {"gasten", "evaluate_gasten"}
 
 
-def tiny_values(definition: catalog.TrainableDef) -> dict:
-    """`tiny_config`, on the real dataset only: a missing MNIST must fail here, not fall back to digits."""
-    values = dict(definition.tiny_config)
-    if "allow_fallback" in field_names(definition.config_cls):
-        values["allow_fallback"] = False
-    return values
+def cases(names: list[str]) -> list:
+    return [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name for name in names]
 
 
-def tiny_run(definition: catalog.TrainableDef) -> ListReporter:
-    reporter = ListReporter()
-    definition.run(build_config(definition.config_cls, tiny_values(definition)), reporter)
-    return reporter
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> ContractRuns:
+    """One tiny run per catalog entry for the whole module: an entry's case and its consumers' share it."""
+    return ContractRuns(tmp_path_factory.mktemp("contract"))
 
 
-@pytest.mark.parametrize("name", catalog.trainable_names())
-def test_trainable_reports_every_declared_metric_and_a_rebuildable_checkpoint(name):
-    definition = catalog.trainable(name)
-    if required_fields(definition.config_cls):
-        assert name in COVERED_ELSEWHERE, (
-            f"{name} has required settings {required_fields(definition.config_cls)}: build them here or name "
-            f"the test file that covers it in COVERED_ELSEWHERE")
-        assert (REPO / COVERED_ELSEWHERE[name]).is_file(), COVERED_ELSEWHERE[name]
-        pytest.skip(f"{name} needs inputs from earlier stages; covered by {COVERED_ELSEWHERE[name]}")
-    reporter = tiny_run(definition)
+def assert_reports_every_declared_metric(definition, metrics: Mapping[str, float]) -> None:
     declared = {metric.name for metric in definition.metrics if not metric.optional}
-    assert declared <= reporter.keys(), f"never reported: {sorted(declared - reporter.keys())}"
+    assert declared <= set(metrics), f"never reported: {sorted(declared - set(metrics))}"
     for metric in definition.metrics:
-        if metric.name in reporter.keys():
-            assert math.isfinite(reporter.last(metric.name)), metric.name
+        if metric.name in metrics:
+            assert math.isfinite(metrics[metric.name]), metric.name
+
+
+def assert_checks_pass_on_its_own_tiny_config(definition, config) -> None:
+    """What the launcher asks of a stage before anything starts holds for the config the entry just ran."""
+    if definition.preflight is not None:
+        definition.preflight(config)
+    if definition.datasets is not None:
+        assert all(isinstance(use, DatasetUse) for use in definition.datasets(config))
+
+
+@pytest.mark.parametrize("name", cases(catalog.trainable_names()))
+def test_trainable_reports_every_declared_metric_and_a_rebuildable_checkpoint(name, runs):
+    definition = catalog.trainable(name)
+    run = runs.trainable_run(name)
+    reporter = run.reporter
+    assert_reports_every_declared_metric(definition, {key: reporter.last(key) for key in reporter.keys()})
+    assert_checks_pass_on_its_own_tiny_config(definition, run.config)
     state = reporter.last_checkpoint
-    assert state is not None
     assert (state["trainable"], state["epoch"]) == (name, definition.tiny_config.get("epochs", state["epoch"]))
-    assert build_config(definition.config_cls, state["config"]) == build_config(definition.config_cls,
-                                                                               tiny_values(definition))
+    assert build_config(definition.config_cls, state["config"]) == run.config
     if definition.build_model is not None:
-        rebuilt = definition.build_model(state).state_dict()
+        rebuilt = definition.build_model(load_checkpoint(run.folder)).state_dict()
         # The rebuilt model is one of the checkpointed modules, tensor for tensor.
         source = [module for module, tensors in state["modules"].items() if set(tensors) == set(rebuilt)]
         assert len(source) == 1, f"no single module of {sorted(state['modules'])} matches the rebuilt model"
@@ -72,11 +77,10 @@ def test_trainable_reports_every_declared_metric_and_a_rebuildable_checkpoint(na
 
 
 @pytest.mark.parametrize("classes,num_classes", [((7, 1), 2), ((), 10)], ids=["7-vs-1", "all-ten"])
-def test_classifier_model_rebuilt_from_checkpoint_gives_logits_per_class(classes, num_classes):
-    reporter = ListReporter()
-    CLASSIFIER.run(build_config(CLASSIFIER.config_cls, {**tiny_values(CLASSIFIER), "classes": list(classes)}),
-                   reporter)
-    state = reporter.last_checkpoint
+def test_classifier_model_rebuilt_from_checkpoint_gives_logits_per_class(classes, num_classes, runs):
+    # 7 vs 1 is the tiny config; the all-ten classifier is the one evaluate_ood and fewshot read.
+    changes = {} if classes == (7, 1) else {"classes": list(classes)}
+    state = runs.trainable_run("classifier", **changes).reporter.last_checkpoint
     model = CLASSIFIER.build_model(state)
     assert not model.training
     assert isinstance(model, Classifier)
@@ -88,46 +92,49 @@ def test_classifier_model_rebuilt_from_checkpoint_gives_logits_per_class(classes
         assert torch.equal(model.state_dict()[key], tensor), key
 
 
-def test_every_job_has_a_run_test_here():
-    assert catalog.job_names() == ["evaluate_classifier", "evaluate_gasten", "evaluate_ood", "fewshot",
-                                   "prototype_curve", "prototypes"], (
-        "a new job needs its inputs built here (evaluate_ood: tests/trainables/ood/test_ood_study_parts.py, "
-        "fewshot: tests/trainables/test_representation_parts.py, prototype_curve: "
-        "tests/trainables/test_prototype_curve.py, evaluate_gasten: tests/orchestrator/test_flagship_study.py)")
+@pytest.mark.parametrize("name", cases(catalog.objective_names()))
+def test_objective_scores_a_trial_writes_its_best_result_and_reuses_what_it_prepared(name, runs):
+    definition = catalog.objective(name)
+    run = runs.objective_run(name)
+    assert set(run.picks) == set(definition.branches), "tiny_picks must pick one option in every branch"
+    assert_reports_every_declared_metric(definition, run.metrics)
+    assert_checks_pass_on_its_own_tiny_config(definition, run.config)
+    assert any(path.is_file() for path in Path(run.folder).rglob("*")), "finalize wrote no best result"
+    # A resumed stage prepares again in the same folder: it gets the same data back and redoes nothing there.
+    cached = {path: path.stat().st_mtime_ns for path in run.workdir.rglob("*")}
+    with single_threaded():
+        again = definition.prepare(run.config, run.workdir)
+    assert {path: path.stat().st_mtime_ns for path in run.workdir.rglob("*")} == cached
+    if definition.describe_data is not None:
+        described = definition.describe_data(run.data)
+        assert all(math.isfinite(value) for value in described.values()), described
+        assert definition.describe_data(again) == described
 
 
-def test_prototypes_job_reports_every_declared_metric(tmp_path):
-    from tests.trainables.test_prototypes import synthetic_result
-    from trainables.prototypes import save_clustering_result
-
-    folder = save_clustering_result(tmp_path / "clustering", synthetic_result())
-    definition = catalog.job("prototypes")
-    reporter = ListReporter()
-    definition.run(build_config(definition.config_cls, {"clustering": str(folder), "k": 2}), reporter, tmp_path)
-    for metric in definition.metrics:
-        assert math.isfinite(reporter.last(metric.name)), metric.name
-
-
-@pytest.mark.parametrize("name", ["evaluate_classifier"])
-def test_job_writes_its_files_and_reports_its_metrics(name, tmp_path):
-    checkpoint = save_checkpoint(tiny_run(CLASSIFIER).last_checkpoint, tmp_path / "ckpt")
+@pytest.mark.parametrize("name", cases(catalog.job_names()))
+def test_job_writes_its_files_and_reports_every_declared_metric(name, runs):
     definition = catalog.job(name)
-    reporter = ListReporter()
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    definition.run(build_config(definition.config_cls, {"checkpoint": str(checkpoint), "limit": 200}), reporter,
-                   workdir)
+    run = runs.job_run(name)
+    assert run.reporter.results, f"{name} reported nothing"
+    assert_reports_every_declared_metric(definition, run.reporter.results[-1])
+    if run.returned is not None:
+        assert dict(run.returned) == run.reporter.results[-1]
+    assert_checks_pass_on_its_own_tiny_config(definition, run.config)
+    assert any(path.is_file() for path in run.workdir.rglob("*")), f"{name} wrote no file into its folder"
+
+
+def test_evaluate_classifier_writes_its_pictures_and_the_metrics_of_the_real_test_split(runs):
+    run = runs.job_run("evaluate_classifier")
+    workdir, reporter = run.workdir, run.reporter
     assert {"confusion_matrix.png", "misclassified.png", "metrics.json"} <= {p.name for p in workdir.iterdir()}
     assert 0.0 <= reporter.last("test_accuracy") <= 1.0
-    assert reporter.last("test_images") == 200
+    assert reporter.last("test_images") == run.config.limit == 200
     written = json.loads((workdir / "metrics.json").read_text())
     assert written["test_images"] == 200 and written["test_accuracy"] == reporter.last("test_accuracy")
     assert {"test_accuracy_class_7", "test_accuracy_class_1"} <= set(written)
     assert written["source"].startswith("MNIST test from "), written["source"]  # the real test split
     for picture in ("confusion_matrix.png", "misclassified.png"):
         assert (workdir / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", picture
-    for metric in definition.metrics:
-        assert math.isfinite(reporter.last(metric.name))
 
 
 def forbidden_imports(path: Path) -> list[str]:

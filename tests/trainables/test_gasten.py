@@ -1,8 +1,9 @@
 """GASTeN end to end on real MNIST, tiny: a DCGAN, a classifier, then the fine-tuning.
 
-The contract test skips gasten (its `generator` and `classifier` settings are required checkpoint
-folders); this file builds those inputs and covers it. The fid_mnist feature network is built
-fresh in a temporary GENSEARCH_CACHE once for the whole module.
+Its `generator` and `classifier` settings are required checkpoint folders: the contract test builds
+them from the definition's `contract_inputs`; this file trains a more confident classifier to see the
+fine-tuning work. The fid_mnist feature network is built fresh in a temporary GENSEARCH_CACHE once for
+the whole module.
 """
 
 from __future__ import annotations
@@ -84,9 +85,15 @@ def test_dcgan_tiny_run_reports_finite_metrics_and_a_rebuildable_generator(dcgan
     assert Discriminator()(images).shape == (3,)
 
 
-def test_gasten_requires_both_checkpoints_and_the_contract_test_skips_it():
+def test_gasten_requires_both_checkpoints_and_its_definition_names_where_a_tiny_run_gets_them():
     assert required_fields(GastenConfig) == ("generator", "classifier")
-    assert GASTEN.tiny_config == {} and "gasten" in catalog.trainable_names()
+    assert "gasten" in catalog.trainable_names() and not set(required_fields(GastenConfig)) & set(GASTEN.tiny_config)
+
+    class Named:  # an Upstream that names what is asked for instead of running it
+        def trainable(self, name, **changes):
+            return f"{name}{changes or ''}"
+
+    assert GASTEN.contract_inputs(Named()) == {"generator": "dcgan", "classifier": "classifier"}
     with pytest.raises(ConfigError, match="generator: required setting is missing"):
         build_config(GastenConfig, {"classifier": "/c"})
     with pytest.raises(ConfigError, match="classifier is empty"):

@@ -35,7 +35,7 @@ import torch
 from trainables.checkpoint import load_checkpoint
 from trainables.classifier import ClassifierConfig
 from trainables.data import load_images
-from trainables.definitions import JobDef, Metric
+from trainables.definitions import JobDef, Metric, Upstream
 from trainables.device import resolve_device
 from trainables.ood import conditional_nn, generator_nn, kplus1, leave_out
 from trainables.ood.detectors import Detector, MaxSoftmax, Odin
@@ -246,6 +246,14 @@ def plot_roc_curves(curves: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarra
     plt.close(figure)
 
 
+def tiny_methods(upstream: Upstream, classifier: str) -> dict[str, str]:
+    """The methods of the table, each from its own tiny run on all ten classes (the classifier's). Not
+    conditional_nn: scoring with its siamese network would double the seconds (its evaluation is tested in
+    tests/trainables/ood/test_ood_study_parts.py)."""
+    return {"classifier": classifier, "odin": upstream.trainable("odin", classifier=classifier),
+            **{name: upstream.trainable(name) for name in ("kplus1", "generator_nn", "leave_out")}}
+
+
 EVALUATE_OOD = JobDef(
     name="evaluate_ood",
     config_cls=EvaluateOodConfig,
@@ -259,4 +267,6 @@ EVALUATE_OOD = JobDef(
                 "accuracy, generator costs; tables, parquet and ROC curves",
     # the in-distribution test split is the classifier's dataset, read from its checkpoint (its stage declares it)
     datasets=lambda config: ood_datasets(config.test_sets, "test_sets"),
+    tiny_config={"test_sets": ["fashion_mnist", "uniform_noise"], "images": 100},
+    contract_inputs=lambda upstream: tiny_methods(upstream, upstream.trainable("classifier", classes=[])),
 )

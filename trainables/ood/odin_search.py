@@ -87,5 +87,6 @@ ODIN = TrainableDef(
           for key in METRIC_KEYS if key != "auroc"),
     ),
     description="ODIN (temperature + input perturbation) on a trained classifier, scored on validation OOD data",
-    tiny_config={},
+    tiny_config={"validation_images": 32},  # the tiny classifier's validation split
+    contract_inputs=lambda upstream: {"classifier": upstream.trainable("classifier")},
 )
