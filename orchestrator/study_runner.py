@@ -142,6 +142,7 @@ class StudyRunner:
                   "study_seed": self.spec.seed, "reproducible": self.spec.reproducible}
         parent = self.tracker.start_parent(stage.name, stage.kind, params, stage_state.parent_run_id)
         stage_state.parent_run_id, stage_state.status = parent, "running"
+        stage_state.kind = stage.kind
         self.save()
         spec_path = Path(self.spec.source)
         if spec_path.is_file() and not resuming:

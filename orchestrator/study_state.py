@@ -42,6 +42,7 @@ class RegisteredVersion:
 @dataclass
 class StageState:
     status: str = "pending"  # pending | running | finished | failed
+    kind: str = ""  # tune | optuna | job; "" in a state from before kinds were recorded
     parent_run_id: str | None = None
     best: BestTrial | None = None
     registered: RegisteredVersion | None = None

@@ -23,7 +23,7 @@ from orchestrator.report.cli import EXAMPLES, build_parser, main
 from orchestrator.report.cost import (NOT_UTILISATION, StageCost, cost_lines, driver_cost, resources_cell, stage_cost,
                                       total_hours, trials_cell, tune_cost)
 from orchestrator.report.facts import (KIND_FOLDERS, ReportContext, StageFacts, artifact_file, facts_from_run,
-                                       facts_from_spec, gather_facts, kind_from_folder, local_path, open_store,
+                                       facts_from_spec, gather_facts, local_path, open_store,
                                        spec_from_runs, spec_from_state, stage_folder, stage_order, stage_runs,
                                        study_target, trial_seconds, varying_config_keys, with_recorded_resources,
                                        with_run_tags)
@@ -45,7 +45,7 @@ __all__ = [
     "driver_cost", "EXAMPLES", "facts_from_run", "facts_from_spec", "find_report_run", "footer_lines",
     "format_settings", "Gallery", "gather_facts", "GRID_FOLDER", "grid_lines", "header_lines", "headline_lines",
     "HEADLINE_METRICS", "importance_lines", "job_folder_lines", "job_section", "job_subfolders", "KIND_FOLDERS",
-    "kind_from_folder", "KNOWN_JOB_FILES", "local_path", "log_report", "main", "markdown_file_lines",
+    "KNOWN_JOB_FILES", "local_path", "log_report", "main", "markdown_file_lines",
     "MAX_FRONT_ROWS", "MAX_GRIDS", "MAX_IMAGES_PER_FOLDER", "MAX_SETTING_CHARS", "MAX_TABLE_LINES",
     "NOT_UTILISATION", "numeric_items", "open_store", "optuna_section", "ordered_files", "PARETO_FRONT_FILE",
     "pareto_front_lines", "publish", "registered_lines", "render", "REPORT_DIR", "REPORT_FILE", "REPORT_RUN_NAME",

@@ -85,15 +85,16 @@ def fake_state(output: Path, **tune_fields) -> StudyState:
                      metrics={"val_accuracy": 0.985, "val_loss": 0.05, "epoch": 2.0, "time_this_iter_s": 1.0})
     state = StudyState(study="fake", tracking_uri=f"sqlite:///{output.resolve() / 'mlflow.db'}", experiment_id="7")
     state.stages["search"] = StageState(
-        status="finished", parent_run_id="p1", best=best, trials=3, failed_trials=1, wall_s=40.0,
+        status="finished", kind="tune", parent_run_id="p1", best=best, trials=3, failed_trials=1, wall_s=40.0,
         output=str(tune_dir), registered=RegisteredVersion("fake-search", "3", "champion", "child123"), **tune_fields)
     state.stages["cluster"] = StageState(
-        status="finished", wall_s=36.0, trials=30, failed_trials=5, output=str(output / "optuna" / "cluster"),
+        status="finished", kind="optuna", wall_s=36.0, trials=30, failed_trials=5,
+        output=str(output / "optuna" / "cluster"),
         best=BestTrial(trial_id="15", metric="silhouette", value=0.5, checkpoint=str(output / "optuna/cluster/best"),
                        config={"reducer": "umap", "reducer.n_neighbors": 50}, metrics={"silhouette": 0.5}))
-    state.stages["evaluate"] = StageState(status="finished", wall_s=7.2, output=str(job_dir),
+    state.stages["evaluate"] = StageState(status="finished", kind="job", wall_s=7.2, output=str(job_dir),
                                           metrics={k: v for k, v in JOB_METRICS.items() if k != "source"})
-    state.stages["broken"] = StageState(status="failed", wall_s=1.0)
+    state.stages["broken"] = StageState(status="failed", wall_s=1.0)  # as a state from before kinds were recorded
     save_state(output, state)
     return state
 
