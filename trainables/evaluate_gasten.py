@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainables.data import DatasetUse
-from trainables.definitions import JobDef, Metric
-from trainables.evaluate_fewshot import FewShotJobConfig
+from trainables.definitions import JobDef, Metric, Output, under
+from trainables.evaluate_fewshot import FEWSHOT, FewShotJobConfig
 from trainables.evaluate_fewshot import run as run_fewshot
 from trainables.fewshot import DEFAULT_SHOTS
-from trainables.ood.evaluate import EvaluateOodConfig
+from trainables.ood.evaluate import EVALUATE_OOD, EvaluateOodConfig
 from trainables.ood.evaluate import run as run_ood
 from trainables.ood.sets import ood_datasets
-from trainables.prototype_curve import PrototypeCurveConfig
+from trainables.prototype_curve import PROTOTYPE_CURVE, PrototypeCurveConfig
 from trainables.prototype_curve import run as run_prototype_curve
 from trainables.reporter import ListReporter, Reporter
 
@@ -126,4 +126,7 @@ EVALUATE_GASTEN = JobDef(
                 "vs pixels, the prototype curve (prototypes vs random vs real), the OOD table with a boundary K+1",
     datasets=lambda config: (DatasetUse("mnist", ("train", "test"), setting=""),  # the few-shot curves
                              *ood_datasets(config.ood_sets, "ood_sets")),
+    # each part's own outputs, in its subfolder
+    outputs={"metrics": Output("metrics", "metrics.json"), **under("fewshot", FEWSHOT.outputs),
+             **under("ood", EVALUATE_OOD.outputs), **under("prototype_curve", PROTOTYPE_CURVE.outputs)},
 )

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from trainables.data import load_images
-from trainables.definitions import JobDef, Metric
+from trainables.definitions import JobDef, Metric, Output
 from trainables.device import resolve_device
 from trainables.evaluate_fewshot import FewShotJobConfig, feature_sources
 from trainables.fewshot import FewShotConfig, build_head
@@ -409,4 +409,6 @@ PROTOTYPE_CURVE = JobDef(
     description="is prototype selection worth it: heads trained on n prototypes, n random ambiguous images "
                 "(both labelled by C) and n real images; test accuracy and agreement with C vs n; table, parquet, "
                 "plot",
+    outputs={"metrics": Output("metrics", "metrics.json"), "table": Output("table", "prototype_curve.md"),
+             "plot": Output("picture", "prototype_curve.png"), "data": Output("data", "prototype_curve.parquet")},
 )

@@ -106,6 +106,8 @@ def test_prototypes_job_reports_every_declared_metric(tmp_path):
     definition.run(build_config(definition.config_cls, {"clustering": str(folder), "k": 2}), reporter, tmp_path)
     for metric in definition.metrics:
         assert math.isfinite(reporter.last(metric.name)), metric.name
+    assert [name for name, output in definition.outputs.items()
+            if output.path and not (tmp_path / output.path).exists()] == []  # every declared file is written
 
 
 @pytest.mark.parametrize("name", ["evaluate_classifier"])
@@ -118,6 +120,7 @@ def test_job_writes_its_files_and_reports_its_metrics(name, tmp_path):
     definition.run(build_config(definition.config_cls, {"checkpoint": str(checkpoint), "limit": 200}), reporter,
                    workdir)
     assert {"confusion_matrix.png", "misclassified.png", "metrics.json"} <= {p.name for p in workdir.iterdir()}
+    assert {output.path for output in definition.outputs.values()} == {p.name for p in workdir.iterdir()}
     assert 0.0 <= reporter.last("test_accuracy") <= 1.0
     assert reporter.last("test_images") == 200
     written = json.loads((workdir / "metrics.json").read_text())

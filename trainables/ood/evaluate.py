@@ -35,7 +35,7 @@ import torch
 from trainables.checkpoint import load_checkpoint
 from trainables.classifier import ClassifierConfig
 from trainables.data import load_images
-from trainables.definitions import JobDef, Metric
+from trainables.definitions import JobDef, Metric, Output
 from trainables.device import resolve_device
 from trainables.ood import conditional_nn, generator_nn, kplus1, leave_out
 from trainables.ood.detectors import Detector, MaxSoftmax, Odin
@@ -259,4 +259,7 @@ EVALUATE_OOD = JobDef(
                 "accuracy, generator costs; tables, parquet and ROC curves",
     # the in-distribution test split is the classifier's dataset, read from its checkpoint (its stage declares it)
     datasets=lambda config: ood_datasets(config.test_sets, "test_sets"),
+    outputs={"metrics": Output("metrics", "metrics.json"), "table": Output("table", "ood_table.md"),
+             "roc_curves": Output("picture", "roc_curves.png"), "data": Output("data", "ood_table.parquet"),
+             "selective": Output("data", "selective.parquet"), "costs": Output("data", "costs.parquet")},
 )
