@@ -43,7 +43,7 @@ class GastenEvaluationConfig:
     classifier: str  # `classifier.best`: the study's binary classifier C
     discriminator: str = ""  # `gan.best`: the DCGAN whose discriminator gives features; "" leaves them out
     prototypes: str = ""  # `prototypes.best`: the prototypes job's folder; "" leaves the prototype curve out
-    clustering: str = ""  # `clustering.best`: the clustering the prototypes came from (else read from their summary)
+    clustering: str = ""  # `prototypes.clustering`: the clustering the prototypes were picked from
     kplus1: str = ""  # `boundary_ood.best`: K+1 trained on GASTeN's boundary images; "" leaves it out
     # few-shot (all 10 MNIST classes, the test split)
     shots: tuple[int, ...] = DEFAULT_SHOTS
@@ -62,6 +62,9 @@ class GastenEvaluationConfig:
     def __post_init__(self) -> None:
         if not self.classifier:
             raise ValueError("classifier is empty: give the study's classifier (inputs: {classifier: classifier.best})")
+        if self.prototypes and not self.clustering:
+            raise ValueError("clustering is empty: give the clustering the prototypes were picked from by reference "
+                             "(inputs: {clustering: prototypes.clustering})")
 
     def fewshot(self) -> FewShotJobConfig:
         return FewShotJobConfig(dataset="mnist", classifier=self.classifier, discriminator=self.discriminator,

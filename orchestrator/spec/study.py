@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.spec.fields import NAME_PATTERN, _kind, _mapping, _number, _string, _unknown_keys
+from orchestrator.spec.fields import NAME_PATTERN, _check_selectors, _kind, _mapping, _number, _string, _unknown_keys
 from orchestrator.spec.job_section import _parse_job_stage
 from orchestrator.spec.optuna_section import _parse_optuna_stage
 from orchestrator.spec.problems import SpecError, _Problems
@@ -80,6 +80,7 @@ def parse_study(raw: Any, source: str, default_output: Path | None = None, profi
             problems.add(f"{key}.kind", f"must be one of tune, optuna, job, got {kind!r}")
             continue
         if stage is not None:
+            _check_selectors(stage, stages, key, problems)
             stages.append(stage)
 
     if problems.items:

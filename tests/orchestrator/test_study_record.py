@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from orchestrator.report import facts_from_run, write_report
-from orchestrator.spec import load_study
+from orchestrator.spec import SpecError, load_study, parse_study
 from orchestrator.stage_outputs import produced_outputs, reference_path
 from orchestrator.study_state import (STATE_FILE, BestTrial, RecordedOutput, StageState, StudyState, load_state,
                                       save_state)
@@ -73,6 +73,8 @@ def flagship_state(prototypes: StageState) -> StudyState:
 
 def test_a_recorded_output_is_what_a_reference_to_it_gives():
     spec = load_study(FLAGSHIP)
+    evaluation = next(stage for stage in spec.stages if stage.name == "evaluation")
+    assert str(evaluation.inputs["clustering"]) == "prototypes.clustering"  # the shipped study's wiring
     recorded = StageState(status="finished", kind="job", output="/o/jobs/prototypes",
                           outputs={"clustering": RecordedOutput("clustering", "/elsewhere/best")})
     state = flagship_state(recorded)
@@ -91,6 +93,20 @@ def test_a_state_from_before_outputs_were_recorded_traces_the_reference_through_
         reference_path("prototypes", "scatter", state, spec.stages)
     with pytest.raises(LookupError, match="stage 'prototypes' recorded no output 'clustering'"):
         reference_path("prototypes", "clustering", state)  # no spec to trace it in
+
+
+def test_a_selector_must_be_best_or_a_declared_output():
+    study = yaml.safe_load(FLAGSHIP.read_text())
+    evaluation = next(stage for stage in study["stages"] if stage["name"] == "evaluation")
+    evaluation["inputs"]["clustering"] = "prototypes.medoids"
+    with pytest.raises(SpecError) as error:
+        parse_study(study, "flag.yaml")
+    (line,) = [line for line in str(error.value).splitlines() if "medoids" in line]
+    assert "stages[7].inputs.clustering: unknown selector 'medoids' (use: best, scatter, summary, grids, images, " \
+           "table, clustering)" in line
+    evaluation["inputs"]["clustering"] = "clustering.clustering"  # an optuna stage declares none: best only
+    with pytest.raises(SpecError, match=r"unknown selector 'clustering' \(use: best\)"):
+        parse_study(study, "flag.yaml")
 
 
 def prototypes_folder(output: Path) -> Path:
