@@ -222,7 +222,8 @@ def test_inputs_that_do_not_belong_together_are_refused(curve_run, classifier_fo
     bare = tmp_path / "bare"  # the table alone: its clustering is given by reference, never read out of a file
     bare.mkdir()
     shutil.copy(f"{folder}/prototypes.parquet", bare)
-    with pytest.raises(ValueError, match=r"^config: clustering is empty: .* \(inputs: \{clustering: prototypes.clustering\}\)"):
+    given_by_reference = r"^config: clustering is empty: .* \(inputs: \{clustering: prototypes.clustering\}\)"
+    with pytest.raises(ValueError, match=given_by_reference):
         run_curve(tmp_path / "b", str(bare), classifier_folder, clustering="")
     with pytest.raises(ValueError, match="^clustering: .* not a clustering result"):
         run_curve(tmp_path / "e", str(bare), classifier_folder, clustering=str(bare))
