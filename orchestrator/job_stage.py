@@ -1,16 +1,20 @@
 """Run one `job` stage: a single plain function in the driver, logged to the stage's run.
 
 Jobs (evaluation, prototype selection) are one-shot, so they need no Ray scheduling; their files
-are written to `<output>/jobs/<stage>/` and logged as the parent run's artifacts.
+are written to `<output>/jobs/<stage>/` and logged as the parent run's artifacts, and the outputs their
+definition declares are recorded in the study state (stage_outputs.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.seeds import with_stage_seed
 from orchestrator.spec import JobStage
+from orchestrator.stage_outputs import produced_outputs
+from orchestrator.study_state import RecordedOutput
 from orchestrator.tracking import Tracker
 from trainables import catalog
 from trainables.config import build_config
@@ -36,8 +40,14 @@ class MlflowRunReporter(Reporter):
         return None  # a job restarts from scratch on resume
 
 
+@dataclass(frozen=True)
+class JobOutcome:
+    metrics: dict[str, float]
+    outputs: dict[str, RecordedOutput]  # the declared outputs the job produced
+
+
 def run_job_stage(*, stage: JobStage, inputs: Mapping[str, str], workdir: Path, tracker: Tracker,
-                  run_id: str, study_seed: int = 0) -> dict[str, float]:
+                  run_id: str, study_seed: int = 0) -> JobOutcome:
     """`study_seed`: the job's `seed` (if it has one the YAML does not fix) derives from it (seeds.py)."""
     definition = catalog.job(stage.job)
     config = build_config(definition.config_cls,
@@ -47,4 +57,4 @@ def run_job_stage(*, stage: JobStage, inputs: Mapping[str, str], workdir: Path, 
     print(f"[{stage.name}] running job {stage.job} -> {workdir}", flush=True)
     metrics = dict(definition.run(config, reporter, workdir) or reporter.last)
     tracker.log_artifacts(run_id, workdir)
-    return metrics
+    return JobOutcome(metrics, produced_outputs(definition.outputs, workdir, config))

@@ -14,11 +14,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from orchestrator.pbt import is_pbt
 from orchestrator.spec import JobStage, OptunaStage, ResourcesSpec, Stage, StudySpec, TuneStage, packing_problem
+from orchestrator.stage_outputs import declared_outputs, produced_outputs, reference_path
 from orchestrator.stages import kind_of
 from orchestrator.study_state import BestTrial, StudyState, save_state
 from orchestrator.tracking import Tracker, TrackingLost, error_line, tracking_outage
@@ -39,14 +40,19 @@ class StageError(RuntimeError):
         super().__init__(f"stage {stage!r} failed: {reason}")
 
 
-def resolve_inputs(stage: Stage, state: StudyState) -> dict[str, str]:
-    """`gan.best` -> the best checkpoint folder of stage `gan` (a job stage: its output folder)."""
+def resolve_inputs(stage: Stage, state: StudyState, stages: Sequence[Stage] = ()) -> dict[str, str]:
+    """`gan.best` -> the best checkpoint folder of stage `gan` (a job stage: its output folder);
+    `prototypes.clustering` -> the output `clustering` stage `prototypes` recorded (stage_outputs.py; `stages`,
+    the study's, trace it in a state from before outputs were recorded)."""
     resolved = {}
     for name, reference in stage.inputs.items():
         source = state.stage(reference.stage)
         if source.status != "finished":
             raise StageError(stage.name, f"input {name} <- {reference}: stage {reference.stage!r} has not finished")
-        resolved[name] = source.best.checkpoint if source.best else source.output
+        try:
+            resolved[name] = reference_path(reference.stage, reference.selector, state, stages)
+        except LookupError as error:
+            raise StageError(stage.name, f"input {name} <- {reference}: {error}") from None
     return resolved
 
 
@@ -96,11 +102,12 @@ class StudyRunner:
         kind = kind_of(stage)
         if retrying:
             print(f"[{stage.name}] failed last time: {kind.retry_note}", flush=True)
-        inputs = resolve_inputs(stage, self.state)
+        inputs = resolve_inputs(stage, self.state, self.spec.stages)
         params = {**kind.parent_params(stage), **({"profile": self.spec.profile} if self.spec.profile else {}),
                   "study_seed": self.spec.seed, "reproducible": self.spec.reproducible}
         parent = self.tracker.start_parent(stage.name, stage.kind, params, stage_state.parent_run_id)
         stage_state.parent_run_id, stage_state.status = parent, "running"
+        stage_state.kind = stage.kind
         self.save()
         spec_path = Path(self.spec.source)
         if spec_path.is_file() and not resuming:
@@ -209,6 +216,7 @@ class StudyRunner:
         best = outcome.best
         stage_state = self.state.stage(stage.name)
         stage_state.best, stage_state.output = best, str(outcome.workdir)
+        stage_state.outputs = produced_outputs(declared_outputs(stage), Path(best.checkpoint))
         stage_state.trials, stage_state.failed_trials = outcome.trials, outcome.infeasible
         self.save()
         self.tracker.log_metrics(parent, {**{f"best_{k}": v for k, v in best.metrics.items()},
@@ -227,10 +235,12 @@ class StudyRunner:
         from orchestrator.job_stage import run_job_stage
 
         workdir = self.output / "jobs" / stage.name
-        metrics = run_job_stage(stage=stage, inputs=inputs, workdir=workdir, tracker=self.tracker, run_id=parent,
+        outcome = run_job_stage(stage=stage, inputs=inputs, workdir=workdir, tracker=self.tracker, run_id=parent,
                                 study_seed=self.spec.seed)
+        metrics = outcome.metrics
         stage_state = self.state.stage(stage.name)
         stage_state.metrics, stage_state.output = {k: float(v) for k, v in metrics.items()}, str(workdir)
+        stage_state.outputs = outcome.outputs
         print(f"[{stage.name}] " + ", ".join(f"{k}={v:.4g}" for k, v in list(metrics.items())[:4]), flush=True)
 
     def start_ray(self) -> None:

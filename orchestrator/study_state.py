@@ -40,8 +40,20 @@ class RegisteredVersion:
 
 
 @dataclass
+class RecordedOutput:
+    """A file, folder or result a stage produced, as its definition declares it (trainables.definitions.Output):
+    what it is (`kind`: table, picture, clustering, ...) and where. Later stages take it by reference
+    (`prototypes.clustering`) and the report shows it, by name, never by looking for file names."""
+
+    kind: str
+    path: str
+    caption: str = ""
+
+
+@dataclass
 class StageState:
     status: str = "pending"  # pending | running | finished | failed
+    kind: str = ""  # tune | optuna | job; "" in a state from before kinds were recorded
     parent_run_id: str | None = None
     best: BestTrial | None = None
     registered: RegisteredVersion | None = None
@@ -53,6 +65,9 @@ class StageState:
     # What each trial of a tune stage was given (after a CPU fallback: gpu 0), for cost accounting.
     trial_cpu: float = 0.0
     trial_gpu: float = 0.0
+    # Output name -> what it is and where (the declared outputs that exist after the stage ran); empty in a
+    # state from before outputs were recorded.
+    outputs: dict[str, RecordedOutput] = field(default_factory=dict)
 
 
 @dataclass
@@ -89,9 +104,10 @@ def load_state(output: Path) -> StudyState | None:
     for name, stage in raw.get("stages", {}).items():
         best = BestTrial(**stage.pop("best")) if stage.get("best") else None
         registered = RegisteredVersion(**stage.pop("registered")) if stage.get("registered") else None
+        outputs = {key: RecordedOutput(**value) for key, value in (stage.pop("outputs", None) or {}).items()}
         stage.pop("best", None)
         stage.pop("registered", None)
-        stages[name] = StageState(best=best, registered=registered, **stage)
+        stages[name] = StageState(best=best, registered=registered, outputs=outputs, **stage)
     return StudyState(study=raw["study"], tracking_uri=raw["tracking_uri"],
                       experiment_id=raw.get("experiment_id", ""), stages=stages,
                       spec_file=raw.get("spec_file", ""), profile=raw.get("profile", ""), seed=raw.get("seed"),

@@ -7,6 +7,11 @@ cheap `preflight` that fails fast on anything else (e.g. a missing input file). 
 seconds-long run of itself (`tiny_config`, and `contract_inputs` for the earlier stages' results it
 reads), so one contract test runs every entry of the catalog for real.
 
+A job or objective also declares its `outputs`: the files it writes (tables, pictures, data) and the results
+it passes on (the clustering its prototypes were picked from), by name and kind. The orchestrator records the ones a run
+produced in the study state; later stages take them by reference (`prototypes.clustering`) and the report
+shows them, so neither ever looks for file names.
+
 These types live apart from `trainables.catalog` (the registry of built-in names) so that every
 trainable can import them while the catalog imports the trainables: no import cycle.
 """
@@ -14,7 +19,7 @@ trainable can import them while the catalog imports the trainables: no import cy
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,6 +61,45 @@ class Upstream(Protocol):
 # The settings that point a tiny run at its inputs, laid over `tiny_config`, e.g. gasten's
 # `lambda upstream: {"generator": upstream.trainable("dcgan"), "classifier": upstream.trainable("classifier")}`.
 ContractInputs = Callable[[Upstream], Mapping[str, Any]]
+# What an output is. The report shows the first six kinds; the others are recorded for later stages (and
+# for people), not shown.
+SHOWN_KINDS = ("metrics", "table", "picture", "gallery", "images", "text")
+OUTPUT_KINDS = {
+    "metrics": "a JSON object of a job's metrics, headline first (a subfolder's headline table)",
+    "table": "a markdown table, shown inline (linked when long)",
+    "picture": "a PNG, shown",
+    "gallery": "a folder of PNGs, the first few shown with the output's caption",
+    "images": "a folder of PNGs, counted and not shown",
+    "text": "a text file, shown as a block",
+    "data": "a data file for code (parquet, npz)",
+    "clustering": "a clustering result folder (trainables.prototypes.load_clustering_result)",
+}
+
+
+@dataclass(frozen=True)
+class Output:
+    """A file or folder a job writes into its folder (an objective: into its best trial's result folder), `path`
+    relative to that folder; or a result it passes on, `from_config` naming the config field that holds it (the
+    clustering a prototypes job picked from, which a later stage takes as `prototypes.clustering` instead of
+    reading it out of a text file)."""
+
+    kind: str
+    path: str = ""
+    caption: str = ""  # a gallery's caption under each picture
+    from_config: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in OUTPUT_KINDS:
+            raise ValueError(f"unknown output kind {self.kind!r} (known: {', '.join(OUTPUT_KINDS)})")
+        if bool(self.path) == bool(self.from_config):
+            raise ValueError("an output has a path in the job's folder or a from_config field, exactly one")
+
+
+def under(folder: str, outputs: Mapping[str, Output]) -> dict[str, Output]:
+    """Another job's outputs as written into `folder` of this job's folder (an evaluation running its parts
+    in subfolders): names prefixed `folder.`, paths `folder/`; passed-on results are left out."""
+    return {f"{folder}.{name}": replace(output, path=f"{folder}/{output.path}")
+            for name, output in outputs.items() if output.path}
 
 
 @dataclass(frozen=True)
@@ -120,6 +164,8 @@ class JobDef:
     datasets: Callable[[Any], tuple[DatasetUse, ...]] | None = None
     tiny_config: Mapping[str, Any] = field(default_factory=dict)  # as in TrainableDef
     contract_inputs: ContractInputs | None = None
+    # name -> Output, in the order the report shows them (a subfolder's after the job folder's own)
+    outputs: Mapping[str, Output] = field(default_factory=dict)
 
 
 # A trial's pick in one branch of a conditional space: the option's name and its built config,
@@ -157,6 +203,8 @@ class ObjectiveDef:
     contract_inputs: ContractInputs | None = None
     # The one trial a tiny run scores: per branch an option and its settings, {"reducer": ("pca", {...})}.
     tiny_picks: Mapping[str, tuple[str, Mapping[str, Any]]] = field(default_factory=dict)
+    # name -> Output: what `finalize` writes into the best trial's result folder (paths relative to it)
+    outputs: Mapping[str, Output] = field(default_factory=dict)
 
     def metric(self, name: str) -> Metric:
         for metric in self.metrics:

@@ -15,7 +15,7 @@ import torch
 from trainables.checkpoint import load_checkpoint
 from trainables.classifier import build_model, evaluate
 from trainables.data import load_images
-from trainables.definitions import JobDef, Metric
+from trainables.definitions import JobDef, Metric, Output
 from trainables.device import resolve_device
 from trainables.plotting import pyplot
 from trainables.reporter import Reporter
@@ -101,4 +101,7 @@ EVALUATE_CLASSIFIER = JobDef(
     description="score a classifier checkpoint on the test split; confusion matrix and misclassified images",
     tiny_config={"limit": 200},
     contract_inputs=lambda upstream: {"checkpoint": upstream.trainable("classifier")},
+    outputs={"metrics": Output("metrics", "metrics.json"),
+             "confusion_matrix": Output("picture", "confusion_matrix.png"),
+             "misclassified": Output("picture", "misclassified.png")},
 )

@@ -28,7 +28,7 @@ import torch
 
 from trainables.checkpoint import load_checkpoint
 from trainables.data import DatasetUse, load_images
-from trainables.definitions import JobDef, Metric
+from trainables.definitions import JobDef, Metric, Output
 from trainables.device import resolve_device
 from trainables.fewshot import DEFAULT_SHOTS, FewShotConfig, fewshot_curve, markdown_table, pixel_features, plot_curves
 from trainables.reporter import Reporter
@@ -169,4 +169,6 @@ FEWSHOT = JobDef(
     contract_inputs=lambda upstream: {"vae": upstream.trainable("vae"), "diffusion": upstream.trainable("ddpm_timestep"),
                                       "classifier": upstream.trainable("classifier", classes=[]),
                                       "discriminator": upstream.trainable("dcgan")},
+    outputs={"metrics": Output("metrics", "metrics.json"), "table": Output("table", "fewshot.md"),
+             "curves": Output("picture", "fewshot_curves.png"), "data": Output("data", "fewshot.parquet")},
 )

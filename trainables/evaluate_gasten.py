@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainables.data import DatasetUse
-from trainables.definitions import JobDef, Metric
-from trainables.evaluate_fewshot import FewShotJobConfig
+from trainables.definitions import JobDef, Metric, Output, under
+from trainables.evaluate_fewshot import FEWSHOT, FewShotJobConfig
 from trainables.evaluate_fewshot import run as run_fewshot
 from trainables.fewshot import DEFAULT_SHOTS
-from trainables.ood.evaluate import EvaluateOodConfig
+from trainables.ood.evaluate import EVALUATE_OOD, EvaluateOodConfig
 from trainables.ood.evaluate import run as run_ood
 from trainables.ood.sets import ood_datasets
-from trainables.prototype_curve import PrototypeCurveConfig
+from trainables.prototype_curve import PROTOTYPE_CURVE, PrototypeCurveConfig
 from trainables.prototype_curve import run as run_prototype_curve
 from trainables.reporter import ListReporter, Reporter
 
@@ -43,7 +43,7 @@ class GastenEvaluationConfig:
     classifier: str  # `classifier.best`: the study's binary classifier C
     discriminator: str = ""  # `gan.best`: the DCGAN whose discriminator gives features; "" leaves them out
     prototypes: str = ""  # `prototypes.best`: the prototypes job's folder; "" leaves the prototype curve out
-    clustering: str = ""  # `clustering.best`: the clustering the prototypes came from (else read from their summary)
+    clustering: str = ""  # `prototypes.clustering`: the clustering the prototypes were picked from
     kplus1: str = ""  # `boundary_ood.best`: K+1 trained on GASTeN's boundary images; "" leaves it out
     # few-shot (all 10 MNIST classes, the test split)
     shots: tuple[int, ...] = DEFAULT_SHOTS
@@ -62,6 +62,9 @@ class GastenEvaluationConfig:
     def __post_init__(self) -> None:
         if not self.classifier:
             raise ValueError("classifier is empty: give the study's classifier (inputs: {classifier: classifier.best})")
+        if self.prototypes and not self.clustering:
+            raise ValueError("clustering is empty: give the clustering the prototypes were picked from by reference "
+                             "(inputs: {clustering: prototypes.clustering})")
 
     def fewshot(self) -> FewShotJobConfig:
         return FewShotJobConfig(dataset="mnist", classifier=self.classifier, discriminator=self.discriminator,
@@ -134,4 +137,7 @@ EVALUATE_GASTEN = JobDef(
                                       "prototypes": upstream.job("prototypes"),
                                       "clustering": upstream.objective("clustering"),
                                       "kplus1": upstream.trainable("kplus1", classes=[7, 1])},
+    # each part's own outputs, in its subfolder
+    outputs={"metrics": Output("metrics", "metrics.json"), **under("fewshot", FEWSHOT.outputs),
+             **under("ood", EVALUATE_OOD.outputs), **under("prototype_curve", PROTOTYPE_CURVE.outputs)},
 )

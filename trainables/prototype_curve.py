@@ -28,10 +28,11 @@ drawn `repeats` times (mean and sample std); the prototype set is one set (std 0
 with a single label cannot fit a classifier: it is recorded as the constant predictor of that
 label (`one_label_draws` counts such draws) instead of failing the job.
 
-Inputs by reference: `prototypes` (the prototypes job's folder: `prototypes.parquet` and
-`summary.txt`, whose `source:` line names the clustering result it picked from; or give
-`clustering` explicitly) and `classifier` (C). The clustering must be the one the picks index
-(their scores are checked) and C the classifier that scored it (C(x) is recomputed and compared).
+Inputs by reference: `prototypes` (the prototypes job's folder, with `prototypes.parquet`),
+`clustering` (the clustering result the picks index, which the prototypes job records as its output
+`clustering`: `inputs: {clustering: prototypes.clustering}`) and `classifier` (C). The clustering must
+be the one the picks index (their scores are checked) and C the classifier that scored it (C(x) is
+recomputed and compared).
 
 Writes `prototype_curve.parquet` (one row per source and n), `prototype_curve.md`,
 `prototype_curve.png` (test accuracy and agreement vs n, a line and std band per source) and
@@ -52,7 +53,7 @@ import numpy as np
 import torch
 
 from trainables.data import load_images
-from trainables.definitions import JobDef, Metric
+from trainables.definitions import JobDef, Metric, Output
 from trainables.device import resolve_device
 from trainables.evaluate_fewshot import FewShotJobConfig, feature_sources
 from trainables.fewshot import FewShotConfig, build_head
@@ -64,8 +65,6 @@ SOURCES: tuple[str, ...] = ("prototypes", "random_generated", "real")
 COLUMNS: tuple[str, ...] = ("source", "m", "n", "repeats", "test_accuracy_mean", "test_accuracy_std",
                             "agreement_mean", "agreement_std", "heldout", "one_label_draws")
 PROTOTYPES_FILE = "prototypes.parquet"
-SUMMARY_FILE = "summary.txt"
-SOURCE_LINE = "source: "  # the line of the prototypes job's summary.txt naming its clustering result
 SCORE_TOLERANCE = 1e-3  # recomputed C(x) vs the clustering's stored scores (device numerics differ by ~1e-6)
 _TAGS = {"random_generated": 0x6E4, "real": 0x4EA1}  # separate the two sources' random streams
 
@@ -74,7 +73,7 @@ _TAGS = {"random_generated": 0x6E4, "real": 0x4EA1}  # separate the two sources'
 class PrototypeCurveConfig:
     prototypes: str  # the prototypes job's folder: `inputs: {prototypes: prototypes.best}`
     classifier: str  # C, the binary classifier: `inputs: {classifier: classifier.best}`
-    clustering: str = ""  # the clustering result the picks index; "" = the `source:` named in the prototypes' summary
+    clustering: str = ""  # the clustering result the picks index: `inputs: {clustering: prototypes.clustering}`
     features: Literal["classifier", "pixels"] = "classifier"  # C's penultimate layer, or raw pixels
     repeats: int = 5  # draws of each random source per n
     train_pool: int = 0  # real training images (seeded subset of the two classes) REAL draws from; 0 = all
@@ -83,9 +82,12 @@ class PrototypeCurveConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        for name, what in (("prototypes", "the prototypes job's folder"), ("classifier", "C's checkpoint folder")):
+        for name, what, reference in (("prototypes", "the prototypes job's folder", "prototypes.best"),
+                                      ("classifier", "C's checkpoint folder", "classifier.best"),
+                                      ("clustering", "the clustering result the prototypes were picked from",
+                                       "prototypes.clustering")):
             if not getattr(self, name):
-                raise ValueError(f"{name} is empty: give {what} by reference (inputs: {{{name}: {name}.best}})")
+                raise ValueError(f"{name} is empty: give {what} by reference (inputs: {{{name}: {reference}}})")
         if self.features not in ("classifier", "pixels"):
             raise ValueError(f"features must be 'classifier' or 'pixels', got {self.features!r}")
         if self.repeats < 1:
@@ -102,19 +104,6 @@ class PrototypeCurveConfig:
 # Inputs
 # ---------------------------------------------------------------------------------------------
 
-def clustering_folder(config: PrototypeCurveConfig) -> str:
-    """`config.clustering`, or the clustering result named on the `source:` line of the prototypes' summary."""
-    if config.clustering:
-        return config.clustering
-    summary = Path(config.prototypes) / SUMMARY_FILE
-    if summary.is_file():
-        for line in summary.read_text().splitlines():
-            if line.startswith(SOURCE_LINE):
-                return line[len(SOURCE_LINE):].strip()
-    raise ValueError(f"clustering: {config.prototypes} has no {SUMMARY_FILE} naming its clustering result; give "
-                     "clustering (inputs: {clustering: clustering.best})")
-
-
 def load_inputs(config: PrototypeCurveConfig):
     """(prototypes.parquet as a frame, the clustering result its `index` column points into), checked
     to belong together: every pick's row exists and carries the pick's score."""
@@ -125,7 +114,7 @@ def load_inputs(config: PrototypeCurveConfig):
         raise ValueError(f"prototypes: {config.prototypes} holds no {PROTOTYPES_FILE}; give the prototypes job's "
                          "folder (inputs: {prototypes: prototypes.best})")
     table = pd.read_parquet(path)
-    where = clustering_folder(config)
+    where = config.clustering
     try:
         result = load_clustering_result(where)
     except (FileNotFoundError, ValueError) as error:
@@ -414,4 +403,6 @@ PROTOTYPE_CURVE = JobDef(
     contract_inputs=lambda upstream: {"prototypes": upstream.job("prototypes"),
                                       "clustering": upstream.objective("clustering"),
                                       "classifier": upstream.trainable("classifier")},
+    outputs={"metrics": Output("metrics", "metrics.json"), "table": Output("table", "prototype_curve.md"),
+             "plot": Output("picture", "prototype_curve.png"), "data": Output("data", "prototype_curve.parquet")},
 )

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from trainables.definitions import JobDef, Metric
+from trainables.definitions import JobDef, Metric, Output
 from trainables.plotting import pyplot
 from trainables.reporter import Reporter
 
@@ -455,4 +455,9 @@ PROTOTYPES = JobDef(
                 "as images, a parquet table, grids and a scatter plot",
     tiny_config={"k": 2},
     contract_inputs=lambda upstream: {"clustering": upstream.objective("clustering")},
+    outputs={"scatter": Output("picture", "scatter.png"), "summary": Output("text", "summary.txt"),
+             "grids": Output("gallery", "grids", caption="prototypes of one cluster"),
+             "images": Output("images", "images"), "table": Output("data", "prototypes.parquet"),
+             # the clustering result the picks index: later stages take it as `prototypes.clustering`
+             "clustering": Output("clustering", from_config="clustering")},
 )

@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.study_state import StageState, StudyState
-from orchestrator.tracking import TrackingTarget
+from orchestrator.tracking import TAG_KIND, TrackingTarget
 
 KIND_FOLDERS = {"tune": "tune", "optuna": "optuna", "job": "jobs"}
 
 
 @dataclass(frozen=True)
 class StageFacts:
-    """What the report needs about a stage beyond its StageState, and where it came from (the spec,
-    the stage's MLflow run, or a guess from its folder), so the report can say what it assumed."""
+    """What the report needs about a stage beyond its StageState, and where it came from (the spec, the state,
+    the stage's MLflow run, or an assumption), so the report can say what it assumed."""
 
     name: str
     kind: str  # tune | optuna | job | ? (unknown)
@@ -75,12 +75,6 @@ def stage_folder(output: Path, name: str, stage: StageState, kind: str) -> Path 
         return output / KIND_FOLDERS[kind] / name
     folder = local_path(stage.output, output) if stage.output else None
     return folder if folder is not None and folder.is_dir() else None
-
-
-def kind_from_folder(stage: StageState) -> str:
-    """tune / optuna / job from where the stage wrote (the state does not record the kind)."""
-    parent = Path(stage.output).parent.name if stage.output else ""
-    return {folder: kind for kind, folder in KIND_FOLDERS.items()}.get(parent, "?")
 
 
 def _last_time_total(result_json: Path) -> float | None:
@@ -263,11 +257,12 @@ def facts_from_spec(stage: Any) -> StageFacts:
 
 
 def facts_from_run(name: str, stage: StageState, run: Any) -> StageFacts:
-    """A stage's facts from its MLflow parent run (params `resources.*`, `config.*`, `inputs.*`;
-    tag `gensearch.kind`), or from its folder alone when there is no run (run is None)."""
+    """A stage's facts from its MLflow parent run (params `resources.*`, `config.*`, `inputs.*`), or from the
+    state alone when there is no run (run is None). The kind is the state's record; a state from before kinds
+    were recorded has it in the run's tag `gensearch.kind`; without either it is `?`."""
     params = run.data.params if run is not None else {}
     tags = run.data.tags if run is not None else {}
-    kind = tags.get("gensearch.kind") or kind_from_folder(stage)
+    kind = stage.kind or tags.get(TAG_KIND) or "?"
     inputs = tuple(k.removeprefix("inputs.") for k in params if k.startswith("inputs."))
     fixed = {k.removeprefix("config.") for k in params if k.startswith("config.")}
     searched = None

@@ -1,5 +1,6 @@
 """One section per stage, by kind: a tune or optuna stage's best trial, champion, Pareto front, importance
-and plots; a job's headline metrics, tables and pictures from the files it left.
+and plots; a job's headline metrics, tables and pictures from the outputs it recorded (the ones its
+definition declares), never from file names the report knows.
 """
 
 from __future__ import annotations
@@ -7,26 +8,23 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from orchestrator.report.facts import ReportContext, local_path, stage_folder
 from orchestrator.report.formatting import _num, _table, format_settings, numeric_items
 from orchestrator.report.gallery import CAPTIONS, Gallery
-from orchestrator.study_state import BestTrial, StageState
+from orchestrator.stage_outputs import declared_outputs, outputs_folder, produced_outputs
+from orchestrator.study_state import BestTrial, RecordedOutput, StageState
+from trainables.definitions import SHOWN_KINDS
 
 HEADLINE_METRICS = 6  # a job's first metrics (jobs put their headline first; the rest are in MLflow)
-MAX_GRIDS = 6  # prototype grids, one per cluster: a few show what the clusters look like
-MAX_IMAGES_PER_FOLDER = 8  # generic fallback: a job folder with many images would bury the rest
+MAX_GRIDS = 6  # a gallery's pictures (prototype grids, one per cluster): a few show what they look like
 MAX_TABLE_LINES = 40  # a job's markdown table inlined; longer ones are copied and linked instead
 MAX_FRONT_ROWS = 10  # a two-objective stage's Pareto front: its best rows; the whole front is in pareto_front.csv
 PARETO_FRONT_FILE = "pareto_front.csv"
 
 TUNE_IMAGES = ("search_history.png", "parameter_sweep.png", "pareto.png")
-KNOWN_JOB_FILES = ("fewshot.md", "fewshot_curves.png", "ood_table.md", "roc_curves.png", "prototype_curve.md",
-                   "prototype_curve.png", "scatter.png", "confusion_matrix.png", "misclassified.png", "summary.txt")
-GRID_FOLDER = "grids"
-SKIPPED_FOLDERS = ("images",)  # prototypes: one small PNG per pick (dozens); the grids show them
 
 
 def best_lines(ctx: ReportContext, name: str, best: BestTrial) -> list[str]:
@@ -153,10 +151,9 @@ def optuna_section(ctx: ReportContext, name: str, stage: StageState, gallery: Ga
         if (folder / "search_history.png").is_file():
             lines += gallery.image(folder / "search_history.png", name, "search_history.png")
         lines += importance_lines(folder, name, gallery)
-        best = folder / "best"
-        for png in sorted(best.glob("*.png"))[:MAX_IMAGES_PER_FOLDER] if best.is_dir() else []:
-            lines += gallery.image(png, name, "best", png.name, caption="the best trial's result")
-    return lines
+    outputs, _ = outputs_of(ctx, name, stage, "optuna")
+    return lines + output_lines(ctx, [output for output in outputs.values() if output.kind in SHOWN_KINDS], gallery,
+                                (name, "best"))
 
 
 def headline_lines(metrics: Mapping[str, Any]) -> list[str]:
@@ -186,73 +183,103 @@ def text_file_lines(path: Path) -> list[str]:
     return [f"**{path.name}**", "", "```", *text[:MAX_TABLE_LINES], "```", ""]
 
 
-def ordered_files(folder: Path) -> list[Path]:
-    """A job folder's files worth showing: the known ones in a sensible order, then any other
-    markdown tables and PNGs (the generic fallback, capped)."""
-    known = [folder / name for name in KNOWN_JOB_FILES if (folder / name).is_file()]
-    others = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".md", ".png") and p not in known)
-    other_md = [p for p in others if p.suffix == ".md"]
-    other_png = [p for p in others if p.suffix == ".png"]
-    room = max(0, MAX_IMAGES_PER_FOLDER - sum(1 for p in known if p.suffix == ".png"))
-    return known + other_md + other_png[:room]
+def outputs_of(ctx: ReportContext, name: str, stage: StageState, kind: str) -> tuple[dict[str, RecordedOutput], str]:
+    """The outputs the stage recorded, and the folder their paths start from. A state from before outputs were
+    recorded: the ones its definition (named by the spec) declares that are in that folder."""
+    if stage.outputs:
+        return stage.outputs, outputs_folder(kind, stage)
+    spec_stage = next((s for s in ctx.spec.stages if s.name == name), None) if ctx.spec is not None else None
+    if spec_stage is None:
+        return {}, ""
+    recorded = outputs_folder(kind, stage)
+    folder = stage_folder(ctx.output, name, stage, kind) if kind == "job" else \
+        local_path(recorded, ctx.output) if recorded else None
+    if folder is None or not folder.is_dir():
+        return {}, ""
+    try:
+        return produced_outputs(declared_outputs(spec_stage), folder), str(folder)
+    except LookupError:  # a job or objective the catalog no longer knows
+        return {}, ""
 
 
-def job_folder_lines(folder: Path, gallery: Gallery, parts: tuple[str, ...],
-                     fallback_metrics: Mapping[str, Any] | None = None) -> list[str]:
-    """One job folder (the stage's own, or one of its subfolders): headline metrics, tables, pictures,
-    prototype grids."""
-    metrics_file = folder / "metrics.json"
-    metrics: Mapping[str, Any] = fallback_metrics or {}
-    if metrics_file.is_file():
+def output_groups(outputs: Mapping[str, RecordedOutput], base: str) -> dict[str, list[RecordedOutput]]:
+    """The outputs the report shows, by the subfolder of the job's folder they are in ("": the folder itself;
+    an evaluation writes each part into its own), the folder's own first, then the subfolders by name."""
+    groups: dict[str, list[RecordedOutput]] = {"": []}
+    for output in outputs.values():
+        if output.kind not in SHOWN_KINDS:
+            continue
         try:
-            loaded = json.loads(metrics_file.read_text())
-            metrics = loaded if isinstance(loaded, dict) else metrics
-        except json.JSONDecodeError:
-            pass
-    lines = headline_lines(metrics)
-    for path in ordered_files(folder):
-        if path.suffix == ".md":
+            relative = PurePath(output.path).relative_to(base)
+        except ValueError:
+            relative = PurePath(PurePath(output.path).name)
+        groups.setdefault(relative.parent.as_posix() if len(relative.parts) > 1 else "", []).append(output)
+    return {sub: groups[sub] for sub in sorted(groups)}
+
+
+def recorded_metrics(outputs: list[RecordedOutput], ctx: ReportContext) -> Mapping[str, Any] | None:
+    """The group's metrics file (kind `metrics`) as a dict, when there is one that reads as one."""
+    for output in outputs:
+        path = local_path(output.path, ctx.output)
+        if output.kind == "metrics" and path.is_file():
+            try:
+                loaded = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                continue
+            if isinstance(loaded, dict):
+                return loaded
+    return None
+
+
+def output_lines(ctx: ReportContext, outputs: list[RecordedOutput], gallery: Gallery, parts: tuple[str, ...],
+                 fallback_metrics: Mapping[str, Any] | None = None) -> list[str]:
+    """One group of a job's outputs: headline metrics, then its tables, texts and pictures in the order the
+    job declares them, then its galleries (a few pictures each) and the picture folders it does not show."""
+    lines = headline_lines(recorded_metrics(outputs, ctx) or fallback_metrics or {})
+    folders = []
+    for output in outputs:
+        path = local_path(output.path, ctx.output)
+        if not path.exists():
+            continue
+        if output.kind == "table":
             lines += markdown_file_lines(path, gallery, *parts, path.name)
-        elif path.suffix == ".txt":
+        elif output.kind == "text":
             lines += text_file_lines(path)
-        else:
+        elif output.kind == "picture":
             lines += gallery.image(path, *parts, path.name)
-    lines += grid_lines(folder / GRID_FOLDER, gallery, parts)
-    for skipped in SKIPPED_FOLDERS:
-        count = len(list((folder / skipped).glob("*.png"))) if (folder / skipped).is_dir() else 0
+        elif output.kind in ("gallery", "images") and path.is_dir():
+            folders.append((output, path))
+    for output, path in folders:
+        if output.kind == "gallery":
+            lines += gallery_lines(path, output.caption, gallery, parts)
+    for output, path in folders:
+        count = len(list(path.glob("*.png"))) if output.kind == "images" else 0
         if count:
-            lines += [f"({count} images in `{skipped}/` are not shown here.)", ""]
+            lines += [f"({count} images in `{path.name}/` are not shown here.)", ""]
     return lines
 
 
-def grid_lines(grids: Path, gallery: Gallery, parts: tuple[str, ...]) -> list[str]:
-    """Prototype grids (one per cluster), at most MAX_GRIDS of them."""
-    if not grids.is_dir():
-        return []
-    pngs = sorted(grids.glob("*.png"))
+def gallery_lines(folder: Path, caption: str, gallery: Gallery, parts: tuple[str, ...]) -> list[str]:
+    """A gallery's pictures (prototype grids, one per cluster), at most MAX_GRIDS of them."""
+    pngs = sorted(folder.glob("*.png"))
     lines = []
     for png in pngs[:MAX_GRIDS]:
-        lines += gallery.image(png, *parts, GRID_FOLDER, png.name, caption="prototypes of one cluster")
+        lines += gallery.image(png, *parts, folder.name, png.name, caption=caption or None)
     if len(pngs) > MAX_GRIDS:
-        lines += [f"({len(pngs) - MAX_GRIDS} more grids in `{GRID_FOLDER}/`.)", ""]
+        lines += [f"({len(pngs) - MAX_GRIDS} more {folder.name} in `{folder.name}/`.)", ""]
     return lines
-
-
-def job_subfolders(folder: Path) -> list[Path]:
-    """Subfolders with something to show (an evaluation job may write fewshot/, ood/, ... each with its
-    own files); grids and per-image folders are part of their parent."""
-    return [p for p in sorted(folder.iterdir())
-            if p.is_dir() and not p.name.startswith(".") and p.name not in (GRID_FOLDER, *SKIPPED_FOLDERS)
-            and any(q.suffix in (".md", ".png", ".json", ".txt") or q.name == GRID_FOLDER for q in p.iterdir())]
 
 
 def job_section(ctx: ReportContext, name: str, stage: StageState, gallery: Gallery) -> list[str]:
-    folder = stage_folder(ctx.output, name, stage, "job")
-    if folder is None:
+    """A job's headline metrics and the outputs it recorded (orchestrator/stage_outputs.py), its subfolders'
+    after its own."""
+    outputs, base = outputs_of(ctx, name, stage, "job")
+    if not outputs:
         return headline_lines(stage.metrics)
-    lines = job_folder_lines(folder, gallery, (name,), stage.metrics)
-    for sub in job_subfolders(folder):
-        lines += [f"### {name} / {sub.name}", ""] + job_folder_lines(sub, gallery, (name, sub.name))
+    groups = output_groups(outputs, base)
+    lines = output_lines(ctx, groups.pop(""), gallery, (name,), stage.metrics)
+    for sub, members in groups.items():
+        lines += [f"### {name} / {sub}", ""] + output_lines(ctx, members, gallery, (name, *PurePath(sub).parts))
     return lines
 
 

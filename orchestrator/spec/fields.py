@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,15 +147,31 @@ def _parse_reference(raw: Any, key: str, earlier: list[str], later: list[str], p
         problems.add(key, f"expected a reference like 'stage.best', got {_kind(raw)}")
         return None
     stage, selector = match["stage"], match["selector"]
-    if selector not in SELECTORS:
-        problems.add(key, f"unknown selector {selector!r} (use: {', '.join(SELECTORS)})")
-        return None
     if stage not in earlier:
         where = "a later stage" if stage in later else "an unknown stage"
         known = ", ".join(earlier) if earlier else "none: this is the first stage"
         problems.add(key, f"{raw!r} refers to {where}; a stage can only use earlier stages ({known})")
         return None
     return Reference(stage, selector)
+
+
+def _check_selectors(stage: Any, earlier: Sequence[Any], key: str, problems: _Problems) -> None:
+    """A reference's selector is `best` or an output the referenced stage's definition declares
+    (`prototypes.clustering`: stage_outputs.py), checked once the earlier stages are parsed."""
+    from orchestrator.stage_outputs import declared_outputs
+
+    parsed = {other.name: other for other in earlier}
+    for name, reference in stage.inputs.items():
+        source = parsed.get(reference.stage)
+        if reference.selector in SELECTORS or source is None:  # no source: its own problem is reported
+            continue
+        try:
+            outputs = tuple(declared_outputs(source))
+        except LookupError:
+            outputs = ()
+        if reference.selector not in outputs:
+            problems.add(f"{key}.inputs.{name}",
+                         f"unknown selector {reference.selector!r} (use: {', '.join((*SELECTORS, *outputs))})")
 
 
 def _parse_inputs(raw: Any, key: str, earlier: list[str], later: list[str], problems: _Problems) -> dict[str, Reference]:

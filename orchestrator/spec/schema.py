@@ -72,7 +72,8 @@ def representative_values(entry: SpaceEntry) -> tuple[Any, ...]:
 
 @dataclass(frozen=True)
 class Reference:
-    """`gan.best`: the best result of the earlier stage `gan` (its best checkpoint folder)."""
+    """`gan.best`: the best result of the earlier stage `gan` (its best checkpoint folder); `prototypes.clustering`:
+    an output the earlier stage `prototypes` declares and recorded (orchestrator/stage_outputs.py)."""
 
     stage: str
     selector: str

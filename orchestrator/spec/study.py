@@ -8,7 +8,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.spec.fields import NAME_PATTERN, SectionContext, _kind, _mapping, _number, _string, _unknown_keys
+from orchestrator.spec.fields import (NAME_PATTERN, SectionContext, _check_selectors, _kind, _mapping, _number,
+                                     _string, _unknown_keys)
 from orchestrator.spec.job_section import _parse_job_stage
 from orchestrator.spec.optuna_section import _parse_optuna_stage
 from orchestrator.spec.problems import SpecError, _Problems
@@ -85,6 +86,7 @@ def parse_study(raw: Any, source: str, default_output: Path | None = None, profi
             continue
         stage = parse_section(stage_raw, key, SectionContext(study or "study", earlier, later), problems)
         if stage is not None:
+            _check_selectors(stage, stages, key, problems)
             stages.append(stage)
 
     if problems.items:

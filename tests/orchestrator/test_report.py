@@ -23,7 +23,8 @@ from orchestrator.report import (MAX_GRIDS, REPORT_DIR, TAG_REPORT, format_setti
                                  study_target, trial_seconds, varying_config_keys,
                                  write_report)
 from orchestrator.study_folder import MANIFEST_FILE
-from orchestrator.study_state import BestTrial, RegisteredVersion, StageState, StudyState, load_state, save_state
+from orchestrator.study_state import (BestTrial, RecordedOutput, RegisteredVersion, StageState, StudyState, load_state,
+                                      save_state)
 from tests.orchestrator.study_helpers import REPO, client_for, run_launcher, study_runs
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16  # the report copies pictures, it never decodes them
@@ -76,6 +77,20 @@ def fake_job_stage(output: Path) -> Path:
     return folder
 
 
+# What the launcher records for such a job (its definition's declared outputs that exist), in declared order.
+JOB_OUTPUTS = {"metrics": ("metrics", "metrics.json"), "ood_table": ("table", "ood_table.md"),
+               "roc_curves": ("picture", "roc_curves.png"), "scatter": ("picture", "scatter.png"),
+               "long": ("table", "long.md"), "extra": ("picture", "extra.png"), "grids": ("gallery", "grids"),
+               "images": ("images", "images"), "fewshot.metrics": ("metrics", "fewshot/metrics.json"),
+               "fewshot.table": ("table", "fewshot/fewshot.md"),
+               "fewshot.curves": ("picture", "fewshot/fewshot_curves.png")}
+
+
+def recorded_outputs(folder: Path) -> dict[str, RecordedOutput]:
+    return {name: RecordedOutput(kind, str(folder / path), "prototypes of one cluster" if kind == "gallery" else "")
+            for name, (kind, path) in JOB_OUTPUTS.items()}
+
+
 def fake_state(output: Path, **tune_fields) -> StudyState:
     tune_dir, job_dir = fake_tune_stage(output), fake_job_stage(output)
     _write(output / "optuna" / "cluster" / "search_history.png", PNG)
@@ -85,15 +100,17 @@ def fake_state(output: Path, **tune_fields) -> StudyState:
                      metrics={"val_accuracy": 0.985, "val_loss": 0.05, "epoch": 2.0, "time_this_iter_s": 1.0})
     state = StudyState(study="fake", tracking_uri=f"sqlite:///{output.resolve() / 'mlflow.db'}", experiment_id="7")
     state.stages["search"] = StageState(
-        status="finished", parent_run_id="p1", best=best, trials=3, failed_trials=1, wall_s=40.0,
+        status="finished", kind="tune", parent_run_id="p1", best=best, trials=3, failed_trials=1, wall_s=40.0,
         output=str(tune_dir), registered=RegisteredVersion("fake-search", "3", "champion", "child123"), **tune_fields)
     state.stages["cluster"] = StageState(
-        status="finished", wall_s=36.0, trials=30, failed_trials=5, output=str(output / "optuna" / "cluster"),
+        status="finished", kind="optuna", wall_s=36.0, trials=30, failed_trials=5,
+        output=str(output / "optuna" / "cluster"),
         best=BestTrial(trial_id="15", metric="silhouette", value=0.5, checkpoint=str(output / "optuna/cluster/best"),
                        config={"reducer": "umap", "reducer.n_neighbors": 50}, metrics={"silhouette": 0.5}))
-    state.stages["evaluate"] = StageState(status="finished", wall_s=7.2, output=str(job_dir),
-                                          metrics={k: v for k, v in JOB_METRICS.items() if k != "source"})
-    state.stages["broken"] = StageState(status="failed", wall_s=1.0)
+    state.stages["evaluate"] = StageState(status="finished", kind="job", wall_s=7.2, output=str(job_dir),
+                                          metrics={k: v for k, v in JOB_METRICS.items() if k != "source"},
+                                          outputs=recorded_outputs(job_dir))
+    state.stages["broken"] = StageState(status="failed", wall_s=1.0)  # as a state from before kinds were recorded
     save_state(output, state)
     return state
 

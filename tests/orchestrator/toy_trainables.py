@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.definitions import JobDef, Metric, ObjectiveDef, TrainableDef
+from trainables.definitions import JobDef, Metric, ObjectiveDef, Output, TrainableDef
 from trainables.reporter import CheckpointState, Reporter
 
 FOLDER = Path(__file__).resolve().parent
@@ -167,6 +167,7 @@ BOWL = ObjectiveDef(
     prepare=prepare_bowl, evaluate=evaluate_bowl, finalize=finalize_bowl,
     metrics=(Metric("distance", higher_is_better=False),),
     description="toy: the squared distance to a seeded point",
+    outputs={"best": Output("text", "best.txt")},
 )
 
 
@@ -184,13 +185,17 @@ class ScoreConfig:
 def run_score(config: ScoreConfig, reporter: Reporter, workdir: Path) -> dict[str, float]:
     assert (Path(config.best) / "best.txt").is_file(), config.best
     noise = np.random.default_rng(config.seed).normal(0.0, 0.02, 2)
-    return {"acc_k1": 0.6 + float(noise[0]), "acc_k5": 0.8 + float(noise[1])}
+    scores = {"acc_k1": 0.6 + float(noise[0]), "acc_k5": 0.8 + float(noise[1])}
+    (workdir / "scores.md").write_text("| k | acc |\n|---|---|\n" + "".join(f"| {k} | {v:.4f} |\n"
+                                                                       for k, v in scores.items()))
+    return scores
 
 
 SCORE = JobDef(
     name="score", config_cls=ScoreConfig, run=run_score,
     metrics=(Metric("acc_k1", higher_is_better=True), Metric("acc_k5", higher_is_better=True)),
     description="toy: an evaluation whose scores move with the seed",
+    outputs={"table": Output("table", "scores.md"), "bowl": Output("data", from_config="best")},
 )
 
 

@@ -121,12 +121,15 @@ def test_job_writes_its_files_and_reports_every_declared_metric(name, runs):
         assert dict(run.returned) == run.reporter.results[-1]
     assert_checks_pass_on_its_own_tiny_config(definition, run.config)
     assert any(path.is_file() for path in run.workdir.rglob("*")), f"{name} wrote no file into its folder"
+    assert [output_name for output_name, output in definition.outputs.items()
+            if output.path and not (run.workdir / output.path).exists()] == []  # every declared file is written
 
 
 def test_evaluate_classifier_writes_its_pictures_and_the_metrics_of_the_real_test_split(runs):
     run = runs.job_run("evaluate_classifier")
-    workdir, reporter = run.workdir, run.reporter
+    workdir, reporter, definition = run.workdir, run.reporter, catalog.job("evaluate_classifier")
     assert {"confusion_matrix.png", "misclassified.png", "metrics.json"} <= {p.name for p in workdir.iterdir()}
+    assert {output.path for output in definition.outputs.values()} == {p.name for p in workdir.iterdir()}
     assert 0.0 <= reporter.last("test_accuracy") <= 1.0
     assert reporter.last("test_images") == run.config.limit == 200
     written = json.loads((workdir / "metrics.json").read_text())

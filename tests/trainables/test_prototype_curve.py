@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -76,11 +77,14 @@ def prototypes_folder(tmp_path, result: ClusteringResultData, k: int = K) -> str
 
 
 def run_curve(tmp_path, prototypes: str, classifier: str, **settings):
+    """The curve job on a prototypes folder; its clustering by default the one `prototypes_folder` saved beside
+    it (what the prototypes job records as its output `clustering`)."""
     workdir = tmp_path / "curve"
     workdir.mkdir(parents=True)
     reporter = ListReporter()
+    clustering = str(Path(prototypes).parent / "clustering")
     config = build_config(PrototypeCurveConfig, {"prototypes": prototypes, "classifier": classifier,
-                                                 **SMALL, **settings})
+                                                 "clustering": clustering, **SMALL, **settings})
     metrics = PROTOTYPE_CURVE.run(config, reporter, workdir)
     return workdir, reporter, metrics
 
@@ -200,13 +204,14 @@ def test_pixel_features_run_through_the_same_curve(curve_run, classifier_folder,
 @pytest.mark.parametrize("changes,message", [
     ({"prototypes": ""}, "prototypes is empty"), ({"classifier": ""}, "classifier is empty"),
     ({"repeats": 0}, "repeats must be >= 1"), ({"train_pool": -1}, "train_pool"), ({"train_pool": 1}, "train_pool"),
-    ({"test_images": -1}, "test_images"), ({"seed": -1}, "seed"),
+    ({"test_images": -1}, "test_images"), ({"seed": -1}, "seed"), ({"clustering": ""}, "clustering is empty"),
 ])
 def test_config_errors_name_the_setting(changes, message):
     with pytest.raises(ValueError, match=message):
-        PrototypeCurveConfig(**{"prototypes": "/p", "classifier": "/c", **changes})
+        PrototypeCurveConfig(**{"prototypes": "/p", "classifier": "/c", "clustering": "/k", **changes})
     with pytest.raises(ConfigError, match="features"):
-        build_config(PrototypeCurveConfig, {"prototypes": "/p", "classifier": "/c", "features": "vae"})
+        build_config(PrototypeCurveConfig, {"prototypes": "/p", "classifier": "/c", "clustering": "/k",
+                                            "features": "vae"})
     assert catalog.job("prototype_curve") is PROTOTYPE_CURVE
 
 
@@ -214,11 +219,12 @@ def test_inputs_that_do_not_belong_together_are_refused(curve_run, classifier_fo
     result, folder, *_ = curve_run
     with pytest.raises(ValueError, match="^prototypes: .* holds no prototypes.parquet"):
         run_curve(tmp_path / "a", str(tmp_path), classifier_folder, clustering=str(tmp_path))
-    bare = tmp_path / "bare"  # the table without the summary that names its clustering
+    bare = tmp_path / "bare"  # the table alone: its clustering is given by reference, never read out of a file
     bare.mkdir()
     shutil.copy(f"{folder}/prototypes.parquet", bare)
-    with pytest.raises(ValueError, match="^clustering: .* no summary.txt naming its clustering result"):
-        run_curve(tmp_path / "b", str(bare), classifier_folder)
+    given_by_reference = r"^config: clustering is empty: .* \(inputs: \{clustering: prototypes.clustering\}\)"
+    with pytest.raises(ValueError, match=given_by_reference):
+        run_curve(tmp_path / "b", str(bare), classifier_folder, clustering="")
     with pytest.raises(ValueError, match="^clustering: .* not a clustering result"):
         run_curve(tmp_path / "e", str(bare), classifier_folder, clustering=str(bare))
     other = save_clustering_result(tmp_path / "other", blend_pool(classifier_folder, seed=1))

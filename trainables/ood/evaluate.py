@@ -35,7 +35,7 @@ import torch
 from trainables.checkpoint import load_checkpoint
 from trainables.classifier import ClassifierConfig
 from trainables.data import load_images
-from trainables.definitions import JobDef, Metric, Upstream
+from trainables.definitions import JobDef, Metric, Output, Upstream
 from trainables.device import resolve_device
 from trainables.ood import conditional_nn, generator_nn, kplus1, leave_out
 from trainables.ood.detectors import Detector, MaxSoftmax, Odin
@@ -269,4 +269,7 @@ EVALUATE_OOD = JobDef(
     datasets=lambda config: ood_datasets(config.test_sets, "test_sets"),
     tiny_config={"test_sets": ["fashion_mnist", "uniform_noise"], "images": 100},
     contract_inputs=lambda upstream: tiny_methods(upstream, upstream.trainable("classifier", classes=[])),
+    outputs={"metrics": Output("metrics", "metrics.json"), "table": Output("table", "ood_table.md"),
+             "roc_curves": Output("picture", "roc_curves.png"), "data": Output("data", "ood_table.parquet"),
+             "selective": Output("data", "selective.parquet"), "costs": Output("data", "costs.parquet")},
 )
