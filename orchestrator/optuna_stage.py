@@ -188,7 +188,7 @@ class TrialRunner:
         run_id = trial.user_attrs.get(CHILD_RUN)
         trial_id = str(trial.number)
         if run_id:  # the re-run of a trial a stop cut off (or that failed): same run, now under this trial's number
-            logged = set(self.tracker.client.get_run(run_id).data.metrics)
+            logged = set(self.tracker.run(run_id).data.metrics)
             self.tracker.reopen(run_id)
             self.tracker.set_tags(run_id, {TAG_TRIAL: trial_id, TAG_RUN_NAME: f"{self.stage.name}-{trial_id}",
                                            TAG_RETRY_OF: trial.user_attrs.get(RETRY_OF, "")})

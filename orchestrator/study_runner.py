@@ -145,7 +145,7 @@ class StudyRunner:
         self.save()
         spec_path = Path(self.spec.source)
         if spec_path.is_file() and not resuming:
-            self.tracker.client.log_artifact(parent, str(spec_path))
+            self.tracker.log_file(parent, spec_path)
         started = time.monotonic()
         try:
             if isinstance(stage, TuneStage):
@@ -211,7 +211,7 @@ class StudyRunner:
         for name in ("trials.csv", "search_history.png", "parameter_sweep.png", "pareto.png", "pareto_front.csv"):
             path = outcome.experiment_dir / name
             if path.is_file():
-                self.tracker.client.log_artifact(parent, str(path))
+                self.tracker.log_file(parent, path)
         if stage.register is not None:
             print(f"[{stage.name}] registering the best model as {stage.register.name} @{stage.register.alias}",
                   flush=True)
@@ -264,7 +264,7 @@ class StudyRunner:
         for name in ("trials.csv", "search_history.png"):
             path = outcome.workdir / name
             if path.is_file():
-                self.tracker.client.log_artifact(parent, str(path))
+                self.tracker.log_file(parent, path)
         self.tracker.log_artifacts(parent, Path(best.checkpoint), "best")
         others = ", ".join(f"{k}={v:.3g}" for k, v in best.metrics.items() if k != best.metric and not k.endswith("_s"))
         print(f"[{stage.name}] best trial {best.trial_id}: {best.metric}={best.value:.4g} ({others})", flush=True)

@@ -299,11 +299,28 @@ class Tracker:
         self.client.update_run(run_id, status="RUNNING")
         self.client.set_tag(run_id, TAG_STATUS, status_tag)
 
+    def run(self, run_id: str) -> Any:
+        """One run as MLflow holds it (`info.status`, `data.metrics`, `data.tags`, `data.params`)."""
+        return self.client.get_run(run_id)
+
+    def logged_steps(self, run_id: str, metric: str) -> set[int]:
+        """The steps at which a run holds a value of `metric`: what a re-run or a backfill must not log again."""
+        return {entry.step for entry in self.client.get_metric_history(run_id, metric)}
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove a run that stands for nothing (a trial Tune never recorded); MLflow keeps it as deleted."""
+        self.client.delete_run(run_id)
+
     def supersede(self, run_id: str, reason: str) -> None:
         """Set an earlier attempt's run aside (kept, never deleted); one left RUNNING by a dead launcher is closed."""
         self.set_tags(run_id, {TAG_SUPERSEDED: "true", TAG_SUPERSEDED_REASON: reason})
         if self.client.get_run(run_id).info.status == "RUNNING":
             self.finish(run_id, "KILLED", f"superseded: {reason}")
+
+    def supersede_version(self, name: str, version: str, reason: str) -> None:
+        """Tag a registered model version of an earlier attempt as set aside, with the reason (never deleted)."""
+        for key, value in ((TAG_SUPERSEDED, "true"), (TAG_SUPERSEDED_REASON, reason)):
+            self.client.set_model_version_tag(name, version, key, value)
 
     def children(self, parent_run_id: str) -> dict[str, Any]:
         """Child runs of a parent, by trial id (deleted and superseded runs excluded)."""
