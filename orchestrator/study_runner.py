@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,23 @@ from orchestrator.spec import JobStage, OptunaStage, ResourcesSpec, Stage, Study
 from orchestrator.study_state import BestTrial, StudyState, save_state
 from orchestrator.tracking import Tracker, TrackingLost, error_line, tracking_outage
 
-# Tune saves its experiment state at most this often; small, so a kill loses little bookkeeping.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-# Let Ctrl-C reach us (to mark runs KILLED) instead of Tune swallowing it.
-os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
-# Frequent snapshots are what we want (every checkpoint is resumable); Tune warns about them.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# Our own one-line-per-trial progress replaces Tune's tables and banners.
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+TUNE_DEFAULTS = {
+    # Tune saves its experiment state at most this often; small, so a kill loses little bookkeeping.
+    "TUNE_GLOBAL_CHECKPOINT_S": "1",
+    # Let Ctrl-C reach us (to mark runs KILLED) instead of Tune swallowing it.
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
+    # Frequent snapshots are what we want (every checkpoint is resumable); Tune warns about them.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # Our own one-line-per-trial progress replaces Tune's tables and banners.
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+
+
+def apply_tune_defaults() -> None:
+    """Set TUNE_DEFAULTS in the launcher's environment where the user has not. Tune's driver reads them when a
+    stage runs; the launcher calls this once, before the study starts (importing this module changes nothing)."""
+    for key, value in TUNE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 class StageError(RuntimeError):
@@ -98,9 +106,11 @@ def stage_params(stage: Stage) -> dict[str, Any]:
 
 class StudyRunner:
     def __init__(self, spec: StudySpec, output: Path, tracker: Tracker, state: StudyState, *, resume: bool,
-                 address: str | None, worker_env: Mapping[str, str], verbose: bool = False) -> None:
+                 address: str | None, data_root: Path | None = None, verbose: bool = False) -> None:
+        """`data_root`: the launcher's --data-root, handed to the trials (Ray workers) in their environment and
+        to the stages run here (jobs, Optuna objectives) as an argument."""
         self.spec, self.output, self.tracker, self.state = spec, output, tracker, state
-        self.resume, self.address, self.worker_env, self.verbose = resume, address, dict(worker_env), verbose
+        self.resume, self.address, self.data_root, self.verbose = resume, address, data_root, verbose
         self._ray_started = False
 
     def save(self) -> None:
@@ -251,7 +261,7 @@ class StudyRunner:
         outcome = run_optuna_stage(stage=stage, inputs=inputs, workdir=self.output / "optuna" / stage.name,
                                    tracker=self.tracker, parent_run_id=parent,
                                    study_name=f"{self.spec.name}.{stage.name}", study_seed=self.spec.seed,
-                                   reproducible=self.spec.reproducible)
+                                   reproducible=self.spec.reproducible, data_root=self.data_root)
         best = outcome.best
         stage_state = self.state.stage(stage.name)
         stage_state.best, stage_state.output = best, str(outcome.workdir)
@@ -274,7 +284,7 @@ class StudyRunner:
 
         workdir = self.output / "jobs" / stage.name
         metrics = run_job_stage(stage=stage, inputs=inputs, workdir=workdir, tracker=self.tracker, run_id=parent,
-                                study_seed=self.spec.seed)
+                                study_seed=self.spec.seed, data_root=self.data_root)
         stage_state = self.state.stage(stage.name)
         stage_state.metrics, stage_state.output = {k: float(v) for k, v in metrics.items()}, str(workdir)
         print(f"[{stage.name}] " + ", ".join(f"{k}={v:.4g}" for k, v in list(metrics.items())[:4]), flush=True)
@@ -282,10 +292,13 @@ class StudyRunner:
     def start_ray(self) -> None:
         import ray
 
+        from orchestrator.data import worker_env
+
         if self._ray_started or ray.is_initialized():
             return
         print(f"Starting Ray ({'joining ' + self.address if self.address else 'local'})...", flush=True)
-        runtime_env = {"env_vars": self.worker_env} if self.worker_env else None
+        env_vars = worker_env(self.data_root)
+        runtime_env = {"env_vars": env_vars} if env_vars else None
         if not self.verbose:  # our per-trial line names the reason and the trial's error file instead
             logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
         # "local", not None: with None Ray joins the last cluster `ray start` made on this machine (or
