@@ -131,15 +131,18 @@ def estimate_stage(stage: TuneStage, checkpoints: dict[str, Path], folder: Path,
     return StageEstimate(stage.name, trial_epochs, timing, start_s, parallel, stage.resources.cpu, stage.resources.gpu)
 
 
-def estimate_study(spec: StudySpec) -> list[StageEstimate | str]:
-    """An estimate per tune stage; for any other stage the name of its kind (not estimated)."""
+def estimate_study(spec: StudySpec, data_root: Path | None = None) -> list[StageEstimate | str]:
+    """An estimate per tune stage; for any other stage the name of its kind (not estimated). `data_root`: the
+    launcher's --data-root, searched first by the probed trainables (they run here)."""
     import torch
+
+    from trainables.data import first_data_root
 
     cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
     results: list[StageEstimate | str] = []
     start_s = None
     checkpoints: dict[str, Path] = {}
-    with tempfile.TemporaryDirectory(prefix="gensearch-estimate-") as folder:
+    with tempfile.TemporaryDirectory(prefix="gensearch-estimate-") as folder, first_data_root(data_root):
         for stage in spec.stages:
             if not isinstance(stage, TuneStage):
                 results.append(stage.name)

@@ -17,6 +17,7 @@ reads with `DatasetUse`s, so the launcher knows a study's datasets before Ray st
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -27,7 +28,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,12 @@ _MD5 = {
     ("KMNIST", "t10k-images-idx3-ubyte.gz"): "5c965bf0a639b31b8f53240b1b52f4d7",
     ("KMNIST", "t10k-labels-idx1-ubyte.gz"): "7320c461ea6c1c855c0b718fb2a4b134",
 }
+
+# The launcher's --data-root, searched first. The launcher never writes it into its own environment: its Ray
+# workers get it in theirs (this variable, in the runtime_env the runner starts Ray with), and the code it runs
+# in its own process (jobs, Optuna objectives, the estimate) inside `first_data_root(root)`.
+LAUNCH_ROOT_ENV = "GENSEARCH_LAUNCH_DATA_ROOT"
+_first_root: Path | None = None
 
 _CLASS_COUNT = 10  # MNIST, Fashion-MNIST and KMNIST all have ten classes, 0..9
 _DOWNLOAD_TIMEOUT_S = 30
@@ -140,11 +147,26 @@ def cache_dir() -> Path:
     return (Path(base).expanduser() if base else Path.home() / ".cache" / "gensearch") / "data"
 
 
+@contextlib.contextmanager
+def first_data_root(root: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Within this block, `root` (the launcher's --data-root; None: none) is searched before every other root
+    by any code of this process, as LAUNCH_ROOT_ENV makes a Ray worker do, without touching os.environ."""
+    global _first_root
+    previous, _first_root = _first_root, None if root is None else Path(root)
+    try:
+        yield
+    finally:
+        _first_root = previous
+
+
 def data_roots(data_root: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Candidate roots in search order; missing ones are kept so an error can name them all."""
+    """Candidate roots in search order: `data_root`, the launcher's --data-root (see LAUNCH_ROOT_ENV),
+    $GENSEARCH_DATA, ../shared/data beside the repository and beside the working folder, the cache.
+    Missing ones are kept so an error can name them all."""
     candidates: list[Path] = []
-    if data_root is not None:
-        candidates.append(Path(data_root).expanduser())
+    for first in (data_root, _first_root, os.environ.get(LAUNCH_ROOT_ENV)):
+        if first:
+            candidates.append(Path(first).expanduser())
     if env := os.environ.get("GENSEARCH_DATA"):
         candidates.append(Path(env).expanduser())
     candidates.append(_REPO_ROOT / ".." / "shared" / "data")
@@ -185,10 +207,10 @@ def check_classes(name: str, classes: Sequence[int]) -> tuple[int, ...]:
     return _check_classes(classes, _TITLES[name])
 
 
-def verify(name: str, split: str) -> None:
+def verify(name: str, split: str, data_root: str | os.PathLike[str] | None = None) -> None:
     """MD5 of the split's archives where `locate` finds them (RuntimeError on a mismatch, DatasetNotFoundError
     when absent); cheap after the first time on a machine (`verified.json`)."""
-    for path in _split_files(locate(name, split), split) or ():
+    for path in _split_files(locate(name, split, data_root), split) or ():
         _verify(path, _FOLDERS[name])
 
 
