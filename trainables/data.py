@@ -2,7 +2,7 @@
 
 Trainables and jobs ask for `load_images("mnist", "train", classes=(7, 1))` and never see paths,
 so a study runs unchanged on a laptop, a cluster node or CI, as long as one of `data_roots()`
-holds the files. The gzipped IDX files are read with numpy rather than torchvision because the
+(trainables/data_roots.py) holds the files. The gzipped IDX files are read with numpy rather than torchvision because the
 shared copy is read-only and torchvision insists on extracting next to the archives.
 
 Every archive is checked against torchvision's published MD5 before use: the shared files were
@@ -17,7 +17,6 @@ reads with `DatasetUse`s, so the launcher knows a study's datasets before Ray st
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gzip
 import hashlib
@@ -28,7 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainables.data_roots import LAUNCH_ROOT_ENV, cache_dir, data_roots, first_data_root  # noqa: F401
+
 DATASETS: tuple[str, ...] = ("mnist", "fashion_mnist", "kmnist")
 _SPLITS: tuple[str, ...] = ("train", "test")
-
-# Monkeypatched by tests to isolate them from the real shared/ folder beside the repo.
-_REPO_ROOT = Path(__file__).resolve().parents[1]
 
 _FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
 _TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "kmnist": "KMNIST"}
@@ -64,12 +62,6 @@ _MD5 = {
     ("KMNIST", "t10k-images-idx3-ubyte.gz"): "5c965bf0a639b31b8f53240b1b52f4d7",
     ("KMNIST", "t10k-labels-idx1-ubyte.gz"): "7320c461ea6c1c855c0b718fb2a4b134",
 }
-
-# The launcher's --data-root, searched first. The launcher never writes it into its own environment: its Ray
-# workers get it in theirs (this variable, in the runtime_env the runner starts Ray with), and the code it runs
-# in its own process (jobs, Optuna objectives, the estimate) inside `first_data_root(root)`.
-LAUNCH_ROOT_ENV = "GENSEARCH_LAUNCH_DATA_ROOT"
-_first_root: Path | None = None
 
 _CLASS_COUNT = 10  # MNIST, Fashion-MNIST and KMNIST all have ten classes, 0..9
 _DOWNLOAD_TIMEOUT_S = 30
@@ -139,45 +131,6 @@ class ImageSet:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
-
-
-def cache_dir() -> Path:
-    """Where the launcher and `fetch` download to; the last data root, so a downloaded set is found next time."""
-    base = os.environ.get("GENSEARCH_CACHE")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "gensearch") / "data"
-
-
-@contextlib.contextmanager
-def first_data_root(root: str | os.PathLike[str] | None) -> Iterator[None]:
-    """Within this block, `root` (the launcher's --data-root; None: none) is searched before every other root
-    by any code of this process, as LAUNCH_ROOT_ENV makes a Ray worker do, without touching os.environ."""
-    global _first_root
-    previous, _first_root = _first_root, None if root is None else Path(root)
-    try:
-        yield
-    finally:
-        _first_root = previous
-
-
-def data_roots(data_root: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Candidate roots in search order: `data_root`, the launcher's --data-root (see LAUNCH_ROOT_ENV),
-    $GENSEARCH_DATA, ../shared/data beside the repository and beside the working folder, the cache.
-    Missing ones are kept so an error can name them all."""
-    candidates: list[Path] = []
-    for first in (data_root, _first_root, os.environ.get(LAUNCH_ROOT_ENV)):
-        if first:
-            candidates.append(Path(first).expanduser())
-    if env := os.environ.get("GENSEARCH_DATA"):
-        candidates.append(Path(env).expanduser())
-    candidates.append(_REPO_ROOT / ".." / "shared" / "data")
-    candidates.append(Path.cwd() / ".." / "shared" / "data")
-    candidates.append(cache_dir())
-    roots: list[Path] = []
-    for candidate in candidates:
-        resolved = candidate.resolve()
-        if resolved not in roots:
-            roots.append(resolved)
-    return roots
 
 
 def folder_name(name: str) -> str:
