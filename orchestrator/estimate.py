@@ -108,8 +108,9 @@ def probe_config(stage: TuneStage, definition: Any, checkpoints: dict[str, Path]
 
 
 def estimate_stage(stage: TuneStage, checkpoints: dict[str, Path], folder: Path, start_s: float,
-                   cpus: int, gpus: int) -> StageEstimate:
-    """Time one epoch of the stage's trainable (keeping its checkpoint for later stages) and cost its trials."""
+                   cpus: int, gpus: int, data_root: Path | None = None) -> StageEstimate:
+    """Time one epoch of the stage's trainable (keeping its checkpoint for later stages) and cost its trials;
+    `data_root`: the launcher's --data-root."""
     from trainables import catalog
     from trainables.checkpoint import save_checkpoint
 
@@ -120,7 +121,8 @@ def estimate_stage(stage: TuneStage, checkpoints: dict[str, Path], folder: Path,
         config = probe_config(stage, definition, checkpoints)
         epochs = getattr(config, "epochs")
         parallel = parallel_trials(stage, cpus, gpus)
-        timing, checkpoint = probe_side_by_side(definition, config, max(1, int(stage.resources.cpu)), parallel)
+        timing, checkpoint = probe_side_by_side(definition, config, max(1, int(stage.resources.cpu)), parallel,
+                                                data_root)
     except Exception as error:  # noqa: BLE001 - a probe may fail in any way; the estimate says so and goes on
         return StageEstimate(stage.name, problem=f"{type(error).__name__}: {error}")
     if checkpoint is not None:
@@ -133,22 +135,20 @@ def estimate_stage(stage: TuneStage, checkpoints: dict[str, Path], folder: Path,
 
 def estimate_study(spec: StudySpec, data_root: Path | None = None) -> list[StageEstimate | str]:
     """An estimate per tune stage; for any other stage the name of its kind (not estimated). `data_root`: the
-    launcher's --data-root, searched first by the probed trainables (they run here)."""
+    launcher's --data-root, searched first by the probed trainables."""
     import torch
-
-    from trainables.data import first_data_root
 
     cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
     results: list[StageEstimate | str] = []
     start_s = None
     checkpoints: dict[str, Path] = {}
-    with tempfile.TemporaryDirectory(prefix="gensearch-estimate-") as folder, first_data_root(data_root):
+    with tempfile.TemporaryDirectory(prefix="gensearch-estimate-") as folder:
         for stage in spec.stages:
             if not isinstance(stage, TuneStage):
                 results.append(stage.name)
                 continue
             start_s = worker_start_seconds() if start_s is None else start_s
-            results.append(estimate_stage(stage, checkpoints, Path(folder), start_s, cpus, gpus))
+            results.append(estimate_stage(stage, checkpoints, Path(folder), start_s, cpus, gpus, data_root))
     return results
 
 
