@@ -262,21 +262,20 @@ def log_to_mlflow(run: Run, folder: Path, tracking_uri: str | None,
 
     target = study_target(run.output, run.state, tracking_uri)
     try:
-        client, why_not = open_store(target, True)
-        if client is None or not run.state.experiment_id:
+        tracker, why_not = open_store(target, run.state, True)
+        if tracker is None or not run.state.experiment_id:
             print(f"comparison not logged to MLflow: {why_not or 'the study has no MLflow experiment'}", flush=True)
             return None
-        created = client.create_run(run.state.experiment_id, run_name=COMPARE_RUN_NAME,
-                                    tags={TAG_STUDY: run.state.study, TAG_COMPARE: "true"}).info.run_id
+        created = tracker.create_run(COMPARE_RUN_NAME, {TAG_STUDY: run.state.study, TAG_COMPARE: "true"})
         for row in rows:
             mean, std = row.mean_std
             if math.isfinite(mean):
-                client.log_metric(created, f"{row.stage}.{row.metric}.mean", mean)
-                client.log_metric(created, f"{row.stage}.{row.metric}.std", std)
+                tracker.log_metrics(created, {f"{row.stage}.{row.metric}.mean": mean,
+                                              f"{row.stage}.{row.metric}.std": std})
         for path in (folder / COMPARE_FILE, folder / COMPARE_PLOT, folder / CURVES_PLOT):
             if path.is_file():
-                client.log_artifact(created, str(path))
-        client.set_terminated(created, status="FINISHED")
+                tracker.log_file(created, path)
+        tracker.close(created)
         return created
     except Exception as error:  # noqa: BLE001 - the files are written; MLflow failing is one line
         print(f"comparison not logged to MLflow ({target.uri}): {error_line(error)}", flush=True)

@@ -89,9 +89,11 @@ def _needs(spec: Any) -> tuple[dict[str, _Need], list[str]]:
     return needs, problems
 
 
-def data_problems(spec: Any, *, offline: bool, dry_run: bool, say: Callable[[str], None] = print) -> list[str]:
+def data_problems(spec: Any, *, offline: bool, dry_run: bool, data_root: Path | None = None,
+                  say: Callable[[str], None] = print) -> list[str]:
     """Check (and, unless `offline` or `dry_run`, download) every dataset the study reads; one line per
-    problem. `say` gets the progress lines: downloads, and what a dry run would download."""
+    problem. `data_root`: the launcher's --data-root, searched first. `say` gets the progress lines: downloads,
+    and what a dry run would download."""
     problems: list[str] = []
     if (env := os.environ.get("GENSEARCH_DATA")) and not Path(env).expanduser().is_dir():
         problems.append(f"GENSEARCH_DATA={env}: no such folder; point it at a folder holding e.g. MNIST/raw, "
@@ -99,23 +101,24 @@ def data_problems(spec: Any, *, offline: bool, dry_run: bool, say: Callable[[str
     needs, class_problems = _needs(spec)
     problems += class_problems
     for need in needs.values():
-        problem = _prepare(need, offline=offline, dry_run=dry_run, say=say)
+        problem = _prepare(need, offline=offline, dry_run=dry_run, data_root=data_root, say=say)
         if problem:
             problems.append(f"{spec.source}: {need.key}: {problem}")
     return problems
 
 
-def _prepare(need: _Need, *, offline: bool, dry_run: bool, say: Callable[[str], None]) -> str | None:
+def _prepare(need: _Need, *, offline: bool, dry_run: bool, data_root: Path | None,
+             say: Callable[[str], None]) -> str | None:
     """None when the dataset is here and sound (or may fall back to digits), else the problem."""
     folder = data.folder_name(need.name)
     missing = []
     for split in need.splits:
         try:
-            data.locate(need.name, split)
+            data.locate(need.name, split, data_root)
         except data.DatasetNotFoundError as error:
             missing.append((split, str(error)))
     if not missing:
-        return _verified(need)
+        return _verified(need, data_root)
     splits = " and ".join(split for split, _ in missing)
     if dry_run and not offline:
         say(f"data: {folder} ({splits}) is on none of the data roots: the launch downloads it into {data.cache_dir()}")
@@ -128,7 +131,7 @@ def _prepare(need: _Need, *, offline: bool, dry_run: bool, say: Callable[[str], 
             # with its test split: an evaluation job reads the test split of what a stage trained on, from
             # the stage's checkpoint, so no config declares it
             data.fetch(need.name, splits=(*need.splits, "test"), say=say)
-            return _verified(need)
+            return _verified(need, data_root)
         except data.DownloadError as error:
             reason = f"Download failed: {error}."
     if need.fallback:
@@ -138,18 +141,27 @@ def _prepare(need: _Need, *, offline: bool, dry_run: bool, say: Callable[[str], 
     return f"{missing[0][1]} {reason}"
 
 
-def _verified(need: _Need) -> str | None:
+def _verified(need: _Need, data_root: Path | None) -> str | None:
     """The MD5 problem with an archive the study reads, if any: its splits', and the test split's where it is
     here (a job reads it from a checkpoint). Never repaired here, even in the cache: the message names the
     command that fetches a fresh copy."""
     for split in dict.fromkeys((*need.splits, "test")):
         try:
-            data.verify(need.name, split)
+            data.verify(need.name, split, data_root)
         except data.DatasetNotFoundError:
             continue  # only the undeclared test split can be missing here
         except RuntimeError as error:
             return str(error)
     return None
+
+
+def worker_env(data_root: Path | None) -> dict[str, str]:
+    """The environment a Ray worker needs to search the data roots as the launcher does: its --data-root, and
+    the user's GENSEARCH_DATA and GENSEARCH_CACHE (a cluster's workers do not inherit the launcher's shell)."""
+    env = {key: os.environ[key] for key in ("GENSEARCH_DATA", "GENSEARCH_CACHE") if key in os.environ}
+    if data_root is not None:
+        env[data.LAUNCH_ROOT_ENV] = str(data_root)
+    return env
 
 
 FETCH_HELP = textwrap.dedent("""\

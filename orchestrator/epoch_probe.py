@@ -19,10 +19,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from trainables.data import first_data_root
 from trainables.definitions import TrainableDef
 from trainables.reporter import CheckpointState, Reporter, StepFiles
 
@@ -112,24 +114,28 @@ def _join(barrier: Any) -> None:
     _start_together = barrier
 
 
-def _probe_in_a_process(trainable: str, config: Any, threads: int) -> tuple[EpochTiming, CheckpointState | None]:
+def _probe_in_a_process(trainable: str, config: Any, threads: int,
+                        data_root: Path | None) -> tuple[EpochTiming, CheckpointState | None]:
     from trainables import catalog
 
     definition = catalog.trainable(trainable)
     _start_together.wait()  # every probe imported and ready: their epochs overlap as parallel trials' do
-    return probe_epoch(definition, config, threads)
-
-
-def probe_side_by_side(definition: TrainableDef, config: Any, threads: int,
-                       parallel: int) -> tuple[EpochTiming, CheckpointState | None]:
-    """`probe_epoch` run `parallel` times at once in fresh processes (one alone: here); the slowest probe's
-    timing, since a stage's wall time waits for its slowest slot, and the first probe's checkpoint."""
-    if parallel <= 1:
+    with first_data_root(data_root):
         return probe_epoch(definition, config, threads)
+
+
+def probe_side_by_side(definition: TrainableDef, config: Any, threads: int, parallel: int,
+                       data_root: Path | None = None) -> tuple[EpochTiming, CheckpointState | None]:
+    """`probe_epoch` run `parallel` times at once in fresh processes (one alone: here); the slowest probe's
+    timing, since a stage's wall time waits for its slowest slot, and the first probe's checkpoint.
+    `data_root`: the launcher's --data-root, searched first by the probes (here and in those processes)."""
+    if parallel <= 1:
+        with first_data_root(data_root):
+            return probe_epoch(definition, config, threads)
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(parallel)
     with ProcessPoolExecutor(parallel, mp_context=context, initializer=_join, initargs=(barrier,)) as pool:
         results = list(pool.map(_probe_in_a_process, [definition.name] * parallel, [config] * parallel,
-                                [threads] * parallel))
+                                [threads] * parallel, [data_root] * parallel))
     slowest = max((timing for timing, _ in results), key=lambda timing: timing.epoch_s)
     return slowest, results[0][1]

@@ -109,8 +109,9 @@ def probe_config(stage: TuneStage, definition: Any, checkpoints: dict[str, Path]
 
 
 def estimate_stage(stage: TuneStage, checkpoints: dict[str, Path], folder: Path, start_s: float,
-                   cpus: int, gpus: int) -> StageEstimate:
-    """Time one epoch of the stage's trainable (keeping its checkpoint for later stages) and cost its trials."""
+                   cpus: int, gpus: int, data_root: Path | None = None) -> StageEstimate:
+    """Time one epoch of the stage's trainable (keeping its checkpoint for later stages) and cost its trials;
+    `data_root`: the launcher's --data-root."""
     from trainables import catalog
     from trainables.checkpoint import save_checkpoint
 
@@ -121,7 +122,8 @@ def estimate_stage(stage: TuneStage, checkpoints: dict[str, Path], folder: Path,
         config = probe_config(stage, definition, checkpoints)
         epochs = getattr(config, "epochs")
         parallel = parallel_trials(stage, cpus, gpus)
-        timing, checkpoint = probe_side_by_side(definition, config, max(1, int(stage.resources.cpu)), parallel)
+        timing, checkpoint = probe_side_by_side(definition, config, max(1, int(stage.resources.cpu)), parallel,
+                                                data_root)
     except Exception as error:  # noqa: BLE001 - a probe may fail in any way; the estimate says so and goes on
         return StageEstimate(stage.name, problem=f"{type(error).__name__}: {error}")
     if checkpoint is not None:
@@ -132,8 +134,9 @@ def estimate_stage(stage: TuneStage, checkpoints: dict[str, Path], folder: Path,
     return StageEstimate(stage.name, trial_epochs, timing, start_s, parallel, stage.resources.cpu, stage.resources.gpu)
 
 
-def estimate_study(spec: StudySpec) -> list[StageEstimate | str]:
-    """An estimate per stage whose kind the estimate times (tune); for any other stage its name (not estimated)."""
+def estimate_study(spec: StudySpec, data_root: Path | None = None) -> list[StageEstimate | str]:
+    """An estimate per stage whose kind the estimate times (tune); for any other stage its name (not estimated).
+    `data_root`: the launcher's --data-root, searched first by the probed trainables."""
     import torch
 
     cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
@@ -146,7 +149,7 @@ def estimate_study(spec: StudySpec) -> list[StageEstimate | str]:
                 results.append(stage.name)
                 continue
             start_s = worker_start_seconds() if start_s is None else start_s
-            results.append(estimate_stage(stage, checkpoints, Path(folder), start_s, cpus, gpus))
+            results.append(estimate_stage(stage, checkpoints, Path(folder), start_s, cpus, gpus, data_root))
     return results
 
 

@@ -10,11 +10,12 @@ from typing import Any
 ESTIMATE_FILE = "estimate.json"
 
 
-def record_estimate(spec: Any, output: Path, manifest: Any) -> None:
-    """Estimate the study (printed as `--dry-run --estimate` prints it) and keep it as OUTPUT/estimate.json."""
+def record_estimate(spec: Any, output: Path, manifest: Any, data_root: Path | None = None) -> None:
+    """Estimate the study (printed as `--dry-run --estimate` prints it) and keep it as OUTPUT/estimate.json;
+    `data_root`: the launcher's --data-root."""
     from orchestrator.estimate import StageEstimate, estimate_lines, estimate_study
 
-    estimates = estimate_study(spec)
+    estimates = estimate_study(spec, data_root)
     print("\n".join(estimate_lines(spec, estimates)), flush=True)
     path = manifest.claim(output / ESTIMATE_FILE)
     if path is None:

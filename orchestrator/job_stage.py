@@ -18,6 +18,7 @@ from orchestrator.study_state import RecordedOutput
 from orchestrator.tracking import Tracker
 from trainables import catalog
 from trainables.config import build_config
+from trainables.data import first_data_root
 from trainables.reporter import CheckpointState, Reporter, StepFiles
 
 
@@ -47,14 +48,16 @@ class JobOutcome:
 
 
 def run_job_stage(*, stage: JobStage, inputs: Mapping[str, str], workdir: Path, tracker: Tracker,
-                  run_id: str, study_seed: int = 0) -> JobOutcome:
-    """`study_seed`: the job's `seed` (if it has one the YAML does not fix) derives from it (seeds.py)."""
+                  run_id: str, study_seed: int = 0, data_root: Path | None = None) -> JobOutcome:
+    """`study_seed`: the job's `seed` (if it has one the YAML does not fix) derives from it (seeds.py);
+    `data_root`: the launcher's --data-root, searched first by the job's data code (it runs here)."""
     definition = catalog.job(stage.job)
     config = build_config(definition.config_cls,
                           with_stage_seed(definition.config_cls, {**stage.config, **inputs}, study_seed, stage.name))
     workdir.mkdir(parents=True, exist_ok=True)
     reporter = MlflowRunReporter(tracker, run_id)
     print(f"[{stage.name}] running job {stage.job} -> {workdir}", flush=True)
-    metrics = dict(definition.run(config, reporter, workdir) or reporter.last)
+    with first_data_root(data_root):
+        metrics = dict(definition.run(config, reporter, workdir) or reporter.last)
     tracker.log_artifacts(run_id, workdir)
     return JobOutcome(metrics, produced_outputs(definition.outputs, workdir, config))

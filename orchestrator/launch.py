@@ -170,34 +170,36 @@ def load_and_run(args, lock) -> int:
             if lock is not None:
                 lock.release(undo=True)
             return fail(f"--data-root {args.data_root}: no such folder. Nothing was run.", 2)
-        os.environ["GENSEARCH_DATA"] = str(Path(args.data_root).expanduser().resolve())
+        # Carried as a value, never put into this process's environment: see StudyRunner and first_data_root.
+        args.data_root = Path(args.data_root).expanduser().resolve()
     output = Path(args.output) if args.output else spec.output
     from orchestrator.plan import plan_lines
     from orchestrator.tracking import resolve_target
 
     target = resolve_target(output, args.tracking_uri, spec.tracking.uri)
     if args.dry_run:
-        if problems := preflight_problems(spec, offline=args.offline, dry_run=True):
+        if problems := preflight_problems(spec, offline=args.offline, dry_run=True, data_root=args.data_root):
             print("\n".join(problems), file=sys.stderr)
             return 2
         print("\n".join(plan_lines(spec, str(output), target)), flush=True)
         if args.estimate:
             from orchestrator.estimate import estimate_lines, estimate_study
 
-            print("\n".join(estimate_lines(spec, estimate_study(spec))))
+            print("\n".join(estimate_lines(spec, estimate_study(spec, args.data_root))))
         print("Nothing was run (--dry-run).")
         return 0
     return run(spec, output.resolve(), target, args, lock)
 
 
-def preflight_problems(spec, *, offline: bool = False, dry_run: bool = False) -> list[str]:
-    """Checks that would otherwise fail inside every trial: the datasets (fetched here when missing, unless
-    `offline`; only named by a dry run), their archives' MD5, the classes asked for, and each definition's
-    own preflight."""
+def preflight_problems(spec, *, offline: bool = False, dry_run: bool = False,
+                       data_root: Path | None = None) -> list[str]:
+    """Checks that would otherwise fail inside every trial: the datasets (searched first in `data_root`, fetched
+    here when missing, unless `offline`; only named by a dry run), their archives' MD5, the classes asked for,
+    and each definition's own preflight."""
     from orchestrator.data import data_problems, offline_by_env, representative_config, stage_definition
     from trainables.config import ConfigError
 
-    problems = data_problems(spec, offline=offline or offline_by_env(), dry_run=dry_run)
+    problems = data_problems(spec, offline=offline or offline_by_env(), dry_run=dry_run, data_root=data_root)
     for index, stage in enumerate(spec.stages):
         definition = stage_definition(stage)
         if definition is None or definition.preflight is None:
@@ -278,7 +280,7 @@ def checks_under_lock(spec, output: Path, target, args):
         except ResumeRefused as error:
             raise Refused(*f"error: {error}".splitlines()) from None
         spec = dataclasses.replace(spec, seed=seed, reproducible=reproducible)
-    problems = preflight_problems(spec, offline=args.offline)
+    problems = preflight_problems(spec, offline=args.offline, data_root=args.data_root)
     if problems:
         raise Refused(*problems)
     apply_client_defaults()  # before any MLflow client exists: give up on a dead server in seconds
@@ -308,7 +310,7 @@ def launched_spec(output: Path, state):
 
 def run_study(spec, output: Path, target, args, state, plan) -> int:
     from orchestrator.study_folder import Manifest
-    from orchestrator.study_runner import StageError, StudyRunner
+    from orchestrator.study_runner import StageError, StudyRunner, apply_tune_defaults
     from orchestrator.study_state import StudyState, save_state
     from orchestrator.summary import summary_lines, write_summary
     from orchestrator.supersede import new_aside_folder, supersede_stages
@@ -330,10 +332,10 @@ def run_study(spec, output: Path, target, args, state, plan) -> int:
     if args.estimate:
         from orchestrator.estimate_record import record_estimate
 
-        record_estimate(spec, output, manifest)
-    worker_env = {k: os.environ[k] for k in ("GENSEARCH_DATA", "GENSEARCH_CACHE") if k in os.environ}
+        record_estimate(spec, output, manifest, args.data_root)
+    apply_tune_defaults()
     runner = StudyRunner(spec, output, tracker, state, resume=args.resume or args.restart_from is not None,
-                         address=args.address, worker_env=worker_env, verbose=args.verbose)
+                         address=args.address, data_root=args.data_root, verbose=args.verbose)
     code = 0
     try:
         runner.run()

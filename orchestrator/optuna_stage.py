@@ -44,6 +44,7 @@ from orchestrator.study_state import BestTrial
 from orchestrator.tracking import TAG_RUN_NAME, TAG_TRIAL, Tracker, last_line
 from trainables import catalog
 from trainables.config import build_config
+from trainables.data import first_data_root
 from trainables.definitions import BranchPick
 
 CHILD_RUN = "gensearch.child_run_id"  # trial user attribute: its MLflow child run
@@ -188,7 +189,7 @@ class TrialRunner:
         run_id = trial.user_attrs.get(CHILD_RUN)
         trial_id = str(trial.number)
         if run_id:  # the re-run of a trial a stop cut off (or that failed): same run, now under this trial's number
-            logged = set(self.tracker.client.get_run(run_id).data.metrics)
+            logged = set(self.tracker.run(run_id).data.metrics)
             self.tracker.reopen(run_id)
             self.tracker.set_tags(run_id, {TAG_TRIAL: trial_id, TAG_RUN_NAME: f"{self.stage.name}-{trial_id}",
                                            TAG_RETRY_OF: trial.user_attrs.get(RETRY_OF, "")})
@@ -344,10 +345,18 @@ def run_in_order(study: Any, runner: TrialRunner, stage: OptunaStage, base_seed:
 
 
 def run_optuna_stage(*, stage: OptunaStage, inputs: Mapping[str, str], workdir: Path, tracker: Tracker,
-                     parent_run_id: str, study_name: str, study_seed: int = 0,
-                     reproducible: bool = True) -> OptunaOutcome:
+                     parent_run_id: str, study_name: str, study_seed: int = 0, reproducible: bool = True,
+                     data_root: Path | None = None) -> OptunaOutcome:
     """`study_seed`: the objective's `seed` and the sampler's derive from it unless the YAML fixes them;
-    `reproducible`: trials drawn and told in order (`run_in_order`), else Optuna's own `n_jobs` threads."""
+    `reproducible`: trials drawn and told in order (`run_in_order`), else Optuna's own `n_jobs` threads;
+    `data_root`: the launcher's --data-root, searched first by the objective's data code (it runs here)."""
+    with first_data_root(data_root):
+        return run_optuna_study(stage, inputs, workdir, tracker, parent_run_id, study_name, study_seed, reproducible)
+
+
+def run_optuna_study(stage: OptunaStage, inputs: Mapping[str, str], workdir: Path, tracker: Tracker,
+                     parent_run_id: str, study_name: str, study_seed: int, reproducible: bool) -> OptunaOutcome:
+    """The stage's Optuna study, run or resumed (see run_optuna_stage)."""
     import optuna
     from optuna.trial import TrialState
 

@@ -1,5 +1,9 @@
 """The MLflow Model Registry: the best trial's model becomes a version with an alias.
 
+With promote.py (its command line) the one door to MLflow besides the Tracker: the registry is the store's,
+not one study's (a model's versions come from many studies), and logging a model needs MLflow's own
+`mlflow.pytorch.log_model` on an active run, which the Tracker's explicit-run-id calls do not cover.
+
 The model is logged into the best trial's own child run, so the registered version's source run
 *is* the trial that earned it. Registration is idempotent: re-running it for the same run (after
 a resume) finds the existing version instead of adding another. The version's description says
@@ -9,7 +13,6 @@ where it came from (study, stage, metric, trial, report), so the registry page e
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import mlflow
@@ -18,7 +21,7 @@ import torch
 
 from orchestrator.spec import RegisterSpec
 from orchestrator.study_state import BestTrial, RegisteredVersion
-from orchestrator.tracking import Tracker
+from orchestrator.tracking import Tracker, without_progress_bar
 from trainables.checkpoint import load_checkpoint
 from trainables.definitions import TrainableDef
 
@@ -44,16 +47,16 @@ def register_best(tracker: Tracker, definition: TrainableDef, best: BestTrial, s
         mlflow.set_tracking_uri(tracker.target.uri)
         mlflow.set_registry_uri(tracker.target.uri)
         logging.getLogger("mlflow").setLevel(logging.ERROR)
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        with mlflow.start_run(run_id=best.child_run_id):
-            # "pickle": loads back as the same nn.Module class with mlflow.pytorch.load_model; the
-            # newer "pt2" format would need a traced example input from every trainable.
-            info = mlflow.pytorch.log_model(model, name="model", pip_requirements=PIP_REQUIREMENTS,
-                                            serialization_format="pickle")
-        version = mlflow.register_model(info.model_uri, spec.name, tags={
-            "gensearch.study": tracker.study, "gensearch.stage": stage, "gensearch.trial_id": best.trial_id,
-            best.metric: f"{best.value:.6g}", "gensearch.checkpoint": Path(best.checkpoint).as_posix(),
-            **({"gensearch.epoch": str(best.epoch)} if best.epoch is not None else {})})
+        with without_progress_bar():
+            with mlflow.start_run(run_id=best.child_run_id):
+                # "pickle": loads back as the same nn.Module class with mlflow.pytorch.load_model; the
+                # newer "pt2" format would need a traced example input from every trainable.
+                info = mlflow.pytorch.log_model(model, name="model", pip_requirements=PIP_REQUIREMENTS,
+                                                serialization_format="pickle")
+            version = mlflow.register_model(info.model_uri, spec.name, tags={
+                "gensearch.study": tracker.study, "gensearch.stage": stage, "gensearch.trial_id": best.trial_id,
+                best.metric: f"{best.value:.6g}", "gensearch.checkpoint": Path(best.checkpoint).as_posix(),
+                **({"gensearch.epoch": str(best.epoch)} if best.epoch is not None else {})})
         if version.run_id != best.child_run_id:  # MLflow resolves the source run from the logged model
             raise RuntimeError(f"registered {spec.name} v{version.version} points at run {version.run_id}, "
                                f"not the best trial's run {best.child_run_id}")

@@ -24,14 +24,23 @@ from orchestrator.stages import kind_of
 from orchestrator.study_state import BestTrial, StudyState, save_state
 from orchestrator.tracking import Tracker, TrackingLost, error_line, tracking_outage
 
-# Tune saves its experiment state at most this often; small, so a kill loses little bookkeeping.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-# Let Ctrl-C reach us (to mark runs KILLED) instead of Tune swallowing it.
-os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
-# Frequent snapshots are what we want (every checkpoint is resumable); Tune warns about them.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# Our own one-line-per-trial progress replaces Tune's tables and banners.
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+TUNE_DEFAULTS = {
+    # Tune saves its experiment state at most this often; small, so a kill loses little bookkeeping.
+    "TUNE_GLOBAL_CHECKPOINT_S": "1",
+    # Let Ctrl-C reach us (to mark runs KILLED) instead of Tune swallowing it.
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
+    # Frequent snapshots are what we want (every checkpoint is resumable); Tune warns about them.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # Our own one-line-per-trial progress replaces Tune's tables and banners.
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+
+
+def apply_tune_defaults() -> None:
+    """Set TUNE_DEFAULTS in the launcher's environment where the user has not. Tune's driver reads them when a
+    stage runs; the launcher calls this once, before the study starts (importing this module changes nothing)."""
+    for key, value in TUNE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 class StageError(RuntimeError):
@@ -64,9 +73,11 @@ def champion_tags(best: BestTrial) -> dict[str, str]:
 
 class StudyRunner:
     def __init__(self, spec: StudySpec, output: Path, tracker: Tracker, state: StudyState, *, resume: bool,
-                 address: str | None, worker_env: Mapping[str, str], verbose: bool = False) -> None:
+                 address: str | None, data_root: Path | None = None, verbose: bool = False) -> None:
+        """`data_root`: the launcher's --data-root, handed to the trials (Ray workers) in their environment and
+        to the stages run here (jobs, Optuna objectives) as an argument."""
         self.spec, self.output, self.tracker, self.state = spec, output, tracker, state
-        self.resume, self.address, self.worker_env, self.verbose = resume, address, dict(worker_env), verbose
+        self.resume, self.address, self.data_root, self.verbose = resume, address, data_root, verbose
         self._ray_started = False
 
     def save(self) -> None:
@@ -111,7 +122,7 @@ class StudyRunner:
         self.save()
         spec_path = Path(self.spec.source)
         if spec_path.is_file() and not resuming:
-            self.tracker.client.log_artifact(parent, str(spec_path))
+            self.tracker.log_file(parent, spec_path)
         started = time.monotonic()
         try:
             kind.run(stage, self, inputs, parent, retrying)
@@ -172,7 +183,7 @@ class StudyRunner:
         for name in ("trials.csv", "search_history.png", "parameter_sweep.png", "pareto.png", "pareto_front.csv"):
             path = outcome.experiment_dir / name
             if path.is_file():
-                self.tracker.client.log_artifact(parent, str(path))
+                self.tracker.log_file(parent, path)
         if stage.register is not None:
             print(f"[{stage.name}] registering the best model as {stage.register.name} @{stage.register.alias}",
                   flush=True)
@@ -212,7 +223,7 @@ class StudyRunner:
         outcome = run_optuna_stage(stage=stage, inputs=inputs, workdir=self.output / "optuna" / stage.name,
                                    tracker=self.tracker, parent_run_id=parent,
                                    study_name=f"{self.spec.name}.{stage.name}", study_seed=self.spec.seed,
-                                   reproducible=self.spec.reproducible)
+                                   reproducible=self.spec.reproducible, data_root=self.data_root)
         best = outcome.best
         stage_state = self.state.stage(stage.name)
         stage_state.best, stage_state.output = best, str(outcome.workdir)
@@ -226,7 +237,7 @@ class StudyRunner:
         for name in ("trials.csv", "search_history.png"):
             path = outcome.workdir / name
             if path.is_file():
-                self.tracker.client.log_artifact(parent, str(path))
+                self.tracker.log_file(parent, path)
         self.tracker.log_artifacts(parent, Path(best.checkpoint), "best")
         others = ", ".join(f"{k}={v:.3g}" for k, v in best.metrics.items() if k != best.metric and not k.endswith("_s"))
         print(f"[{stage.name}] best trial {best.trial_id}: {best.metric}={best.value:.4g} ({others})", flush=True)
@@ -236,7 +247,7 @@ class StudyRunner:
 
         workdir = self.output / "jobs" / stage.name
         outcome = run_job_stage(stage=stage, inputs=inputs, workdir=workdir, tracker=self.tracker, run_id=parent,
-                                study_seed=self.spec.seed)
+                                study_seed=self.spec.seed, data_root=self.data_root)
         metrics = outcome.metrics
         stage_state = self.state.stage(stage.name)
         stage_state.metrics, stage_state.output = {k: float(v) for k, v in metrics.items()}, str(workdir)
@@ -246,10 +257,13 @@ class StudyRunner:
     def start_ray(self) -> None:
         import ray
 
+        from orchestrator.data import worker_env
+
         if self._ray_started or ray.is_initialized():
             return
         print(f"Starting Ray ({'joining ' + self.address if self.address else 'local'})...", flush=True)
-        runtime_env = {"env_vars": self.worker_env} if self.worker_env else None
+        env_vars = worker_env(self.data_root)
+        runtime_env = {"env_vars": env_vars} if env_vars else None
         if not self.verbose:  # our per-trial line names the reason and the trial's error file instead
             logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
         # "local", not None: with None Ray joins the last cluster `ray start` made on this machine (or

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from orchestrator.study_state import StudyState
-from orchestrator.tracking import TAG_SUPERSEDED, TAG_SUPERSEDED_REASON, Tracker, error_line
+from orchestrator.tracking import TAG_SUPERSEDED, Tracker, error_line
 
 SUPERSEDED_DIR = "superseded"
 STAGE_FOLDERS = ("tune", "optuna", "jobs")
@@ -53,9 +53,7 @@ def supersede_stages(output: Path, state: StudyState, reasons: Mapping[str, str]
                 except Exception as error:  # noqa: BLE001 - a run MLflow no longer has: nothing to keep
                     print(f"[{name}] MLflow run {run_id} not tagged as superseded: {error_line(error)}", flush=True)
         if stage is not None and stage.registered is not None:
-            version = stage.registered
-            tracker.client.set_model_version_tag(version.name, version.version, TAG_SUPERSEDED, "true")
-            tracker.client.set_model_version_tag(version.name, version.version, TAG_SUPERSEDED_REASON, reason)
+            tracker.supersede_version(stage.registered.name, stage.registered.version, reason)
         moved = [path for kind in STAGE_FOLDERS if (path := set_aside(output, f"{kind}/{name}", aside))]
         where = f"; its files moved to {', '.join(str(p) for p in moved)}" if moved else ""
         print(f"[{name}] earlier attempt set aside ({reason}): its MLflow runs are kept, tagged "

@@ -7,6 +7,7 @@ trials at once. Swapping the embedded SQLite store for a server is only a differ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -14,7 +15,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 TAG_SUPERSEDED = "gensearch.superseded"
 TAG_SUPERSEDED_REASON = "gensearch.superseded_reason"
 MAX_PARAM_LENGTH = 6000
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 class TrackingUnavailable(RuntimeError):
@@ -212,15 +214,33 @@ def numeric_metrics(values: Mapping[str, Any]) -> dict[str, float]:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
 
 
-class Tracker:
-    """One study's view of an MLflow store."""
+@contextlib.contextmanager
+def without_progress_bar() -> Iterator[None]:
+    """MLflow's artifact progress bars off within the block (MLflow reads only its environment variable for
+    them); the environment is as it was afterwards."""
+    previous = os.environ.get(PROGRESS_BAR_ENV)
+    os.environ[PROGRESS_BAR_ENV] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(PROGRESS_BAR_ENV, None)
+        else:
+            os.environ[PROGRESS_BAR_ENV] = previous
 
-    def __init__(self, target: TrackingTarget, experiment: str, study: str) -> None:
+
+class Tracker:
+    """One study's view of an MLflow store: the only code that talks to MLflow's tracking API (the model
+    registry's, in registry.py, is the other door)."""
+
+    def __init__(self, target: TrackingTarget, experiment: str, study: str, experiment_id: str | None = None) -> None:
+        """`experiment_id`: the experiment's id when it is known already (a study's state records it), so a
+        reader such as the report never creates one."""
         self.target = target
         self.experiment_name = experiment
         self.study = study
         self._client = None
-        self._experiment_id: str | None = None
+        self._experiment_id = experiment_id
 
     @property
     def client(self):
@@ -247,6 +267,23 @@ class Tracker:
                     tags={TAG_STUDY: self.study, TAG_EXPERIMENT_KIND: EXPERIMENT_KIND},
                 )
         return self._experiment_id
+
+    def stored_experiment_name(self) -> str:
+        """The experiment's name as the store has it (a study launched with another `tracking.experiment`)."""
+        return self.client.get_experiment(self.experiment_id).name
+
+    def create_run(self, name: str, tags: Mapping[str, str]) -> str:
+        """A run of the study that is neither a stage nor a trial (the report, a comparison of seeds)."""
+        return self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags)).info.run_id
+
+    def close(self, run_id: str) -> None:
+        """End such a run: FINISHED, without the status tags of a stage's or trial's run (see `finish`)."""
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def runs_tagged(self, tag: str, value: str, max_results: int = 10) -> list[Any]:
+        """The experiment's runs whose `tag` is `value`, oldest first."""
+        return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{tag}` = '{value}'",
+                                       max_results=max_results, order_by=["attributes.start_time ASC"])
 
     def start_parent(self, stage: str, kind: str, params: Mapping[str, Any], run_id: str | None = None) -> str:
         """The stage's parent run: reused (set back to RUNNING) when resuming, else created."""
@@ -299,11 +336,28 @@ class Tracker:
         self.client.update_run(run_id, status="RUNNING")
         self.client.set_tag(run_id, TAG_STATUS, status_tag)
 
+    def run(self, run_id: str) -> Any:
+        """One run as MLflow holds it (`info.status`, `data.metrics`, `data.tags`, `data.params`)."""
+        return self.client.get_run(run_id)
+
+    def logged_steps(self, run_id: str, metric: str) -> set[int]:
+        """The steps at which a run holds a value of `metric`: what a re-run or a backfill must not log again."""
+        return {entry.step for entry in self.client.get_metric_history(run_id, metric)}
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove a run that stands for nothing (a trial Tune never recorded); MLflow keeps it as deleted."""
+        self.client.delete_run(run_id)
+
     def supersede(self, run_id: str, reason: str) -> None:
         """Set an earlier attempt's run aside (kept, never deleted); one left RUNNING by a dead launcher is closed."""
         self.set_tags(run_id, {TAG_SUPERSEDED: "true", TAG_SUPERSEDED_REASON: reason})
         if self.client.get_run(run_id).info.status == "RUNNING":
             self.finish(run_id, "KILLED", f"superseded: {reason}")
+
+    def supersede_version(self, name: str, version: str, reason: str) -> None:
+        """Tag a registered model version of an earlier attempt as set aside, with the reason (never deleted)."""
+        for key, value in ((TAG_SUPERSEDED, "true"), (TAG_SUPERSEDED_REASON, reason)):
+            self.client.set_model_version_tag(name, version, key, value)
 
     def children(self, parent_run_id: str) -> dict[str, Any]:
         """Child runs of a parent, by trial id (deleted and superseded runs excluded)."""
@@ -338,6 +392,22 @@ class Tracker:
 
     def log_file(self, run_id: str, path: Path) -> None:
         self.client.log_artifact(run_id, str(path))
+
+    def artifact_names(self, run_id: str) -> list[str]:
+        """The files (not folders) at the top of a run's artifacts."""
+        return [entry.path for entry in self.client.list_artifacts(run_id) if not entry.is_dir]
+
+    def artifact_file(self, run: Any, name: str, scratch: Path) -> Path:
+        """A run's artifact as a local file: read in place from a local artifact store (the embedded one),
+        else downloaded into `scratch` without MLflow's progress bar (noise in the launcher's output)."""
+        if run.info.artifact_uri.startswith("file://"):
+            from urllib.parse import unquote, urlparse
+
+            local = Path(unquote(urlparse(run.info.artifact_uri).path)) / name
+            if local.is_file():
+                return local
+        with without_progress_bar():
+            return Path(self.client.download_artifacts(run.info.run_id, name, str(scratch)))
 
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
         if folder.is_dir() and any(folder.iterdir()):

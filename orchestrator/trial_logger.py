@@ -189,8 +189,7 @@ class MlflowTrialLogger(Callback):
         """The last step already in MLflow for this run. A trial resumed from a checkpoint older than
         its last report repeats a few steps; the first record of a step is kept, not doubled."""
         if run_id not in self._last_step:
-            history = self.tracker.client.get_metric_history(run_id, STEP_MARKER)
-            self._last_step[run_id] = max((m.step for m in history), default=0)
+            self._last_step[run_id] = max(self.tracker.logged_steps(run_id, STEP_MARKER), default=0)
         return self._last_step[run_id]
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:

@@ -229,7 +229,7 @@ def reconcile(stage: TuneStage, results: Any, tracker: Tracker, parent_run_id: s
         finished.append((result, run_id))
     for trial_id, run in children.items():
         if trial_id not in seen:  # a trial the interrupted Tune state never recorded: not a real trial
-            tracker.client.delete_run(run.info.run_id)
+            tracker.delete_run(run.info.run_id)
     champion, front = None, []
     if stage.multi_objective:
         best, champion, front = champion_of(stage, finished)
@@ -287,7 +287,7 @@ def close_as_tune_ended(tracker: Tracker, run_id: str, result: Any, new: bool = 
     before a retry, may have ended otherwise since (or Tune's snapshot had it done already); its old reason
     goes when it FINISHED. `new`: the run was just made, so MLflow need not be asked what it holds."""
     status = "FAILED" if result.error is not None else "FINISHED"
-    current = None if new else tracker.client.get_run(run_id)
+    current = None if new else tracker.run(run_id)
     if current is not None and current.info.status == status:
         return
     stale_reason = current is not None and status == "FINISHED" and TAG_REASON in current.data.tags
@@ -307,7 +307,7 @@ def backfill_results(tracker: Tracker, run_id: str, result: Any, known: bool = T
     frame = result.metrics_dataframe
     if frame is None or frame.empty or "training_iteration" not in frame:
         return 0
-    logged = {m.step for m in tracker.client.get_metric_history(run_id, STEP_MARKER)} if known else set()
+    logged = tracker.logged_steps(run_id, STEP_MARKER) if known else set()
     names = [name for name in (result.metrics or {}) if name not in TUNE_BOOKKEEPING and name in frame]
     count = 0
     for _, row in frame.drop_duplicates("training_iteration", keep="first").iterrows():

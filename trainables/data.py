@@ -2,7 +2,7 @@
 
 Trainables and jobs ask for `load_images("mnist", "train", classes=(7, 1))` and never see paths,
 so a study runs unchanged on a laptop, a cluster node or CI, as long as one of `data_roots()`
-holds the files. The gzipped IDX files are read with numpy rather than torchvision because the
+(trainables/data_roots.py) holds the files. The gzipped IDX files are read with numpy rather than torchvision because the
 shared copy is read-only and torchvision insists on extracting next to the archives.
 
 Every archive is checked against torchvision's published MD5 before use: the shared files were
@@ -36,11 +36,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainables.data_roots import LAUNCH_ROOT_ENV, cache_dir, data_roots, first_data_root  # noqa: F401
+
 DATASETS: tuple[str, ...] = ("mnist", "fashion_mnist", "kmnist")
 _SPLITS: tuple[str, ...] = ("train", "test")
-
-# Monkeypatched by tests to isolate them from the real shared/ folder beside the repo.
-_REPO_ROOT = Path(__file__).resolve().parents[1]
 
 _FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
 _TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "kmnist": "KMNIST"}
@@ -134,30 +133,6 @@ class ImageSet:
         return int(self.labels.shape[0])
 
 
-def cache_dir() -> Path:
-    """Where the launcher and `fetch` download to; the last data root, so a downloaded set is found next time."""
-    base = os.environ.get("GENSEARCH_CACHE")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "gensearch") / "data"
-
-
-def data_roots(data_root: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Candidate roots in search order; missing ones are kept so an error can name them all."""
-    candidates: list[Path] = []
-    if data_root is not None:
-        candidates.append(Path(data_root).expanduser())
-    if env := os.environ.get("GENSEARCH_DATA"):
-        candidates.append(Path(env).expanduser())
-    candidates.append(_REPO_ROOT / ".." / "shared" / "data")
-    candidates.append(Path.cwd() / ".." / "shared" / "data")
-    candidates.append(cache_dir())
-    roots: list[Path] = []
-    for candidate in candidates:
-        resolved = candidate.resolve()
-        if resolved not in roots:
-            roots.append(resolved)
-    return roots
-
-
 def folder_name(name: str) -> str:
     """The dataset's folder in a data root (and on a mirror): `MNIST`, `FashionMNIST`, `KMNIST`."""
     _check_name(name)
@@ -185,10 +160,10 @@ def check_classes(name: str, classes: Sequence[int]) -> tuple[int, ...]:
     return _check_classes(classes, _TITLES[name])
 
 
-def verify(name: str, split: str) -> None:
+def verify(name: str, split: str, data_root: str | os.PathLike[str] | None = None) -> None:
     """MD5 of the split's archives where `locate` finds them (RuntimeError on a mismatch, DatasetNotFoundError
     when absent); cheap after the first time on a machine (`verified.json`)."""
-    for path in _split_files(locate(name, split), split) or ():
+    for path in _split_files(locate(name, split, data_root), split) or ():
         _verify(path, _FOLDERS[name])
 
 

@@ -22,7 +22,7 @@ One module per concern: `facts` (what is known about each stage, and from where)
 from orchestrator.report.cli import EXAMPLES, build_parser, main
 from orchestrator.report.cost import (NOT_UTILISATION, StageCost, cost_lines, driver_cost, resources_cell, stage_cost,
                                       total_hours, trials_cell, tune_cost)
-from orchestrator.report.facts import (KIND_FOLDERS, ReportContext, StageFacts, artifact_file, facts_from_run,
+from orchestrator.report.facts import (KIND_FOLDERS, ReportContext, StageFacts, facts_from_run,
                                        facts_from_spec, gather_facts, local_path, open_store,
                                        spec_from_runs, spec_from_state, stage_folder, stage_order, stage_runs,
                                        study_target, trial_seconds, varying_config_keys, with_recorded_resources,
@@ -40,7 +40,7 @@ from orchestrator.report.write import (REPORT_FILE, REPORT_RUN_NAME, TAG_REPORT,
                                        log_report, publish, write_report)
 
 __all__ = [
-    "artifact_file", "best_lines", "build_context", "build_parser", "CAPTIONS", "champion_lines", "cost_lines",
+    "best_lines", "build_context", "build_parser", "CAPTIONS", "champion_lines", "cost_lines",
     "driver_cost", "EXAMPLES", "facts_from_run", "facts_from_spec", "find_report_run", "footer_lines",
     "format_settings", "Gallery", "gallery_lines", "gather_facts", "header_lines", "headline_lines",
     "HEADLINE_METRICS", "importance_lines", "job_section", "KIND_FOLDERS", "local_path", "log_report", "main",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.study_state import StageState, StudyState
-from orchestrator.tracking import TAG_KIND, TrackingTarget
+from orchestrator.tracking import TAG_KIND, Tracker, TrackingTarget
 
 KIND_FOLDERS = {"tune": "tune", "optuna": "optuna", "job": "jobs"}
 
@@ -146,8 +146,8 @@ def study_target(output: Path, state: StudyState, override: str | None) -> Track
     return TrackingTarget(uri=uri, artifact_root=None, embedded=False)
 
 
-def open_store(target: TrackingTarget, log_to_mlflow: bool) -> tuple[Any, str | None]:
-    """An MlflowClient for the study's store, or None and why not.
+def open_store(target: TrackingTarget, state: StudyState, log_to_mlflow: bool) -> tuple[Tracker | None, str | None]:
+    """A Tracker on the study's store and experiment (never creating one), or None and why not.
 
     A local SQLite store is always read (it is a file; it is not created when missing); a server is
     only contacted when the report is to be logged, and only after its health endpoint answers, so a
@@ -163,43 +163,19 @@ def open_store(target: TrackingTarget, log_to_mlflow: bool) -> tuple[Any, str | 
         reason = unreachable_reason(target, timeout_s=5.0)
         if reason is not None:
             return None, f"MLflow tracking server {target.uri} is unreachable ({reason})"
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=target.uri, registry_uri=target.uri), None
+    return Tracker(target, state.study, state.study, experiment_id=state.experiment_id or None), None
 
 
-def stage_runs(client: Any, state: StudyState) -> dict[str, Any]:
+def stage_runs(tracker: Tracker, state: StudyState) -> dict[str, Any]:
     """Each stage's parent run (params and tags), by stage name; stages MLflow cannot show are left out."""
     runs = {}
     for name, stage in state.stages.items():
         if stage.parent_run_id:
             try:
-                runs[name] = client.get_run(stage.parent_run_id)
+                runs[name] = tracker.run(stage.parent_run_id)
             except Exception:  # noqa: BLE001 - a deleted run, a store that stopped answering: do without
                 continue
     return runs
-
-
-def artifact_file(client: Any, run: Any, name: str, scratch: Path) -> Path:
-    """A run's artifact as a local file: read in place from a local artifact store (the embedded one),
-    else downloaded into `scratch` without MLflow's progress bar (noise in the launcher's output)."""
-    import os
-
-    if run.info.artifact_uri.startswith("file://"):
-        from urllib.parse import unquote, urlparse
-
-        local = Path(unquote(urlparse(run.info.artifact_uri).path)) / name
-        if local.is_file():
-            return local
-    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        return Path(client.download_artifacts(run.info.run_id, name, str(scratch)))
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
 
 
 def spec_from_state(state: StudyState, output: Path) -> Any:
@@ -223,19 +199,18 @@ def spec_from_state(state: StudyState, output: Path) -> Any:
     return None
 
 
-def spec_from_runs(client: Any, state: StudyState, runs: Mapping[str, Any]) -> Any:
+def spec_from_runs(tracker: Tracker, state: StudyState, runs: Mapping[str, Any]) -> Any:
     """The study spec as the launcher logged it (the YAML is an artifact of every stage run), with the
     profile the run used (a stage run's `profile` param); None when it is not there or no longer valid."""
     from orchestrator.spec import load_study
 
     for run in runs.values():
         try:
-            yamls = [a.path for a in client.list_artifacts(run.info.run_id)
-                     if not a.is_dir and a.path.endswith((".yaml", ".yml"))]
+            yamls = [name for name in tracker.artifact_names(run.info.run_id) if name.endswith((".yaml", ".yml"))]
             if not yamls:
                 continue
             with tempfile.TemporaryDirectory(prefix="gensearch-report-") as scratch:
-                path = artifact_file(client, run, yamls[0], Path(scratch))
+                path = tracker.artifact_file(run, yamls[0], Path(scratch))
                 spec = load_study(path, profile=run.data.params.get("profile") or None)
         except Exception:  # noqa: BLE001 - an old or foreign spec that no longer validates: do without
             continue

@@ -14,52 +14,47 @@ from orchestrator.report.facts import (ReportContext, gather_facts, open_store, 
 from orchestrator.report.gallery import REPORT_DIR, Gallery
 from orchestrator.report.page import render
 from orchestrator.study_state import STATE_FILE, StudyState, load_state
-from orchestrator.tracking import TAG_STUDY, TrackingTarget, error_line
+from orchestrator.tracking import TAG_STUDY, Tracker, TrackingTarget, error_line
 
 REPORT_FILE = "report.md"
 REPORT_RUN_NAME = "report"
 TAG_REPORT = "gensearch.report"  # the report run's marker; it has no gensearch.stage tag: it is not a stage
 
 
-def find_report_run(client: Any, experiment_id: str) -> str | None:
+def find_report_run(tracker: Tracker) -> str | None:
     """The study's existing report run, so that re-running the report updates it instead of adding one."""
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_REPORT}` = 'true'", max_results=10,
-                              order_by=["attributes.start_time ASC"])
+    runs = tracker.runs_tagged(TAG_REPORT, "true")
     return runs[0].info.run_id if runs else None
 
 
-def log_report(ctx: ReportContext, report: Path, hours: Mapping[str, float]) -> str:
+def log_report(tracker: Tracker, ctx: ReportContext, report: Path, hours: Mapping[str, float]) -> str:
     """Log report.md and report/ into the study's one "report" run (tagged gensearch.report=true, no
     gensearch.stage tag: it is not a stage). Files of an earlier report with the same names are replaced."""
-    from orchestrator.tracking import Tracker
-
-    tracker = Tracker(ctx.target, ctx.experiment_name or ctx.state.study, ctx.state.study)
-    client = tracker.client
-    run_id = find_report_run(client, ctx.state.experiment_id)
+    run_id = find_report_run(tracker)
     if run_id is None:
-        run_id = client.create_run(ctx.state.experiment_id, run_name=REPORT_RUN_NAME,
-                                   tags={TAG_STUDY: ctx.state.study, TAG_REPORT: "true"}).info.run_id
-    client.log_artifact(run_id, str(report))
+        run_id = tracker.create_run(REPORT_RUN_NAME, {TAG_STUDY: ctx.state.study, TAG_REPORT: "true"})
+    tracker.log_file(run_id, report)
     tracker.log_artifacts(run_id, ctx.output / REPORT_DIR, REPORT_DIR)
     tracker.log_metrics(run_id, hours)
-    client.set_terminated(run_id, status="FINISHED")
+    tracker.close(run_id)
     return run_id
 
 
-def build_context(output: Path, state: StudyState, target: TrackingTarget, client: Any, spec: Any) -> ReportContext:
+def build_context(output: Path, state: StudyState, target: TrackingTarget, tracker: Tracker | None,
+                  spec: Any) -> ReportContext:
     """Everything the report needs to know besides the files: the spec (given, else the state's copy,
     else the one logged in MLflow),
     the experiment's name and each stage's facts."""
-    runs = stage_runs(client, state) if client is not None else {}
+    runs = stage_runs(tracker, state) if tracker is not None else {}
     if spec is None:
         spec = spec_from_state(state, output)
-    if spec is None and client is not None:
-        spec = spec_from_runs(client, state, runs)
+    if spec is None and tracker is not None:
+        spec = spec_from_runs(tracker, state, runs)
     ctx = ReportContext(output=output, state=state, target=target, spec=spec)
     ctx.experiment_name = getattr(getattr(spec, "tracking", None), "experiment", "") or ""
-    if not ctx.experiment_name and client is not None and state.experiment_id:
+    if not ctx.experiment_name and tracker is not None and state.experiment_id:
         try:
-            ctx.experiment_name = client.get_experiment(state.experiment_id).name
+            ctx.experiment_name = tracker.stored_experiment_name()
         except Exception:  # noqa: BLE001 - only a name for the header
             pass
     gather_facts(ctx, runs)
@@ -80,12 +75,12 @@ def write_report(output: Path, tracking_uri: str | None = None, log_to_mlflow: b
         raise FileNotFoundError(f"{output} holds no {STATE_FILE}: not a study output folder")
     target = study_target(output, state, tracking_uri)
     try:
-        client, why_not = open_store(target, log_to_mlflow)
+        tracker, why_not = open_store(target, state, log_to_mlflow)
     except Exception as error:  # noqa: BLE001 - MLflow missing or broken: the report stands without it
-        client, why_not = None, error_line(error)
+        tracker, why_not = None, error_line(error)
     if spec is not None and getattr(spec, "name", state.study) != state.study:
         spec = None
-    ctx = build_context(output, state, target, client, spec)
+    ctx = build_context(output, state, target, tracker, spec)
     gallery = Gallery(output)
     report = gallery.manifest.claim(output / REPORT_FILE)
     if report is None:
@@ -95,17 +90,17 @@ def write_report(output: Path, tracking_uri: str | None = None, log_to_mlflow: b
     report.write_text(render(ctx, gallery))
     gallery.manifest.save()
     if log_to_mlflow:
-        publish(client, ctx, report, why_not)
+        publish(tracker, ctx, report, why_not)
     return report
 
 
-def publish(client: Any, ctx: ReportContext, report: Path, why_not: str | None) -> None:
+def publish(tracker: Tracker | None, ctx: ReportContext, report: Path, why_not: str | None) -> None:
     """Log the report to MLflow, or print one line saying why it was not."""
-    if client is None or not ctx.state.experiment_id:
+    if tracker is None or not ctx.state.experiment_id:
         reason = why_not or "the study has no MLflow experiment yet"
         print(f"report not logged to MLflow: {reason}", flush=True)
         return
     try:
-        log_report(ctx, report, total_hours(ctx))
+        log_report(tracker, ctx, report, total_hours(ctx))
     except Exception as error:  # noqa: BLE001 - the report is written; MLflow failing is one line, not a crash
         print(f"report not logged to MLflow ({ctx.target.uri}): {error_line(error)}", flush=True)

@@ -78,6 +78,51 @@ def test_a_study_runs_from_an_empty_cache_filled_once_from_the_mirror(fresh_clon
     assert evaluated["source"] == f"MNIST test from {raw.resolve()}"  # read from the cache, nowhere else
 
 
+# On PYTHONPATH as `sitecustomize`: every Python process started with GENSEARCH_TEST_ENV_DUMP writes its own
+# environment, as it is when the process ends, to <that folder>/<pid>.json.
+ENV_AT_EXIT = """import atexit, json, os
+
+def _write(folder=os.environ.get("GENSEARCH_TEST_ENV_DUMP")):
+    with open(os.path.join(folder, f"{os.getpid()}.json"), "w") as handle:
+        json.dump(dict(os.environ), handle)
+
+if os.environ.get("GENSEARCH_TEST_ENV_DUMP"):
+    atexit.register(_write)
+"""
+
+
+@pytest.mark.slow
+def test_a_data_root_reaches_trials_and_jobs_without_entering_the_launchers_environment(fresh_clone: Path,
+                                                                                         tmp_path: Path) -> None:
+    """--data-root is the only place the data is (no shared/ beside the code, an empty cache, offline): the
+    trials (Ray workers) and the evaluation job (run in the launcher) read MNIST from there, while the
+    launcher's own environment, as it was when it exited, holds neither GENSEARCH_DATA nor the workers' variable."""
+    root = tmp_path / "data"
+    raw = copy_dataset(root)
+    hooks, dumps = tmp_path / "hooks", tmp_path / "environments"
+    hooks.mkdir()
+    dumps.mkdir()
+    (hooks / "sitecustomize.py").write_text(ENV_AT_EXIT)
+    spec, output = tiny_study(tmp_path / "tiny.yaml", num_samples=2, epochs=1), tmp_path / "out"
+    env = {k: v for k, v in launcher_env().items()
+           if k not in ("GENSEARCH_DATA", "GENSEARCH_OFFLINE", data.MIRROR_ENV, data.LAUNCH_ROOT_ENV)}
+    env.update({"PYTHONPATH": os.pathsep.join((str(fresh_clone), str(hooks))), "GENSEARCH_CACHE": str(tmp_path / "c"),
+                "GENSEARCH_TEST_ENV_DUMP": str(dumps)})
+    process = subprocess.Popen([sys.executable, "-m", "orchestrator.launch", str(spec), "--output", str(output),
+                                "--data-root", str(root), "--offline"], cwd=fresh_clone, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    state = json.loads((output / "study_state.json").read_text())
+    assert state["stages"]["classifier"]["status"] == "finished"
+    assert (state["stages"]["classifier"]["trials"], state["stages"]["classifier"]["failed_trials"]) == (2, 0)
+    evaluated = json.loads((output / "jobs" / "evaluate" / "metrics.json").read_text())
+    assert evaluated["source"] == f"MNIST test from {raw.resolve()}"
+    launcher_environment = json.loads((dumps / f"{process.pid}.json").read_text())
+    assert "GENSEARCH_DATA" not in launcher_environment and data.LAUNCH_ROOT_ENV not in launcher_environment
+    assert launcher_environment["GENSEARCH_CACHE"] == str(tmp_path / "c")  # the hook saw the launcher's own
+
+
 def test_a_corrupt_mirror_file_stops_the_launch_before_anything_runs(fresh_clone: Path, tmp_path: Path) -> None:
     flip_byte(copy_dataset(tmp_path / "mirror") / "train-labels-idx1-ubyte.gz")
     spec = tiny_study(tmp_path / "tiny.yaml")

@@ -11,6 +11,7 @@ from orchestrator.data import data_problems
 from orchestrator.spec import load_study
 from tests.trainables.mirror_helpers import copy_dataset, flip_byte
 from trainables import data
+from trainables import data_roots as data_roots_module
 
 
 @pytest.fixture
@@ -18,7 +19,7 @@ def no_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No data root holds anything: the shared folder is out of reach and the cache is empty."""
     monkeypatch.delenv("GENSEARCH_DATA", raising=False)
     monkeypatch.setenv("GENSEARCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "_REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(data_roots_module, "_REPO_ROOT", tmp_path / "repo")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from trainables import data
+from trainables import data_roots as data_roots_module
 from tests.trainables.mirror_helpers import copy_dataset, flip_byte, leftovers, serve_mirror
 from trainables.data import DATASETS, DatasetNotFoundError, ImageSet, data_roots, load_images, locate
 
@@ -27,7 +28,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]
         path.mkdir(parents=True)
     monkeypatch.setenv("GENSEARCH_DATA", str(paths["env"]))
     monkeypatch.setenv("GENSEARCH_CACHE", str(paths["cache"]))
-    monkeypatch.setattr(data, "_REPO_ROOT", paths["repo"])
+    monkeypatch.setattr(data_roots_module, "_REPO_ROOT", paths["repo"])
     monkeypatch.chdir(paths["cwd/work"])
     return paths
 
