@@ -21,7 +21,7 @@ import torch
 
 from orchestrator.spec import RegisterSpec
 from orchestrator.study_state import BestTrial, RegisteredVersion
-from orchestrator.tracking import Tracker, without_progress_bar
+from orchestrator.tracking import Tracker, mlflow_pointed_at, without_progress_bar
 from trainables.checkpoint import load_checkpoint
 from trainables.definitions import TrainableDef
 
@@ -44,10 +44,8 @@ def register_best(tracker: Tracker, definition: TrainableDef, best: BestTrial, s
         version = max(existing, key=lambda v: int(v.version))
     else:
         model = definition.build_model(load_checkpoint(best.checkpoint))
-        mlflow.set_tracking_uri(tracker.target.uri)
-        mlflow.set_registry_uri(tracker.target.uri)
         logging.getLogger("mlflow").setLevel(logging.ERROR)
-        with without_progress_bar():
+        with without_progress_bar(), mlflow_pointed_at(tracker.target.uri):
             with mlflow.start_run(run_id=best.child_run_id):
                 # "pickle": loads back as the same nn.Module class with mlflow.pytorch.load_model; the
                 # newer "pt2" format would need a traced example input from every trainable.

@@ -229,6 +229,32 @@ def without_progress_bar() -> Iterator[None]:
             os.environ[PROGRESS_BAR_ENV] = previous
 
 
+@contextlib.contextmanager
+def mlflow_pointed_at(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (`log_model`, `register_model`, `load_model`) pointed at `uri` within the block.
+    MLflow's `set_tracking_uri`/`set_registry_uri` also write MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI into
+    the environment for child processes; afterwards both, and MLflow's own settings, are as they were, so a
+    later launch in the same process (a test, a notebook) is not sent to this store."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    variables = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    environment = {name: os.environ.get(name) for name in variables}
+    settings = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = settings
+        for name, value in environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class Tracker:
     """One study's view of an MLflow store: the only code that talks to MLflow's tracking API (the model
     registry's, in registry.py, is the other door)."""

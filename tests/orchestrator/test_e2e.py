@@ -64,13 +64,13 @@ def test_the_registered_model_loads_and_classifies(finished_study):
     import mlflow.pytorch
     import torch
 
+    from orchestrator.tracking import mlflow_pointed_at
     from trainables.data import load_images
 
     _, output, _ = finished_study
     uri = f"sqlite:///{(output / 'mlflow.db').resolve()}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    model = mlflow.pytorch.load_model("models:/tiny-classifier@champion").eval()
+    with mlflow_pointed_at(uri):  # not left set: later launches in this process use their own store
+        model = mlflow.pytorch.load_model("models:/tiny-classifier@champion").eval()
     test = load_images("mnist", "test", classes=(7, 1), limit=200)
     with torch.no_grad():
         accuracy = (model(test.images).argmax(1) == test.labels).float().mean().item()

@@ -99,6 +99,8 @@ def test_the_champion_and_the_front_match_our_own_reading_of_the_mlflow_historie
 def test_the_best_checkpoint_and_the_registered_model_are_that_epochs(finished):
     import mlflow.pytorch
 
+    from orchestrator.tracking import mlflow_pointed_at
+
     output, _, client, parent, runs = finished
     trial, epoch = parent.data.tags["gensearch.champion_trial_id"], int(parent.data.tags["gensearch.champion_epoch"])
     assert epoch < EPOCHS  # the toy's budget admits no fourth epoch: the champion is not its trial's last epoch
@@ -110,9 +112,8 @@ def test_the_best_checkpoint_and_the_registered_model_are_that_epochs(finished):
     assert version.run_id == next(r.info.run_id for r in runs if r.data.tags["gensearch.trial_id"] == trial)
     assert version.tags["gensearch.epoch"] == str(epoch)
     uri = f"sqlite:///{(output / 'mlflow.db').resolve()}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    model = mlflow.pytorch.load_model("models:/toymo-model@champion")
+    with mlflow_pointed_at(uri):  # not left set: later launches in this process use their own store
+        model = mlflow.pytorch.load_model("models:/toymo-model@champion")
     assert torch.equal(model.weight, torch.full((1, 1), float(epoch)))  # the toy's weight is its epoch
 
 

@@ -126,3 +126,20 @@ def test_importing_every_module_leaves_the_environment_as_it_was() -> None:
                             capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.splitlines()[-1]) == []
+
+
+def test_pointing_mlflow_at_a_store_leaves_the_environment_and_mlflow_as_they_were(tmp_path):
+    """The model registry points MLflow's fluent API at the study's store; MLflow writes that into
+    MLFLOW_TRACKING_URI, which a later launch in the same process would take as its store (it did: a test's
+    runs landed in another test's database)."""
+    import os
+
+    import mlflow
+
+    from orchestrator.tracking import mlflow_pointed_at
+
+    environment, uri = dict(os.environ), mlflow.get_tracking_uri()
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with mlflow_pointed_at(store):
+        assert os.environ["MLFLOW_TRACKING_URI"] == store and mlflow.get_registry_uri() == store
+    assert dict(os.environ) == environment and mlflow.get_tracking_uri() == uri
