@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.spec import Choice, Grid, IntRange, LogUniform, SpaceEntry, Uniform
+from orchestrator.stage_outputs import TUNE_STAGE_OUTPUTS
 
 MIN_TRIALS = 4  # fewer finished trials say nothing about which setting mattered
-TABLE_FILE = "importance.md"
-PLOT_FILE = "importance.png"
+TABLE_FILE = TUNE_STAGE_OUTPUTS["importance"].path
+PLOT_FILE = TUNE_STAGE_OUTPUTS["importance_plot"].path
 HEADING = "**Parameter importance**"
 FOREST_SEED = 0
 

@@ -18,17 +18,29 @@ from trainables.definitions import Output
 
 BEST = "best"  # the selector every stage has: its best trial's checkpoint (a job: its folder)
 
+# What every tune stage writes into its experiment folder besides its trials (tune_stage.py, importance.py),
+# pictures in the order the report shows them. Recorded after the run like a job's outputs.
+TUNE_STAGE_OUTPUTS = {
+    "trials": Output("data", "trials.csv"),
+    "pareto_front": Output("data", "pareto_front.csv"),  # a stage with several metrics
+    "pareto": Output("picture", "pareto.png"),
+    "search_history": Output("picture", "search_history.png"),
+    "parameter_sweep": Output("picture", "parameter_sweep.png"),
+    "importance": Output("table", "importance.md"),
+    "importance_plot": Output("picture", "importance.png"),
+}
+
 
 def declared_outputs(stage: Any) -> Mapping[str, Output]:
-    """The outputs a stage spec's definition declares: a job's, written into its folder; an objective's, into
-    its best trial's result folder (`outputs_folder`); a tune stage has only `best`."""
+    """The outputs a stage spec declares: a job's (its definition's), written into its folder; an objective's, into
+    its best trial's result folder (`outputs_folder`); a tune stage's, the search's own tables and pictures."""
     from trainables import catalog
 
     if stage.kind == "job":
         return catalog.job(stage.job).outputs
     if stage.kind == "optuna":
         return catalog.objective(stage.objective).outputs
-    return {}
+    return TUNE_STAGE_OUTPUTS
 
 
 def outputs_folder(kind: str, state: StageState) -> str:

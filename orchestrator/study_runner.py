@@ -9,19 +9,18 @@ an interrupt marks it and its trials in flight KILLED, both resumable.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from orchestrator.pbt import is_pbt
-from orchestrator.spec import JobStage, OptunaStage, ResourcesSpec, Stage, StudySpec, TuneStage, packing_problem
-from orchestrator.stage_outputs import declared_outputs, produced_outputs, reference_path
+from orchestrator.spec import Stage, StudySpec
+from orchestrator.stage_outputs import reference_path
 from orchestrator.stages import kind_of
-from orchestrator.study_state import BestTrial, StudyState, save_state
+from orchestrator.stages.base import StageError
+from orchestrator.study_state import StudyState, save_state
 from orchestrator.tracking import Tracker, TrackingLost, error_line, tracking_outage
 
 TUNE_DEFAULTS = {
@@ -43,12 +42,6 @@ def apply_tune_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
-class StageError(RuntimeError):
-    def __init__(self, stage: str, reason: str) -> None:
-        self.stage, self.reason = stage, reason
-        super().__init__(f"stage {stage!r} failed: {reason}")
-
-
 def resolve_inputs(stage: Stage, state: StudyState, stages: Sequence[Stage] = ()) -> dict[str, str]:
     """`gan.best` -> the best checkpoint folder of stage `gan` (a job stage: its output folder);
     `prototypes.clustering` -> the output `clustering` stage `prototypes` recorded (stage_outputs.py; `stages`,
@@ -63,12 +56,6 @@ def resolve_inputs(stage: Stage, state: StudyState, stages: Sequence[Stage] = ()
         except LookupError as error:
             raise StageError(stage.name, f"input {name} <- {reference}: {error}") from None
     return resolved
-
-
-def champion_tags(best: BestTrial) -> dict[str, str]:
-    """The parent run's tags naming a two-objective stage's champion: trial, epoch, and whether it met the rule."""
-    return {"gensearch.champion_trial_id": best.trial_id, "gensearch.champion_epoch": str(best.epoch),
-            "gensearch.champion_rule_met": str(bool(best.rule_met)).lower()}
 
 
 class StudyRunner:
@@ -152,108 +139,6 @@ class StudyRunner:
         self.save()
         self.tracker.finish(parent, "FINISHED")
 
-    def run_tune(self, stage: TuneStage, inputs: dict[str, str], parent: str, retrying: bool) -> None:
-        from orchestrator.registry import register_best
-        from orchestrator.tune_stage import run_tune_stage
-        from trainables import catalog
-
-        self.start_ray()
-        resources = self.check_trial_fits(stage)
-        if resources != stage.resources:  # the CPU fallback: the spec stays as written, the trials ask for no GPU
-            self.tracker.set_tags(parent, {"gensearch.fallback": "cpu: no GPU on this machine, trials ran with gpu 0"})
-            stage = dataclasses.replace(stage, resources=resources)
-        stage_state = self.state.stage(stage.name)
-        stage_state.trial_cpu, stage_state.trial_gpu = float(stage.resources.cpu), float(stage.resources.gpu)
-        # PBT decides on complete generations, in Tune's own asynchronous way (orchestrator/pbt_tune.py).
-        window = self.reproducible_window(stage) if self.spec.reproducible and not is_pbt(stage) else None
-        outcome = run_tune_stage(stage=stage, inputs=inputs, storage=self.output / "tune", tracker=self.tracker,
-                                 parent_run_id=parent, resume=self.resume, retry_failed=retrying,
-                                 study_seed=self.spec.seed, window=window)
-        best = outcome.best
-        stage_state.best, stage_state.output = best, str(outcome.experiment_dir)
-        stage_state.trials, stage_state.failed_trials = outcome.trials, outcome.failed_trials
-        self.save()
-        # A stage with several metrics: every metric of the chosen epoch, not only the champion's objective.
-        chosen = {f"best_{k}": v for k, v in best.metrics.items()} if stage.multi_objective else {}
-        self.tracker.log_metrics(parent, {**chosen, f"best_{best.metric}": best.value, "trials": outcome.trials,
-                                          "failed_trials": outcome.failed_trials})
-        self.tracker.set_tags(parent, {"gensearch.best_trial_id": best.trial_id,
-                                       "gensearch.best_child_run_id": best.child_run_id,
-                                       **(champion_tags(best) if stage.multi_objective else {})})
-        for name in ("trials.csv", "search_history.png", "parameter_sweep.png", "pareto.png", "pareto_front.csv"):
-            path = outcome.experiment_dir / name
-            if path.is_file():
-                self.tracker.log_file(parent, path)
-        if stage.register is not None:
-            print(f"[{stage.name}] registering the best model as {stage.register.name} @{stage.register.alias}",
-                  flush=True)
-            registered = register_best(self.tracker, catalog.trainable(stage.trainable), best, stage.register,
-                                       stage.name, report=self.output / "report.md")
-            stage_state.registered = registered
-            self.tracker.set_tags(parent, {"gensearch.registered": f"{registered.name} v{registered.version}"})
-        if stage.multi_objective:
-            from orchestrator.champion import searched_values
-
-            print(f"[{stage.name}] champion: trial {best.trial_id}, epoch {best.epoch}: "
-                  f"{searched_values(stage, best.metrics)}"
-                  + ("" if best.rule_met else " (no epoch met the champion rule: the closest one)"), flush=True)
-        else:
-            print(f"[{stage.name}] best trial {best.trial_id}: {best.metric}={best.value:.4g}", flush=True)
-
-    def reproducible_window(self, stage: TuneStage) -> int:
-        """How many trials run at once in reproducible mode: `max_concurrent_trials`, else as many as this
-        machine's Ray fits (said once, since the study then depends on the machine's size)."""
-        import math
-
-        import ray
-
-        if stage.max_concurrent_trials:
-            return stage.max_concurrent_trials
-        available = ray.cluster_resources()
-        fits = [math.floor(available.get(kind, 0.0) / need + 1e-9)
-                for kind, need in (("CPU", stage.resources.cpu), ("GPU", stage.resources.gpu)) if need > 0]
-        window = max(1, min([*fits, stage.total_trials]))
-        print(f"[{stage.name}] {window} trial(s) at a time: what this machine fits; set max_concurrent_trials for a "
-              f"study that is the same on any machine", flush=True)
-        return window
-
-    def run_optuna(self, stage: OptunaStage, inputs: dict[str, str], parent: str) -> None:
-        from orchestrator.optuna_stage import run_optuna_stage
-
-        outcome = run_optuna_stage(stage=stage, inputs=inputs, workdir=self.output / "optuna" / stage.name,
-                                   tracker=self.tracker, parent_run_id=parent,
-                                   study_name=f"{self.spec.name}.{stage.name}", study_seed=self.spec.seed,
-                                   reproducible=self.spec.reproducible, data_root=self.data_root)
-        best = outcome.best
-        stage_state = self.state.stage(stage.name)
-        stage_state.best, stage_state.output = best, str(outcome.workdir)
-        stage_state.outputs = produced_outputs(declared_outputs(stage), Path(best.checkpoint))
-        stage_state.trials, stage_state.failed_trials = outcome.trials, outcome.infeasible
-        self.save()
-        self.tracker.log_metrics(parent, {**{f"best_{k}": v for k, v in best.metrics.items()},
-                                          "trials": outcome.trials, "infeasible_trials": outcome.infeasible})
-        self.tracker.set_tags(parent, {"gensearch.best_trial_id": best.trial_id,
-                                       "gensearch.best_child_run_id": best.child_run_id or ""})
-        for name in ("trials.csv", "search_history.png"):
-            path = outcome.workdir / name
-            if path.is_file():
-                self.tracker.log_file(parent, path)
-        self.tracker.log_artifacts(parent, Path(best.checkpoint), "best")
-        others = ", ".join(f"{k}={v:.3g}" for k, v in best.metrics.items() if k != best.metric and not k.endswith("_s"))
-        print(f"[{stage.name}] best trial {best.trial_id}: {best.metric}={best.value:.4g} ({others})", flush=True)
-
-    def run_job(self, stage: JobStage, inputs: dict[str, str], parent: str) -> None:
-        from orchestrator.job_stage import run_job_stage
-
-        workdir = self.output / "jobs" / stage.name
-        outcome = run_job_stage(stage=stage, inputs=inputs, workdir=workdir, tracker=self.tracker, run_id=parent,
-                                study_seed=self.spec.seed, data_root=self.data_root)
-        metrics = outcome.metrics
-        stage_state = self.state.stage(stage.name)
-        stage_state.metrics, stage_state.output = {k: float(v) for k, v in metrics.items()}, str(workdir)
-        stage_state.outputs = outcome.outputs
-        print(f"[{stage.name}] " + ", ".join(f"{k}={v:.4g}" for k, v in list(metrics.items())[:4]), flush=True)
-
     def start_ray(self) -> None:
         import ray
 
@@ -272,64 +157,9 @@ class StudyRunner:
                  logging_level=logging.INFO if self.verbose else logging.WARNING, runtime_env=runtime_env)
         self._ray_started = True
 
-    def check_trial_fits(self, stage: TuneStage) -> ResourcesSpec:
-        """On a fixed local Ray, a trial asking for more than exists would wait forever: say so now,
-        and refuse a GPU packing whose trials' declared memory cannot fit this machine's smallest GPU.
-        Returns the resources the trials will get: the stage's own, or with `gpu: 0` when the stage
-        allows `fallback: cpu` and this machine has no GPU. A cluster (--address) may autoscale, so
-        its resources are not judged here."""
-        import ray
-
-        resources = stage.resources
-        if self.address:
-            return resources
-        available = ray.cluster_resources()
-        if resources.gpu > 0 and available.get("GPU", 0.0) == 0:
-            if resources.fallback != "cpu":
-                raise StageError(stage.name, f"resources.gpu: each trial asks for {resources.gpu:g} GPU but this "
-                                             f"machine's Ray has no GPU; add `fallback: cpu` to the stage's resources "
-                                             f"to run its trials on CPU here, set gpu: 0, or join a cluster with "
-                                             f"--address")
-            print(f"[{stage.name}] no GPU on this machine: running its trials on CPU (resources.fallback: cpu)",
-                  flush=True)
-            resources = dataclasses.replace(resources, gpu=0.0)
-        for kind, need in (("CPU", resources.cpu), ("GPU", resources.gpu)):
-            have = available.get(kind, 0.0)
-            if need > have:
-                raise StageError(stage.name, f"resources.{kind.lower()}: each trial asks for {need:g} {kind} but "
-                                             f"this machine's Ray has {have:g}; lower it or join a cluster with "
-                                             f"--address")
-        if resources.gpu > 0 and resources.gpu_memory_gb is not None:
-            smallest = smallest_gpu()
-            if smallest is not None:
-                memory_gb, name = smallest
-                problem = packing_problem(resources.gpu, resources.gpu_memory_gb, memory_gb,
-                                          device=f"the smallest GPU here: {name}")
-                if problem:
-                    raise StageError(stage.name, f"resources: {problem}")
-        return resources
-
     def stop_ray(self) -> None:
         if self._ray_started:
             import ray
 
             ray.shutdown()  # only the Ray this process started (or its connection to a cluster)
             self._ray_started = False
-
-
-def smallest_gpu() -> tuple[float, str] | None:
-    """(memory in GB, `cuda:I NAME`) of the CUDA device with the least memory that torch sees here, or None.
-
-    GB as torch counts them (2**30 bytes), rounded down to 0.1: a card sold as "40GB" shows a little under 40."""
-    import math
-
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    devices = [(torch.cuda.get_device_properties(i), i) for i in range(torch.cuda.device_count())]
-    if not devices:
-        return None
-    properties, index = min(devices, key=lambda pair: pair[0].total_memory)
-    return math.floor(properties.total_memory / 2**30 * 10) / 10, f"cuda:{index} {properties.name}"
-

@@ -26,6 +26,7 @@ from orchestrator import pbt_tune
 from orchestrator.tune_domains import tune_domain
 from orchestrator.pbt import SETTING_PREFIX, is_pbt, mutated_settings
 from orchestrator.spec import TuneStage
+from orchestrator.stage_outputs import TUNE_STAGE_OUTPUTS
 from orchestrator.study_state import BestTrial
 from orchestrator.tracking import TAG_REASON, Tracker, last_line
 from orchestrator.trial_logger import STEP_MARKER, TUNE_BOOKKEEPING, MlflowTrialLogger
@@ -197,9 +198,9 @@ def run_tune_stage(*, stage: TuneStage, inputs: Mapping[str, str], storage: Path
     results = in_suggestion_order(grid)  # ties between trials are broken the same way in every run
     outcome = reconcile(stage, results, tracker, parent_run_id, experiment_dir)
     pbt_tune.tag_exploits(stage, results, tracker, outcome.child_runs)
-    write_trials_table(grid, experiment_dir / "trials.csv")
+    write_trials_table(grid, stage_file(experiment_dir, "trials"))
     if stage.multi_objective:
-        write_pareto_front(stage, outcome, experiment_dir / PARETO_FRONT_FILE)
+        write_pareto_front(stage, outcome, stage_file(experiment_dir, "pareto_front"))
         tag_front_trials(tracker, outcome)
     publish_trial_files(stage, results, tracker, outcome.child_runs)
     draw_stage_plots(stage, results, experiment_dir, outcome.best)
@@ -378,17 +379,18 @@ def draw_stage_plots(stage: TuneStage, results: Any, experiment_dir: Path, best:
         started.append((frame["timestamp"].min() if frame is not None and "timestamp" in frame else 0, value))
     started.sort(key=lambda row: row[0])
     plot_search_history([value for _, value in started], stage.metric, stage.mode, stage.name,
-                        experiment_dir / "search_history.png")
+                        stage_file(experiment_dir, "search_history"))
     sweep = {name: [((result.config or {}).get(name), best_value(result, stage.metric, stage.mode)
                      if result.error is None else None) for result in results] for name in stage.space}
     best_config = next((result.config for result in results if trial_id_of(result) == best.trial_id), None)
     plot_parameter_sweep({name: [(x, y) for x, y in values if x is not None] for name, values in sweep.items()},
-                         stage.metric, stage.mode, stage.name, experiment_dir / "parameter_sweep.png", best_config)
+                         stage.metric, stage.mode, stage.name, stage_file(experiment_dir, "parameter_sweep"),
+                         best_config)
     definition = catalog.trainable(stage.trainable)
     axes = pareto_axes(stage, definition)
     if axes is not None:
         plot_pareto({trial_id_of(r): r.metrics_dataframe for r in results}, *axes, stage.name,
-                    experiment_dir / "pareto.png", best_trial=best.trial_id, baselines=definition.baselines,
+                    stage_file(experiment_dir, "pareto"), best_trial=best.trial_id, baselines=definition.baselines,
                     modes=tuple(definition.metric(axis).mode for axis in axes), chosen=best.metrics,
                     references=definition.pareto_references)
 
@@ -410,7 +412,9 @@ def write_stage_importance(stage: TuneStage, results: Any, experiment_dir: Path,
                      tracker, parent_run_id)
 
 
-PARETO_FRONT_FILE = "pareto_front.csv"
+def stage_file(experiment_dir: Path, output: str) -> Path:
+    """Where the stage writes the output it declares under `output` (stage_outputs.TUNE_STAGE_OUTPUTS)."""
+    return experiment_dir / TUNE_STAGE_OUTPUTS[output].path
 
 
 def write_pareto_front(stage: TuneStage, outcome: TuneOutcome, path: Path) -> None:

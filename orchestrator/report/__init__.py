@@ -31,7 +31,7 @@ from orchestrator.report.formatting import MAX_SETTING_CHARS, format_settings, n
 from orchestrator.report.gallery import CAPTIONS, REPORT_DIR, Gallery
 from orchestrator.report.page import footer_lines, header_lines, render, stage_glance
 from orchestrator.report.stage_sections import (HEADLINE_METRICS, MAX_FRONT_ROWS, MAX_GRIDS, MAX_TABLE_LINES,
-                                                PARETO_FRONT_FILE, TUNE_IMAGES, best_lines, champion_lines,
+                                                PARETO_FRONT_FILE, best_lines, champion_lines,
                                                 gallery_lines, headline_lines, importance_lines, job_section,
                                                 markdown_file_lines, optuna_section, output_groups, output_lines,
                                                 outputs_of, pareto_front_lines, recorded_metrics, registered_lines,
@@ -50,6 +50,6 @@ __all__ = [
     "REPORT_DIR", "REPORT_FILE", "REPORT_RUN_NAME", "ReportContext", "resources_cell", "spec_from_runs",
     "spec_from_state", "stage_cost", "stage_folder", "stage_glance", "stage_lines", "stage_order", "stage_runs",
     "StageCost", "StageFacts", "step_images", "study_target", "TAG_REPORT", "text_file_lines", "total_hours",
-    "trial_seconds", "trials_cell", "tune_cost", "TUNE_IMAGES", "tune_section", "varying_config_keys",
+    "trial_seconds", "trials_cell", "tune_cost", "tune_section", "varying_config_keys",
     "with_recorded_resources", "with_run_tags", "write_report",
 ]

@@ -14,7 +14,7 @@ from typing import Any
 from orchestrator.report.facts import ReportContext, local_path, stage_folder
 from orchestrator.report.formatting import _num, _table, format_settings, numeric_items
 from orchestrator.report.gallery import CAPTIONS, Gallery
-from orchestrator.stage_outputs import declared_outputs, outputs_folder, produced_outputs
+from orchestrator.stage_outputs import TUNE_STAGE_OUTPUTS, declared_outputs, outputs_folder, produced_outputs
 from orchestrator.study_state import BestTrial, RecordedOutput, StageState
 from trainables.definitions import SHOWN_KINDS
 
@@ -22,9 +22,7 @@ HEADLINE_METRICS = 6  # a job's first metrics (jobs put their headline first; th
 MAX_GRIDS = 6  # a gallery's pictures (prototype grids, one per cluster): a few show what they look like
 MAX_TABLE_LINES = 40  # a job's markdown table inlined; longer ones are copied and linked instead
 MAX_FRONT_ROWS = 10  # a two-objective stage's Pareto front: its best rows; the whole front is in pareto_front.csv
-PARETO_FRONT_FILE = "pareto_front.csv"
-
-TUNE_IMAGES = ("search_history.png", "parameter_sweep.png", "pareto.png")
+PARETO_FRONT_FILE = TUNE_STAGE_OUTPUTS["pareto_front"].path
 
 
 def best_lines(ctx: ReportContext, name: str, best: BestTrial) -> list[str]:
@@ -110,16 +108,15 @@ def tune_section(ctx: ReportContext, name: str, stage: StageState, gallery: Gall
     if stage.best is not None:
         lines += best_lines(ctx, name, stage.best) + registered_lines(stage)
     lines += champion_lines(ctx, name, stage)
-    folder = stage_folder(ctx.output, name, stage, "tune")
-    if folder is not None:
-        images = list(TUNE_IMAGES)
-        if (folder / PARETO_FRONT_FILE).is_file():  # the front table, with its picture right after it
-            lines += pareto_front_lines(folder / PARETO_FRONT_FILE)
-            images.sort(key=lambda image: image != "pareto.png")
-        for image in images:
-            if (folder / image).is_file():
-                lines += gallery.image(folder / image, name, image)
-        lines += importance_lines(folder, name, gallery)
+    outputs, _ = outputs_of(ctx, name, stage, "tune")
+    paths = {key: path for key, output in outputs.items() if (path := local_path(output.path, ctx.output)).is_file()}
+    if "pareto_front" in paths:  # the front table, with its picture right after it (declared in that order)
+        lines += pareto_front_lines(paths["pareto_front"])
+    for key, output in outputs.items():
+        if key in paths and output.kind == "picture" and not key.startswith("importance"):
+            lines += gallery.image(paths[key], name, paths[key].name)
+    if "importance" in paths:
+        lines += importance_lines(paths["importance"].parent, name, gallery)
     if stage.best is not None and stage.best.checkpoint:
         step = f", step {stage.best.epoch}" if stage.best.epoch else ""
         for png in step_images(local_path(stage.best.checkpoint, ctx.output)):
@@ -189,15 +186,16 @@ def outputs_of(ctx: ReportContext, name: str, stage: StageState, kind: str) -> t
     if stage.outputs:
         return stage.outputs, outputs_folder(kind, stage)
     spec_stage = next((s for s in ctx.spec.stages if s.name == name), None) if ctx.spec is not None else None
-    if spec_stage is None:
+    if spec_stage is None and kind != "tune":  # a tune stage's outputs do not depend on its spec
         return {}, ""
     recorded = outputs_folder(kind, stage)
-    folder = stage_folder(ctx.output, name, stage, kind) if kind == "job" else \
+    folder = stage_folder(ctx.output, name, stage, kind) if kind in ("job", "tune") else \
         local_path(recorded, ctx.output) if recorded else None
     if folder is None or not folder.is_dir():
         return {}, ""
     try:
-        return produced_outputs(declared_outputs(spec_stage), folder), str(folder)
+        declared = TUNE_STAGE_OUTPUTS if kind == "tune" else declared_outputs(spec_stage)
+        return produced_outputs(declared, folder), str(folder)
     except LookupError:  # a job or objective the catalog no longer knows
         return {}, ""
 

@@ -21,17 +21,30 @@ from orchestrator.tracking import Tracker
 JOB_METRICS_SHOWN = 8  # a job may report dozens (evaluate_ood: method x set x metric); the rest are in MLflow
 
 
+class StageError(RuntimeError):
+    """A stage failed for a reason the user can act on: the launcher prints `reason` as one line."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        self.stage, self.reason = stage, reason
+        super().__init__(f"stage {stage!r} failed: {reason}")
+
+
 class Runner(Protocol):
-    """What a kind's `run` may use of the study runner: the study, its folder, MLflow and the state it
-    keeps in step (`save()` after each change a resume must see)."""
+    """What a kind's `run` may use of the study runner: the study, its folder, MLflow, the state it
+    keeps in step (`save()` after each change a resume must see), where the datasets are (`data_root`,
+    the launcher's --data-root or None) and the Ray it runs trials on (`start_ray()`, `address`)."""
 
     spec: Any  # StudySpec
     output: Path
     tracker: Tracker
     state: StudyState
     resume: bool
+    address: str | None
+    data_root: Path | None
 
     def save(self) -> None: ...
+
+    def start_ray(self) -> None: ...
 
 
 class StageKind:

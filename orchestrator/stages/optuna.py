@@ -1,14 +1,17 @@
 """`kind: optuna`: a search run by a persistent Optuna study in the launcher process, over an objective's
 conditional space (branches and their options), under constraints. The search itself is
-orchestrator/optuna_stage.py; this module is what the rest of the orchestrator asks about such a stage.
+orchestrator/optuna_stage.py; this module is what the rest of the orchestrator asks about such a stage,
+and what the study keeps of its run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from orchestrator.spec.optuna_section import _parse_optuna_stage
+from orchestrator.stage_outputs import declared_outputs, produced_outputs
 from orchestrator.spec.schema import BranchOption, OptunaStage, describe_entry
 from orchestrator.stages.base import Runner, StageKind
 from orchestrator.study_state import StageState
@@ -53,8 +56,30 @@ class OptunaKind(StageKind):
                 "inputs": {k: str(v) for k, v in stage.inputs.items()}}
 
     def run(self, stage: OptunaStage, runner: Runner, inputs: dict[str, str], parent: str, retrying: bool) -> None:
-        # The study resumes from its own database (optuna.db), retried or not.
-        runner.run_optuna(stage, inputs, parent)  # type: ignore[attr-defined]
+        """The study resumes from its own database (optuna.db), retried or not."""
+        from orchestrator.optuna_stage import run_optuna_stage
+
+        outcome = run_optuna_stage(stage=stage, inputs=inputs, workdir=runner.output / "optuna" / stage.name,
+                                   tracker=runner.tracker, parent_run_id=parent,
+                                   study_name=f"{runner.spec.name}.{stage.name}", study_seed=runner.spec.seed,
+                                   reproducible=runner.spec.reproducible, data_root=runner.data_root)
+        best, tracker = outcome.best, runner.tracker
+        stage_state = runner.state.stage(stage.name)
+        stage_state.best, stage_state.output = best, str(outcome.workdir)
+        stage_state.outputs = produced_outputs(declared_outputs(stage), Path(best.checkpoint))
+        stage_state.trials, stage_state.failed_trials = outcome.trials, outcome.infeasible
+        runner.save()
+        tracker.log_metrics(parent, {**{f"best_{k}": v for k, v in best.metrics.items()},
+                                     "trials": outcome.trials, "infeasible_trials": outcome.infeasible})
+        tracker.set_tags(parent, {"gensearch.best_trial_id": best.trial_id,
+                                  "gensearch.best_child_run_id": best.child_run_id or ""})
+        for name in ("trials.csv", "search_history.png"):
+            path = outcome.workdir / name
+            if path.is_file():
+                tracker.log_file(parent, path)
+        tracker.log_artifacts(parent, Path(best.checkpoint), "best")
+        others = ", ".join(f"{k}={v:.3g}" for k, v in best.metrics.items() if k != best.metric and not k.endswith("_s"))
+        print(f"[{stage.name}] best trial {best.trial_id}: {best.metric}={best.value:.4g} ({others})", flush=True)
 
     def detail_lines(self, stage: OptunaStage, state: StageState) -> list[str]:
         if state.best is None:

@@ -134,6 +134,24 @@ def test_parameter_importance_lands_on_the_stage_run_and_in_the_report(finished_
     assert "](report/classifier/importance.png)" in report and (output / "report/classifier/importance.png").is_file()
 
 
+def test_the_study_record_names_the_tune_stages_tables_and_pictures_and_mlflow_holds_them(finished_study):
+    """The tune stage's own outputs (stage_outputs.TUNE_STAGE_OUTPUTS) are recorded in study_state.json where
+    they were written, and its parent run holds each of them."""
+    _, output, _ = finished_study
+    recorded = json.loads((output / "study_state.json").read_text())["stages"]["classifier"]["outputs"]
+    folder = output / "tune" / "classifier"
+    assert {name: (item["kind"], item["path"]) for name, item in recorded.items()} == {
+        "trials": ("data", str(folder / "trials.csv")),
+        "search_history": ("picture", str(folder / "search_history.png")),
+        "parameter_sweep": ("picture", str(folder / "parameter_sweep.png")),
+        "importance": ("table", str(folder / "importance.md")),
+        "importance_plot": ("picture", str(folder / "importance.png"))}
+    client = client_for(output)
+    _, parents, _ = study_runs(client, "tiny")
+    logged = {a.path for a in client.list_artifacts(parents["classifier"].info.run_id)}
+    assert {Path(item["path"]).name for item in recorded.values()} <= logged
+
+
 def test_summary_names_best_trial_registry_and_mlflow_ui_command(finished_study):
     _, output, result = finished_study
     summary = (output / "summary.md").read_text()

@@ -10,7 +10,8 @@ import yaml
 
 from orchestrator.launch import main
 from orchestrator.spec import ResourcesSpec, SpecError, TuneStage, load_study, packing_problem, trials_per_gpu
-from orchestrator.study_runner import StageError, StudyRunner
+from orchestrator.stages.base import StageError
+from orchestrator.stages.tune import trial_resources_here
 from tests.orchestrator.study_helpers import REPO, client_for, launcher, launcher_env, study_runs, tiny_study
 from tests.orchestrator.test_spec import rejected_lines, valid_study
 
@@ -126,12 +127,6 @@ def test_parse_errors_are_not_followed_by_a_packing_error(tmp_path):
 # ---------------------------------------------------------------- at start (no Ray needed: its answer is faked)
 
 
-def runner(address: str | None = None) -> StudyRunner:
-    runner = StudyRunner.__new__(StudyRunner)
-    runner.address = address
-    return runner
-
-
 def tune_stage(**resources) -> TuneStage:
     return TuneStage(name="gasten", trainable="classifier", metric="val_accuracy", mode="max",
                      resources=ResourcesSpec(**resources))
@@ -142,18 +137,19 @@ def machine(monkeypatch):
     """Pretend the local Ray has `resources` and the smallest GPU torch sees is `smallest`."""
     import ray
 
-    import orchestrator.study_runner as study_runner
+    import orchestrator.stages.tune as tune_kind
 
     def set_machine(resources: dict, smallest: tuple[float, str] | None = None) -> None:
         monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
-        monkeypatch.setattr(study_runner, "smallest_gpu", lambda: smallest)
+        monkeypatch.setattr(tune_kind, "smallest_gpu", lambda: smallest)
     return set_machine
 
 
 def test_without_a_gpu_the_fallback_runs_the_trials_on_cpu(machine, capsys):
     machine({"CPU": 2.0})
     stage = tune_stage(cpu=1, gpu=0.5, gpu_memory_gb=12, fallback="cpu")
-    assert runner().check_trial_fits(stage) == ResourcesSpec(cpu=1, gpu=0.0, gpu_memory_gb=12, fallback="cpu")
+    assert (trial_resources_here(stage, address=None)
+            == ResourcesSpec(cpu=1, gpu=0.0, gpu_memory_gb=12, fallback="cpu"))
     assert stage.resources.gpu == 0.5  # the spec itself is untouched
     assert capsys.readouterr().out == ("[gasten] no GPU on this machine: running its trials on CPU "
                                        "(resources.fallback: cpu)\n")
@@ -162,7 +158,7 @@ def test_without_a_gpu_the_fallback_runs_the_trials_on_cpu(machine, capsys):
 def test_without_a_gpu_and_without_fallback_the_error_names_the_way_out(machine):
     machine({"CPU": 2.0})
     with pytest.raises(StageError) as error:
-        runner().check_trial_fits(tune_stage(gpu=0.5))
+        trial_resources_here(tune_stage(gpu=0.5), address=None)
     assert error.value.reason.startswith("resources.gpu: each trial asks for 0.5 GPU but this machine's Ray has no "
                                          "GPU; add `fallback: cpu`")
 
@@ -170,20 +166,20 @@ def test_without_a_gpu_and_without_fallback_the_error_names_the_way_out(machine)
 def test_at_start_the_packing_is_judged_against_the_smallest_gpu_here(machine):
     machine({"CPU": 16.0, "GPU": 2.0}, (39.4, "cuda:1 NVIDIA A100-SXM4-40GB"))
     with pytest.raises(StageError) as error:
-        runner().check_trial_fits(tune_stage(gpu=0.5, gpu_memory_gb=20))
+        trial_resources_here(tune_stage(gpu=0.5, gpu_memory_gb=20), address=None)
     assert error.value.reason == ("resources: 2 trials per GPU (gpu: 0.5) x 20 GB = 40 GB do not fit a 39.4 GB GPU "
                                   "(the smallest GPU here: cuda:1 NVIDIA A100-SXM4-40GB); use gpu: 1 (1 per GPU) or "
                                   "lower gpu_memory_gb to 19.7")
     fits = tune_stage(gpu=0.5, gpu_memory_gb=19)
-    assert runner().check_trial_fits(fits) == fits.resources
+    assert trial_resources_here(fits, address=None) == fits.resources
 
 
 def test_a_gpu_machine_ignores_the_fallback_and_a_cluster_is_not_judged(machine):
     machine({"CPU": 4.0, "GPU": 1.0}, (80.0, "cuda:0 H100"))
     stage = tune_stage(gpu=0.25, gpu_memory_gb=12, fallback="cpu")
-    assert runner().check_trial_fits(stage) == stage.resources
+    assert trial_resources_here(stage, address=None) == stage.resources
     machine({"CPU": 1.0})  # a cluster may autoscale: nothing is refused, nothing falls back
-    assert runner(address="auto").check_trial_fits(stage) == stage.resources
+    assert trial_resources_here(stage, address="auto") == stage.resources
 
 
 # ---------------------------------------------------------------- through the launcher, on a machine without GPU
@@ -229,7 +225,7 @@ def test_smallest_gpu_reads_torch_and_rounds_down(monkeypatch):
 
     import torch
 
-    from orchestrator.study_runner import smallest_gpu
+    from orchestrator.stages.tune import smallest_gpu
 
     sizes = {0: ("big", 80 * 2**30 + 1), 1: ("small", 42_298_834_944)}  # 39.39 GiB
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -14,7 +14,7 @@ import yaml
 
 from orchestrator.report import facts_from_run, write_report
 from orchestrator.spec import SpecError, load_study, parse_study
-from orchestrator.stage_outputs import produced_outputs, reference_path
+from orchestrator.stage_outputs import TUNE_STAGE_OUTPUTS, produced_outputs, reference_path
 from orchestrator.study_state import (STATE_FILE, BestTrial, RecordedOutput, StageState, StudyState, load_state,
                                       save_state)
 from tests.orchestrator import toy_trainables as toy
@@ -140,6 +140,37 @@ def test_the_report_shows_recorded_outputs_and_the_same_for_a_state_without_them
     assert "(2 more grids in `grids/`.)" in section and "(1 images in `images/` are not shown here.)" in section
     assert "prototypes.parquet" not in section  # data: recorded, not shown
     old_format(output)
+    assert write_report(output, log_to_mlflow=False).read_text() == report
+
+
+def test_a_tune_stage_records_its_own_tables_and_pictures_and_the_report_shows_them_in_order(tmp_path):
+    """A tune stage's search files are declared once (TUNE_STAGE_OUTPUTS) and recorded like a job's; the report
+    shows them from the record, and the same from a state without it."""
+    output = tmp_path / "out"
+    folder = output / "tune" / "gan"
+    folder.mkdir(parents=True)
+    for name in ("search_history.png", "parameter_sweep.png", "pareto.png", "importance.png"):
+        (folder / name).write_bytes(PNG)
+    (folder / "pareto_front.csv").write_text("trial,acd,fid_mnist\nt1,0.3,60\n")
+    (folder / "importance.md").write_text("**Parameter importance**\n\n| setting | acd |\n|---|---|\n| lr | 0.9 |\n")
+    (folder / "trials.csv").write_text("trial,acd\nt1,0.3\n")
+    recorded = produced_outputs(TUNE_STAGE_OUTPUTS, folder)
+    assert list(recorded) == ["trials", "pareto_front", "pareto", "search_history", "parameter_sweep",
+                              "importance", "importance_plot"]
+    (folder / "pareto.png").unlink()  # a file the record names but that is gone is simply not shown
+    state = StudyState(study="g", tracking_uri=f"sqlite:///{output / 'mlflow.db'}")
+    state.stages["gan"] = StageState(status="finished", kind="tune", output=str(folder), outputs=recorded)
+    save_state(output, state)
+    report = write_report(output, log_to_mlflow=False).read_text()
+    section = report.split("## 1. gan (tune, finished)", 1)[1]
+    assert "**Pareto front**: 1 evaluated epoch(s)" in section and "| lr | 0.9 |" in section
+    assert section.index("Pareto front") < section.index("search_history.png") < section.index(
+        "parameter_sweep.png") < section.index("| lr | 0.9 |") < section.index("importance.png")
+    assert "pareto.png" not in section and "trials.csv" not in section
+    raw = json.loads((output / STATE_FILE).read_text())
+    del raw["stages"]["gan"]["outputs"]  # as a launcher from before tune stages recorded theirs left it
+    (output / STATE_FILE).write_text(json.dumps(raw, indent=2))
+    assert load_state(output).stages["gan"].outputs == {}
     assert write_report(output, log_to_mlflow=False).read_text() == report
 
 
