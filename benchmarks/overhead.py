@@ -32,6 +32,12 @@ def constants(args) -> dict:
     return {"classes": [7, 1], "train_size": args.train_size, "val_size": 500, "epochs": args.epochs}
 
 
+def sectioned(config: dict) -> dict:
+    """`config` as a study file writes it: the shared data settings under `data:` (README "Config sections")."""
+    data = {key: value for key, value in config.items() if key in ("classes", "train_size")}
+    return {"data": data, **{key: value for key, value in config.items() if key not in data}}
+
+
 def plain_search(args, storage: str) -> None:
     """The hand-written script a researcher would write without gensearch."""
     import optuna
@@ -65,7 +71,7 @@ def plain_search(args, storage: str) -> None:
 
 def study_yaml(args, folder: Path) -> Path:
     study = {"study": "overhead", "stages": [{
-        "name": "classifier", "kind": "tune", "trainable": "classifier", "config": constants(args),
+        "name": "classifier", "kind": "tune", "trainable": "classifier", "config": sectioned(constants(args)),
         "space": {"lr": {"type": "loguniform", "low": 1e-4, "high": 3e-2},
                   "batch_size": {"type": "choice", "values": [32, 64, 128]},
                   "nf": {"type": "choice", "values": [1, 2]}},

@@ -55,7 +55,8 @@ def arms(args: argparse.Namespace) -> dict[str, dict]:
     stage = next(s for s in study["stages"] if s["name"] == STAGE)
     study["stages"], study["seed"] = [stage], args.seed
     stage.pop("register", None)
-    stage["config"].update({"epochs": args.epochs, "fid_images": args.fid_images, "train_size": args.train_size})
+    stage["config"].update({"epochs": args.epochs, "fid_images": args.fid_images})
+    stage["config"]["data"]["train_size"] = args.train_size
     stage["num_samples"] = args.population
     stage["scheduler"]["perturbation_interval"] = args.interval
     mutations = stage["scheduler"]["mutations"]

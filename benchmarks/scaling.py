@@ -111,7 +111,7 @@ def launcher_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def classifier_study(path: Path, trials: int, epochs: int, train_size: int) -> Path:
     stage = {"name": "classifier", "kind": "tune", "trainable": "classifier",
-             "config": {"classes": [7, 1], "train_size": train_size, "val_size": 200, "epochs": epochs,
+             "config": {"data": {"classes": [7, 1], "train_size": train_size}, "val_size": 200, "epochs": epochs,
                         "batch_size": 32},
              "space": {"lr": {"type": "loguniform", "low": 1e-3, "high": 3e-2},
                        "nf": {"type": "choice", "values": [1, 2]}},

@@ -67,8 +67,8 @@ class Trial:
 
 def study(args: argparse.Namespace, seed: int) -> dict:
     """The two-stage study of one seed: the full grid, then TPE + ASHA over the same points."""
-    config = {"dataset": "mnist", "classes": [7, 1], "arch": "paper", "train_size": args.train_size,
-              "val_size": args.val_size, "epochs": args.epochs, "seed": seed}
+    config = {"data": {"dataset": "mnist", "classes": [7, 1], "train_size": args.train_size}, "runtime": {"seed": seed},
+              "arch": "paper", "val_size": args.val_size, "epochs": args.epochs}
     points = {"lr": args.lrs, "nf": args.nfs, "batch_size": args.batch_sizes}
     common = {"kind": "tune", "trainable": "classifier", "config": config, "metric": METRIC,
               "max_concurrent_trials": 2, "resources": {"cpu": 1, "gpu": 0}}

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from trainables import data
+from trainables.settings import section_of
 
 OFFLINE_ENV = "GENSEARCH_OFFLINE"
 
@@ -47,6 +48,12 @@ def representative_config(stage: Any, definition: Any) -> Any:
     return build_config(definition.config_cls, {**stage.config, **space, **{k: "/unresolved" for k in stage.inputs}})
 
 
+def config_key(setting: str) -> str:
+    """Where a study file writes `setting` under a stage's `config:` (`data.classes`, or `epochs`)."""
+    section = section_of(setting)
+    return f"{section}.{setting}" if section else setting
+
+
 @dataclass
 class _Need:
     """One dataset across the study: every split any stage reads, and the YAML key to report problems at
@@ -70,9 +77,9 @@ def _needs(spec: Any) -> tuple[dict[str, _Need], list[str]]:
             uses = definition.datasets(representative_config(stage, definition))
         except (TypeError, ValueError):  # a bad config is validation's to report, not ours
             continue
-        group = "space" if "classes" in getattr(stage, "space", {}) else "config"
+        classes_key = "space.classes" if "classes" in getattr(stage, "space", {}) else f"config.{config_key('classes')}"
         for use in uses:
-            key = f"stages[{index}].config" + (f".{use.setting}" if use.setting else "")
+            key = f"stages[{index}].config" + (f".{config_key(use.setting)}" if use.setting else "")
             if use.name not in data.DATASETS:
                 problems.append(f"{spec.source}: {key}: unknown dataset {use.name!r}; known datasets: "
                                 f"{', '.join(data.DATASETS)}")
@@ -81,7 +88,7 @@ def _needs(spec: Any) -> tuple[dict[str, _Need], list[str]]:
                 try:
                     data.check_classes(use.name, use.classes)
                 except ValueError as error:
-                    problems.append(f"{spec.source}: stages[{index}].{group}.classes: {error}")
+                    problems.append(f"{spec.source}: stages[{index}].{classes_key}: {error}")
             need = needs.setdefault(use.name, _Need(use.name, key, use.fallback))
             if need.fallback and not use.fallback:
                 need.key, need.fallback = key, False

@@ -27,22 +27,18 @@ from trainables.definitions import EpochCost, Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.fit import fit
 from trainables.reporter import CheckpointState, Reporter
+from trainables.settings import DataSettings, RuntimeSettings
 
 
-@dataclass(frozen=True)
-class ClassifierConfig:
-    dataset: Literal["mnist", "fashion_mnist"] = "mnist"
-    classes: tuple[int, ...] = (7, 1)  # () means all ten classes
-    train_size: int = 0  # 0 keeps every remaining training image of those classes
+@dataclass(frozen=True, kw_only=True)
+class ClassifierConfig(DataSettings, RuntimeSettings):
+    classes: tuple[int, ...] = (7, 1)  # DataSettings.classes with its own default
     val_size: int = 1000
     arch: Literal["cnn", "paper"] = "cnn"  # see the module docstring; GASTeN's studies use "paper"
     nf: int = 1
     lr: float = 1e-3
     batch_size: int = 64
     epochs: int = 5
-    seed: int = 0
-    device: str = "auto"
-    allow_fallback: bool = False  # scikit-learn digits when MNIST is nowhere to be found
 
     def __post_init__(self) -> None:
         if self.nf < 1:

@@ -24,12 +24,13 @@ from trainables.ambiguous import AmbiguousSet, check_band, generate_ambiguous, l
 from trainables.clustering import CLUSTERERS, REDUCERS, run_pipeline, view_2d
 from trainables.definitions import BranchPick, Metric, ObjectiveDef
 from trainables.prototypes import ClusteringResultData, save_clustering_result
+from trainables.settings import RuntimeSettings
 
 AMBIGUOUS_FILE = "ambiguous.npz"
 
 
-@dataclass(frozen=True)
-class ClusteringSearchConfig:
+@dataclass(frozen=True, kw_only=True)
+class ClusteringSearchConfig(RuntimeSettings):
     generator: str = ""  # a gasten (or dcgan) checkpoint folder: `inputs: {generator: gasten.best}`
     classifier: str = ""  # the binary classifier's checkpoint folder: `inputs: {classifier: classifier.best}`
     ambiguous: str = ""  # instead of both: an ambiguous-image set (.npz from trainables.ambiguous.save_ambiguous)
@@ -37,8 +38,6 @@ class ClusteringSearchConfig:
     band: tuple[float, ...] = (0.4, 0.6)
     min_images: int = 30  # fewer kept images than this is an error, not a clustering
     score_on: Literal["reduced", "embedding"] = "reduced"  # see trainables.clustering.run_pipeline
-    seed: int = 0
-    device: str = "auto"
 
     def __post_init__(self) -> None:
         generated = bool(self.generator) or bool(self.classifier)

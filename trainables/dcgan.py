@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +25,7 @@ from trainables.metrics.fid import FrechetDistance
 from trainables.metrics.inception_fid import InceptionFid, find_inception_weights
 from trainables.reporter import CheckpointState, Reporter
 from trainables.sample_grid import sample_grid_png
+from trainables.settings import DataSettings, RuntimeSettings
 
 FID_NOISE_SEED = 1  # the latents behind every per-epoch FID: the same in every trial
 FID_INCEPTION = Metric("fid_inception", higher_is_better=False, optional=True,
@@ -34,11 +34,9 @@ FID_INCEPTION = Metric("fid_inception", higher_is_better=False, optional=True,
 GRID_IMAGES = 64  # samples.png: the first latents of the FID noise
 
 
-@dataclass(frozen=True)
-class DCGANConfig:
-    dataset: Literal["mnist", "fashion_mnist"] = "mnist"
-    classes: tuple[int, ...] = (7, 1)  # () means all ten classes
-    train_size: int = 0  # 0 keeps every training image of those classes
+@dataclass(frozen=True, kw_only=True)
+class DCGANConfig(DataSettings, RuntimeSettings):
+    classes: tuple[int, ...] = (7, 1)  # DataSettings.classes with its own default
     z_dim: int = 64
     ngf: int = 32
     ndf: int = 32
@@ -48,9 +46,6 @@ class DCGANConfig:
     epochs: int = 10
     fid_images: int = 1000  # generated and real test images compared by the per-epoch fid_mnist
     inception_weights: str = ""  # torch-fidelity's Inception file; "" searches $GENSEARCH_INCEPTION_WEIGHTS, caches
-    seed: int = 0
-    device: str = "auto"
-    allow_fallback: bool = False  # scikit-learn digits when MNIST is nowhere to be found
 
     def __post_init__(self) -> None:
         if min(self.z_dim, self.ngf, self.ndf, self.batch_size, self.epochs) < 1:

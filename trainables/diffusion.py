@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +34,7 @@ from trainables.device import resolve_device
 from trainables.fit import fit
 from trainables.reporter import CheckpointState, Reporter
 from trainables.sample_grid import sample_grid_png
+from trainables.settings import DataSettings, RuntimeSettings
 
 VAL_NOISE_SEED = 0  # the steps and noise behind every validation loss: the same each epoch
 SAMPLE_NOISE_SEED = 1  # the starting noise (and every later draw) behind samples.png
@@ -42,11 +42,8 @@ PREVIEW_STEP = 350  # denoise.png shows what the U-Net makes of the validation i
 PREVIEW_IMAGES = 8
 
 
-@dataclass(frozen=True)
-class DiffusionConfig:
-    dataset: Literal["mnist", "fashion_mnist"] = "mnist"
-    classes: tuple[int, ...] = ()  # () means all ten classes
-    train_size: int = 0  # 0 keeps every remaining training image of those classes
+@dataclass(frozen=True, kw_only=True)
+class DiffusionConfig(DataSettings, RuntimeSettings):
     val_size: int = 1000  # carved from the training split, seeded
     timesteps: int = 1000  # T
     beta_start: float = 1e-4
@@ -57,13 +54,10 @@ class DiffusionConfig:
     lr: float = 1e-3  # 2e-4 (the DDPM paper's) learns far more slowly in a CPU-sized budget
     batch_size: int = 128
     epochs: int = 5
-    seed: int = 0
     # Images drawn by ancestral sampling (T U-Net passes) after the last epoch only, for
     # samples.png: at nf = 16 on 2 CPU cores 16 images take about 12 s (a seventh of an epoch),
     # too slow to repeat every epoch. 0 skips it.
     sample_images: int = 16
-    device: str = "auto"
-    allow_fallback: bool = False  # scikit-learn digits when MNIST is nowhere to be found
 
     def __post_init__(self) -> None:
         if min(self.nf, self.batch_size, self.epochs, self.val_size) < 1:

@@ -30,13 +30,14 @@ from trainables.definitions import Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.fewshot import fewshot_score
 from trainables.reporter import CheckpointState, Reporter
+from trainables.settings import DeviceSettings
 
 NAME = "ddpm_timestep"
 FEATURE_NOISE_SEED = 0  # the noise that takes each image to x_t: the same for every trial and t
 
 
-@dataclass(frozen=True)
-class TimestepConfig:
+@dataclass(frozen=True, kw_only=True)
+class TimestepConfig(DeviceSettings):
     ddpm: str  # a ddpm checkpoint folder: `inputs: {ddpm: ddpm.best}`
     t: int = 350  # 0-based step of the DDPM's chain; the reference study's MNIST optimum was about 350 of 1000
     pool: int = 1  # 1 = global average of each up-block activation (the reference); 2 = 2x2 cells (see extract_features)
@@ -45,7 +46,6 @@ class TimestepConfig:
     pool_size: int = 5000  # training images (of the DDPM's split) the k-shot sets are drawn from
     val_images: int = 2000  # the DDPM's validation images the head is scored on
     batch_size: int = 256
-    device: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.ddpm:

@@ -19,14 +19,14 @@ from trainables.definitions import JobDef, Metric, Output
 from trainables.device import resolve_device
 from trainables.plotting import pyplot
 from trainables.reporter import Reporter
+from trainables.settings import DeviceSettings
 
 
 
-@dataclass(frozen=True)
-class EvaluateClassifierConfig:
+@dataclass(frozen=True, kw_only=True)
+class EvaluateClassifierConfig(DeviceSettings):
     checkpoint: str  # a checkpoint folder, normally given by reference: `inputs: {checkpoint: classifier.best}`
     limit: int = 0  # 0 scores the whole test split
-    device: str = "auto"
 
 
 def run(config: EvaluateClassifierConfig, reporter: Reporter, workdir: Path) -> dict[str, float]:

@@ -32,13 +32,14 @@ from trainables.definitions import JobDef, Metric, Output
 from trainables.device import resolve_device
 from trainables.fewshot import DEFAULT_SHOTS, FewShotConfig, fewshot_curve, markdown_table, pixel_features, plot_curves
 from trainables.reporter import Reporter
+from trainables.settings import RuntimeSettings
 
 FeatureFn = Callable[[torch.Tensor], np.ndarray]
 HEADLINE_K = 16  # the k the searches optimise
 
 
-@dataclass(frozen=True)
-class FewShotJobConfig:
+@dataclass(frozen=True, kw_only=True)
+class FewShotJobConfig(RuntimeSettings):
     dataset: str = "mnist"
     vae: str = ""  # a vae checkpoint folder (`vae.best`)
     diffusion: str = ""  # a ddpm_timestep result folder (`timestep.best`): the DDPM and the chosen t
@@ -50,8 +51,6 @@ class FewShotJobConfig:
     heads: tuple[str, ...] = ("lin", "nonlin")
     train_pool: int = 10000  # training images (seeded subset) the k-shot sets are drawn from
     test_images: int = 0  # 0 = the whole test split
-    seed: int = 0
-    device: str = "auto"
 
     def __post_init__(self) -> None:
         if not (self.vae or self.diffusion or self.classifier or self.discriminator or self.pixels):

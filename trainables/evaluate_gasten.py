@@ -33,13 +33,14 @@ from trainables.ood.sets import ood_datasets
 from trainables.prototype_curve import PROTOTYPE_CURVE, PrototypeCurveConfig
 from trainables.prototype_curve import run as run_prototype_curve
 from trainables.reporter import ListReporter, Reporter
+from trainables.settings import RuntimeSettings
 
 PARTS = ("fewshot", "prototype_curve", "ood")
 HEADLINE = ("fewshot.classifier.lin.k16", "fewshot.discriminator.lin.k16", "fewshot.pixels.lin.k16")
 
 
-@dataclass(frozen=True)
-class GastenEvaluationConfig:
+@dataclass(frozen=True, kw_only=True)
+class GastenEvaluationConfig(RuntimeSettings):
     classifier: str  # `classifier.best`: the study's binary classifier C
     discriminator: str = ""  # `gan.best`: the DCGAN whose discriminator gives features; "" leaves them out
     prototypes: str = ""  # `prototypes.best`: the prototypes job's folder; "" leaves the prototype curve out
@@ -56,8 +57,6 @@ class GastenEvaluationConfig:
     # OOD
     ood_sets: tuple[str, ...] = ("fashion_mnist", "kmnist", "uniform_noise")
     ood_images: int = 2000
-    seed: int = 0
-    device: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.classifier:

@@ -60,18 +60,18 @@ from trainables.metrics.acd import (DEFAULT_BAND, average_confusion_distance, ba
 from trainables.real_ambiguous import RealAmbiguous, cache_key, cached_real_ambiguous, real_ambiguous
 from trainables.reporter import CheckpointState, Reporter
 from trainables.sample_grid import sample_grid_png
+from trainables.settings import RuntimeSettings, TrainingDataSettings
 
 ACD_NOISE_SEED = 0  # the latents behind every acd value: the same in every trial of every study
 GRID_IMAGES = 64  # the first latents of the ACD noise, drawn with their scores in samples.png
 
 
-@dataclass(frozen=True)
-class GastenConfig:
+@dataclass(frozen=True, kw_only=True)
+class GastenConfig(TrainingDataSettings, RuntimeSettings):
     generator: str  # a dcgan checkpoint folder: `inputs: {generator: gan.best}`
     classifier: str  # a binary classifier checkpoint folder: `inputs: {classifier: classifier.best}`
     alpha: float = 25.0  # weight of the confusion term; the paper explores 5..30
     fid_budget: float = 1.5  # fid_mnist / fid_mnist_step1 allowed before `tradeoff` is penalised
-    train_size: int = 0  # real training images per epoch; 0 keeps every image of the classifier's classes
     lr: float = 2e-4
     beta1: float = 0.5
     continue_optimizers: bool = False  # start from step 1's Adam moments instead of fresh ones
@@ -81,9 +81,6 @@ class GastenConfig:
     inception_weights: str = ""  # as in dcgan: when found, fid_inception is reported too
     acd_images: int = 2048
     band: tuple[float, ...] = DEFAULT_BAND  # C(x) range counted by band_share (the clustering stage's band)
-    seed: int = 0
-    device: str = "auto"
-    allow_fallback: bool = False  # scikit-learn digits when MNIST is nowhere to be found
 
     def __post_init__(self) -> None:
         for name in ("generator", "classifier"):

@@ -60,6 +60,7 @@ from trainables.fewshot import FewShotConfig, build_head
 from trainables.gasten import load_frozen_classifier, positive_probability
 from trainables.prototypes import load_clustering_result
 from trainables.reporter import Reporter
+from trainables.settings import RuntimeSettings
 
 SOURCES: tuple[str, ...] = ("prototypes", "random_generated", "real")
 COLUMNS: tuple[str, ...] = ("source", "m", "n", "repeats", "test_accuracy_mean", "test_accuracy_std",
@@ -69,8 +70,8 @@ SCORE_TOLERANCE = 1e-3  # recomputed C(x) vs the clustering's stored scores (dev
 _TAGS = {"random_generated": 0x6E4, "real": 0x4EA1}  # separate the two sources' random streams
 
 
-@dataclass(frozen=True)
-class PrototypeCurveConfig:
+@dataclass(frozen=True, kw_only=True)
+class PrototypeCurveConfig(RuntimeSettings):
     prototypes: str  # the prototypes job's folder: `inputs: {prototypes: prototypes.best}`
     classifier: str  # C, the binary classifier: `inputs: {classifier: classifier.best}`
     clustering: str = ""  # the clustering result the picks index: `inputs: {clustering: prototypes.clustering}`
@@ -78,8 +79,6 @@ class PrototypeCurveConfig:
     repeats: int = 5  # draws of each random source per n
     train_pool: int = 0  # real training images (seeded subset of the two classes) REAL draws from; 0 = all
     test_images: int = 0  # real test images of the two classes scored; 0 = the whole test split
-    seed: int = 0
-    device: str = "auto"
 
     def __post_init__(self) -> None:
         for name, what, reference in (("prototypes", "the prototypes job's folder", "prototypes.best"),

@@ -17,7 +17,6 @@ useful features when labels are scarce, not which reconstructs best.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -32,17 +31,15 @@ from trainables.fewshot import fewshot_score
 from trainables.fit import fit
 from trainables.reporter import CheckpointState, Reporter
 from trainables.sample_grid import sample_grid_png
+from trainables.settings import DataSettings, RuntimeSettings
 
 VAL_NOISE_SEED = 0  # the reparameterisation noise behind every validation ELBO: the same each epoch
 SAMPLE_NOISE_SEED = 1  # the prior latents behind samples.png
 GRID_IMAGES = 64
 
 
-@dataclass(frozen=True)
-class VAEConfig:
-    dataset: Literal["mnist", "fashion_mnist"] = "mnist"
-    classes: tuple[int, ...] = ()  # () means all ten classes
-    train_size: int = 0  # 0 keeps every remaining training image of those classes
+@dataclass(frozen=True, kw_only=True)
+class VAEConfig(DataSettings, RuntimeSettings):
     val_size: int = 1000  # carved from the training split, seeded
     latent_dim: int = 16
     nf: int = 32  # conv width
@@ -50,9 +47,6 @@ class VAEConfig:
     lr: float = 1e-3
     batch_size: int = 128
     epochs: int = 10
-    seed: int = 0
-    device: str = "auto"
-    allow_fallback: bool = False  # scikit-learn digits when MNIST is nowhere to be found
     fewshot_k: int = 0  # > 0: report val_fewshot_lin, lin-head accuracy with this many labels per class
     fewshot_repeats: int = 5  # seeded k-shot draws averaged per epoch
     fewshot_pool: int = 10000  # training images encoded per epoch as the pool the k-shot sets are drawn from

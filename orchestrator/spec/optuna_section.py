@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrator.spec.config_checks import _check_config
+from orchestrator.spec.config_checks import _check_config, stage_config
 from orchestrator.spec.fields import (SectionContext, _catalog_entry, _closest, _mapping, _number, _parse_inputs,
                                       _parse_searcher, _parse_space_entry, _string, _unknown_keys)
 from orchestrator.spec.problems import _Problems
@@ -65,7 +65,7 @@ def _parse_optuna_stage(raw: Mapping[str, Any], key: str, where: SectionContext,
     _unknown_keys(raw, allowed, key, problems)
     objective_name = _string(raw, "objective", key, problems, required=True)
     definition = _catalog_entry(objective_name, catalog.objective, f"{key}.objective", problems)
-    config = _mapping(raw.get("config"), f"{key}.config", problems) or {}
+    config, written = stage_config(raw, key, definition.config_cls if definition else None, problems)
     inputs = _parse_inputs(raw.get("inputs"), f"{key}.inputs", where.earlier, where.later, problems)
     space_raw = _mapping(raw.get("space"), f"{key}.space", problems) or {}
     branches: dict[str, dict[str, BranchOption]] = {}
@@ -74,7 +74,7 @@ def _parse_optuna_stage(raw: Mapping[str, Any], key: str, where: SectionContext,
     if definition is not None:
         what = f"objective {objective_name!r}"
         _check_config(definition.config_cls, config, {}, inputs, key, what, problems,
-                      declared_inputs=raw.get("inputs"))
+                      declared_inputs=raw.get("inputs"), written=written)
         for branch, options_raw in space_raw.items():
             where = f"{key}.space.{branch}"
             known = definition.branches.get(branch)

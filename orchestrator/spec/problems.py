@@ -22,6 +22,8 @@ class _Problems:
     def __init__(self) -> None:
         self.items: list[tuple[str, str]] = []
         self.deprecations: list[tuple[str, str]] = []  # still accepted, said once by the launcher
+        # (stage's config key, shared settings it writes flat): said in one deprecation line for the whole file
+        self.flat_settings: list[tuple[str, tuple[str, ...]]] = []
 
     def add(self, key: str, message: str) -> None:
         self.items.append((key, message))

@@ -9,6 +9,7 @@ from typing import Any
 
 from orchestrator.spec.fields import _kind, _mapping, _string, _unknown_keys
 from orchestrator.spec.problems import SpecError, _Problems
+from trainables.settings import SECTIONS, section_of
 
 PROFILE_KEYS = ("extends", "output", "description", "stages")
 
@@ -24,9 +25,28 @@ def _deep_merge(base: Any, patch: Any, replace_children: bool = False) -> Any:
     for key, value in patch.items():
         if replace_children or key not in merged:
             merged[key] = value
+        elif key == "config":
+            merged[key] = _deep_merge(_without_shared(merged[key], value), value)
         else:
             merged[key] = _deep_merge(merged[key], value, replace_children=key == "space")
     return merged
+
+
+def _without_shared(config: Any, patch: Any) -> Any:
+    """`config` less the shared settings `patch` sets, in either spelling (`classes: ...` or `data: {classes:
+    ...}`): a patch replaces a setting wherever the stage wrote it, so `{config: {classes: [5, 3]}}` patches a
+    stage that writes `data: {classes: [7, 1]}` rather than giving `classes` twice."""
+    if not isinstance(config, Mapping) or not isinstance(patch, Mapping):
+        return config
+    patched = {name for name in patch if section_of(name)}
+    for section in SECTIONS:
+        if isinstance(patch.get(section), Mapping):
+            patched.update(patch[section])
+    kept = {key: value for key, value in config.items() if key not in patched}
+    for section in SECTIONS:
+        if isinstance(kept.get(section), Mapping):
+            kept[section] = {key: value for key, value in kept[section].items() if key not in patched}
+    return kept
 
 
 def apply_profile(raw: Any, source: str, profile: str | None) -> tuple[Any, str, tuple[str, ...]]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from orchestrator.spec.fields import (NAME_PATTERN, SectionContext, _check_selectors, _kind, _mapping, _number,
                                      _string, _unknown_keys)
+from orchestrator.spec.config_checks import flat_spelling_deprecation
 from orchestrator.spec.job_section import _parse_job_stage
 from orchestrator.spec.optuna_section import _parse_optuna_stage
 from orchestrator.spec.problems import SpecError, _Problems
@@ -91,6 +92,9 @@ def parse_study(raw: Any, source: str, default_output: Path | None = None, profi
 
     if problems.items:
         raise SpecError(label, problems.items)
+    flat_spelling = flat_spelling_deprecation(problems.flat_settings)
+    if flat_spelling is not None:
+        problems.deprecated(*flat_spelling)
     default = default_output or Path("runs") / (study if not profile_name or profile_name == profile_names[0]
                                                  else f"{study}-{profile_name}")
     output_path = Path(output) if output else default

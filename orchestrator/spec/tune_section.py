@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from orchestrator.pbt import check_pbt_stage, parse_pbt
-from orchestrator.spec.config_checks import _check_config
+from orchestrator.spec.config_checks import _check_config, stage_config
 from orchestrator.spec.fields import (NAME_PATTERN, SectionContext, _catalog_entry, _closest, _kind, _mapping, _number,
                                       _parse_inputs, _parse_searcher, _parse_space_entry, _string, _unknown_keys)
 from orchestrator.spec.gpu_packing import packing_problem
@@ -26,7 +26,7 @@ def _parse_tune_stage(raw: Mapping[str, Any], key: str, where: SectionContext, p
     name = raw["name"]
     trainable_name = _string(raw, "trainable", key, problems, required=True)
     definition = _catalog_entry(trainable_name, catalog.trainable, f"{key}.trainable", problems)
-    config = _mapping(raw.get("config"), f"{key}.config", problems) or {}
+    config, written = stage_config(raw, key, definition.config_cls if definition else None, problems)
     space_raw = _mapping(raw.get("space"), f"{key}.space", problems) or {}
     space = {}
     for param, entry_raw in space_raw.items():
@@ -38,7 +38,7 @@ def _parse_tune_stage(raw: Mapping[str, Any], key: str, where: SectionContext, p
     metrics, modes = _parse_tune_metrics(raw, key, trainable_name, definition, problems)
     if definition is not None:
         _check_config(definition.config_cls, config, space, inputs, key, f"trainable {trainable_name!r}", problems,
-                      declared_inputs=raw.get("inputs"))
+                      declared_inputs=raw.get("inputs"), written=written)
     champion = _parse_champion(raw.get("champion"), f"{key}.champion", metrics, trainable_name, definition, problems)
     metric, mode = (metrics[0], modes[0]) if len(metrics) == 1 else (None, "max")
     if champion is not None:  # several metrics: the stage's one metric is the champion's objective

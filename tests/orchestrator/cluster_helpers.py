@@ -319,7 +319,8 @@ def classifier_study(path: Path, name: str, *, num_samples: int = 4, epochs: int
     1 CPU each, two running trials are necessarily on different nodes."""
     stage = {
         "name": "classifier", "kind": "tune", "trainable": "classifier",
-        "config": {"classes": [7, 1], "train_size": train_size, "val_size": 100, "epochs": epochs, "batch_size": 32},
+        "config": {"data": {"classes": [7, 1], "train_size": train_size}, "val_size": 100, "epochs": epochs,
+                   "batch_size": 32},
         "space": {"lr": {"type": "loguniform", "low": 1e-3, "high": 3e-2}, "nf": {"type": "choice", "values": [1, 2]}},
         "metric": "val_accuracy", "num_samples": num_samples, "max_concurrent_trials": 2,
         "scheduler": ({"type": "asha", "max_t": epochs, "grace_period": 1, "reduction_factor": 2} if asha else None),

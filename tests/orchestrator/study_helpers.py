@@ -27,7 +27,7 @@ def tiny_study(path: Path, *, num_samples: int = 4, epochs: int = 3, train_size:
         "stages": [
             {
                 "name": "classifier", "kind": "tune", "trainable": "classifier",
-                "config": {"classes": [7, 1], "train_size": train_size, "val_size": 100, "epochs": epochs,
+                "config": {"data": {"classes": [7, 1], "train_size": train_size}, "val_size": 100, "epochs": epochs,
                            "batch_size": 32},
                 "space": {"lr": {"type": "loguniform", "low": 1e-3, "high": 3e-2},
                           "nf": {"type": "choice", "values": [1, 2]}},

@@ -132,7 +132,7 @@ def test_a_corrupt_mirror_file_stops_the_launch_before_anything_runs(fresh_clone
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     lines = error_lines(result)
     assert len(lines) == 1, lines
-    assert lines[0].startswith(f"{spec}: stages[0].config.dataset: MNIST train split not found")
+    assert lines[0].startswith(f"{spec}: stages[0].config.data.dataset: MNIST train split not found")
     assert f"{mirror.url}/MNIST/raw/train-labels-idx1-ubyte.gz: MD5 checksum mismatch" in lines[0]
     assert "nothing kept" in lines[0]
     assert not output.exists()  # nothing ran, nothing was written

@@ -35,7 +35,7 @@ def test_a_corrupt_archive_stops_the_launch_before_any_trial(tmp_path: Path) -> 
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     lines = problem_lines(result)
     assert len(lines) == 1, lines
-    assert lines[0].startswith(f"{spec}: stages[0].config.dataset: MD5 checksum mismatch for {images.resolve()}")
+    assert lines[0].startswith(f"{spec}: stages[0].config.data.dataset: MD5 checksum mismatch for {images.resolve()}")
     assert f"python -m orchestrator.data fetch mnist --to {root.resolve()}" in lines[0]
     assert not output.exists()
 
@@ -66,9 +66,9 @@ def test_a_data_root_that_does_not_exist_is_refused(tmp_path: Path) -> None:
 def test_a_class_the_dataset_does_not_have_is_refused_by_a_dry_run(tmp_path: Path) -> None:
     spec = tiny_study(tmp_path / "tiny.yaml")
     study = yaml.safe_load(spec.read_text())
-    study["stages"][0]["config"]["classes"] = [7, 12]
+    study["stages"][0]["config"]["data"]["classes"] = [7, 12]
     spec.write_text(yaml.safe_dump(study, sort_keys=False))
     result = launch(str(spec), "--dry-run", cache=tmp_path / "cache")
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     assert problem_lines(result) == [
-        f"{spec}: stages[0].config.classes: classes must be integers 0..9 (the classes of MNIST), got 12"]
+        f"{spec}: stages[0].config.data.classes: classes must be integers 0..9 (the classes of MNIST), got 12"]

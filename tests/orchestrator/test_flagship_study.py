@@ -20,14 +20,15 @@ import yaml
 from tests.orchestrator.study_helpers import REPO, client_for, run_launcher, run_until, study_runs
 
 SHIPPED = REPO / "search_spaces" / "gasten_mnist.yaml"
-TOY_TRAIN = {"train_size": 300, "val_size": 100, "batch_size": 32}
-SHRINK = {  # stage -> top-level keys replaced; "config" entries are merged into the shipped config
+TOY_TRAIN = {"data": {"train_size": 300}, "val_size": 100, "batch_size": 32}
+SHRINK = {  # stage -> top-level keys replaced; "config" entries (and `data:` ones) are merged into the shipped config
     "classifier": {"config": {**TOY_TRAIN, "epochs": 1, "lr": 3e-3, "nf": 1}, "space": None, "searcher": None,
                    "num_samples": 1},
     "classifier_test": {"config": {"limit": 300}},
-    "gan": {"config": {"train_size": 256, "epochs": 1, "fid_images": 64, "batch_size": 32, "lr": 3e-4},
+    "gan": {"config": {"data": {"train_size": 256}, "epochs": 1, "fid_images": 64, "batch_size": 32, "lr": 3e-4},
             "space": None, "searcher": None, "num_samples": 1, "scheduler": None},
-    "gasten": {"config": {"train_size": 256, "epochs": 1, "fid_images": 64, "acd_images": 256, "batch_size": 32},
+    "gasten": {"config": {"data": {"train_size": 256}, "epochs": 1, "fid_images": 64, "acd_images": 256,
+                          "batch_size": 32},
                "space": {"alpha": {"type": "uniform", "low": 5, "high": 30}}, "num_samples": 2, "scheduler": None},
     "clustering": {"config": {"images": 2000, "band": [0.1, 0.9]}, "n_trials": 4, "n_jobs": 1,
                    "space": {"reducer": {"pca": {"n_components": {"type": "int", "low": 2, "high": 4}}},
@@ -45,7 +46,9 @@ def miniature(path, name: str = "miniflag"):
     for stage in study["stages"]:
         for key, value in copy.deepcopy(SHRINK[stage["name"]]).items():
             if key == "config":
-                stage["config"] = {**stage.get("config", {}), **value}
+                config = stage.setdefault("config", {})
+                for name, setting in value.items():
+                    config[name] = {**config.get(name, {}), **setting} if name == "data" else setting
             elif value is None:
                 stage.pop(key, None)
             else:

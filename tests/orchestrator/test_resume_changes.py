@@ -246,7 +246,7 @@ def test_an_edited_failed_stage_runs_again_with_the_edits(tmp_path):
     """Defect 3, second half: fixing the study file (here an impossible val_size) and --resume still ran the
     old settings, and failed again."""
     spec = search_only(failing_study(tmp_path / "broken.yaml", [100000]))
-    edit(spec, lambda s: s["config"].update(train_size=200))
+    edit(spec, lambda s: s["config"]["data"].update(train_size=200))
     output = tmp_path / "out"
     assert run_launcher(str(spec), "--output", str(output), timeout=600).returncode == 1
     old_parent = load_state(output).stage("classifier").parent_run_id

@@ -316,7 +316,7 @@ def test_yaml_merge_keys_are_not_taken_for_duplicates(tmp_path, capsys):
 
 def test_a_merge_key_with_an_explicit_override_is_accepted_and_the_explicit_key_wins(tmp_path):
     """Issue 19, defect 8: `config: {<<: *cfg, epochs: 2}` was refused as a duplicate key."""
-    text = SMOKE.read_text().replace("    config:\n      dataset: mnist\n", "    config: &cfg\n      dataset: mnist\n")
+    text = SMOKE.read_text().replace("    config:\n      data:\n", "    config: &cfg\n      data:\n")
     text = text.replace("study: smoke\n", "study: smoke\nprofile: quick\n")
     text += "\nprofiles:\n  short:\n    stages:\n      classifier: {config: {<<: *cfg, epochs: 2}}\n"
     path = tmp_path / "merge.yaml"

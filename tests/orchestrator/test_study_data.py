@@ -31,13 +31,14 @@ def study(path: Path, stages: list[dict]) -> Path:
 
 FEWSHOT = {"name": "fs", "kind": "job", "job": "fewshot", "config": {"classifier": "/x"}}
 CLASSIFIER = {"name": "c", "kind": "tune", "trainable": "classifier", "metric": "val_accuracy", "num_samples": 1,
-              "config": {"allow_fallback": True}, "space": {"lr": {"type": "choice", "values": [0.01]}}}
+              "config": {"data": {"allow_fallback": True}}, "space": {"lr": {"type": "choice", "values": [0.01]}}}
 
 
 def test_an_unknown_dataset_name_is_named_at_its_key(tmp_path: Path) -> None:
-    spec = load_study(study(tmp_path / "s.yaml", [{**FEWSHOT, "config": {"classifier": "/x", "dataset": "mnsit"}}]))
+    fewshot = {**FEWSHOT, "config": {"classifier": "/x", "data": {"dataset": "mnsit"}}}
+    spec = load_study(study(tmp_path / "s.yaml", [fewshot]))
     assert data_problems(spec, offline=True, dry_run=True) == [
-        f"{spec.source}: stages[0].config.dataset: unknown dataset 'mnsit'; known datasets: mnist, fashion_mnist, kmnist"]
+        f"{spec.source}: stages[0].config.data.dataset: unknown dataset 'mnsit'; known datasets: mnist, fashion_mnist, kmnist"]
 
 
 def test_a_dry_run_says_what_the_launch_would_download(no_data: Path) -> None:
@@ -56,7 +57,7 @@ def test_offline_a_stage_that_allows_the_digits_fallback_is_no_problem(no_data: 
     assert len(said) == 1 and "scikit-learn's digits (allow_fallback)" in said[0]
     spec = load_study(study(no_data / "s.yaml", [CLASSIFIER, FEWSHOT]))  # one stage cannot fall back: a problem
     problems = data_problems(spec, offline=True, dry_run=False, say=said.append)
-    assert len(problems) == 1 and problems[0].startswith(f"{spec.source}: stages[1].config.dataset: MNIST train")
+    assert len(problems) == 1 and problems[0].startswith(f"{spec.source}: stages[1].config.data.dataset: MNIST train")
 
 
 def test_only_the_archives_a_study_reads_are_checked(no_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -49,6 +48,7 @@ from trainables.ood.generator_nn import (cost_metric_defs, dequantize, parameter
                                          report_final, training_split, validation_metric_defs)
 from trainables.ood.sets import check_validation_ood
 from trainables.reporter import CheckpointState, Reporter
+from trainables.settings import DatasetSettings, RuntimeSettings
 from trainables.vae import VAE, vae_loss
 
 NAME = "conditional_nn"
@@ -58,10 +58,8 @@ _PAIR_OFFSET = 70_000
 _HIDDEN = 256  # the VAE's hidden width, where the class embeddings are added
 
 
-@dataclass(frozen=True)
-class ConditionalNNConfig:
-    dataset: Literal["mnist", "fashion_mnist"] = "mnist"
-    train_size: int = 0  # 0 keeps every remaining training image (the classifier convention)
+@dataclass(frozen=True, kw_only=True)
+class ConditionalNNConfig(DatasetSettings, RuntimeSettings):
     val_size: int = 1000  # carved from the training split, seeded; picks the threshold
     latent_dim: int = 8
     nf: int = 32  # the VAE's conv width (VAEConfig's default, as generator_nn's per-class VAEs)
@@ -76,9 +74,6 @@ class ConditionalNNConfig:
     siamese_batch_size: int = 128
     siamese_lr: float = 1e-3
     target_tpr: float = 0.95  # share of in-distribution validation images the threshold must accept
-    seed: int = 0
-    device: str = "auto"
-    allow_fallback: bool = False  # scikit-learn digits when MNIST is nowhere to be found
     validation_ood: str = "gaussian_noise"  # a trainables.ood.sets name, used ONLY for val_auroc
 
     def __post_init__(self) -> None:

@@ -44,14 +44,15 @@ from trainables.ood.odin_search import load_classifier
 from trainables.ood.sets import ood_datasets, ood_set
 from trainables.plotting import pyplot
 from trainables.reporter import CheckpointState, Reporter
+from trainables.settings import DeviceSettings
 
 TEST_SEED = 0  # the test OOD images (odin_search draws its validation images with another seed)
 OTHER_METHODS = ("max_softmax", "odin", "generator_nn", "leave_out", "conditional_nn")  # names kplus1_name can't take
 COSTS = ("generator_params", "similarity_params", "train_seconds")  # reported by the generator-based trainables
 
 
-@dataclass(frozen=True)
-class EvaluateOodConfig:
+@dataclass(frozen=True, kw_only=True)
+class EvaluateOodConfig(DeviceSettings):
     classifier: str  # the plain classifier (max-softmax and ODIN): `inputs: {classifier: classifier.best}`
     odin: str = ""  # an odin result folder (`odin.best`) for its searched T and epsilon; "" = the paper's 1000, 0.002
     kplus1: str = ""  # a kplus1 checkpoint folder (`kplus1.best`); "" leaves the method out
@@ -61,7 +62,6 @@ class EvaluateOodConfig:
     conditional_nn: str = ""  # a conditional_nn checkpoint folder (`conditional_nn.best`); "" leaves it out
     test_sets: tuple[str, ...] = ("fashion_mnist", "kmnist", "uniform_noise")
     images: int = 2000  # per OOD set, and in-distribution test images
-    device: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.classifier:

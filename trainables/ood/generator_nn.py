@@ -32,7 +32,6 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -45,6 +44,7 @@ from trainables.ood.detectors import Detector
 from trainables.ood.metrics import ood_metrics
 from trainables.ood.sets import check_validation_ood, ood_set
 from trainables.reporter import CheckpointState, Reporter
+from trainables.settings import DatasetSettings, RuntimeSettings
 from trainables.vae import VAE, VAEConfig, decode, train_vae_epoch
 
 NAME = "generator_nn"
@@ -53,10 +53,8 @@ _SEED_STRIDE = 100_003  # per config.seed, as elsewhere; per-class seeds are off
 _LATENT_OFFSET = 50_000  # the prior latents of class c come from seed * stride + offset + c
 
 
-@dataclass(frozen=True)
-class GeneratorNNConfig:
-    dataset: Literal["mnist", "fashion_mnist"] = "mnist"
-    train_size: int = 0  # 0 keeps every remaining training image (the classifier convention)
+@dataclass(frozen=True, kw_only=True)
+class GeneratorNNConfig(DatasetSettings, RuntimeSettings):
     val_size: int = 1000  # carved from the training split, seeded; picks the threshold
     latent_dim: int = 8
     vae_epochs: int = 3  # per class VAE
@@ -66,9 +64,6 @@ class GeneratorNNConfig:
     vae_batch_size: int = 32
     samples_per_class: int = 2000  # the generated bank: samples_per_class x classes images
     target_tpr: float = 0.95  # share of in-distribution validation images the threshold must accept
-    seed: int = 0
-    device: str = "auto"
-    allow_fallback: bool = False  # scikit-learn digits when MNIST is nowhere to be found
     validation_ood: str = "gaussian_noise"  # a trainables.ood.sets name, used ONLY for val_auroc
 
     def __post_init__(self) -> None:

@@ -35,7 +35,6 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -54,15 +53,15 @@ from trainables.ood.detectors import Detector
 from trainables.ood.metrics import ood_metrics
 from trainables.ood.sets import check_validation_ood, ood_set
 from trainables.reporter import CheckpointState, Reporter
+from trainables.settings import DataSettings, RuntimeSettings
 from trainables.vae import VAE, VAEConfig, decode, evaluate_vae, train_vae_epoch
 
 VALIDATION_OOD_IMAGES = 1000
 
 
-@dataclass(frozen=True)
-class KPlus1Config:
-    dataset: Literal["mnist", "fashion_mnist"] = "mnist"
-    train_size: int = 0  # 0 keeps every remaining training image
+@dataclass(frozen=True, kw_only=True)
+class KPlus1Config(DataSettings, RuntimeSettings):
+    # classes (DataSettings): the in-distribution classes, relabelled 0..K-1 in this order; () = all ten
     val_size: int = 1000  # carved from the training split, seeded
     latent_dim: int = 8
     vae_epochs: int = 5
@@ -73,11 +72,7 @@ class KPlus1Config:
     lr: float = 1e-3  # classifier learning rate (the VAE uses VAEConfig's defaults)
     batch_size: int = 64  # in-distribution images per classifier batch (outliers are added to each batch)
     epochs: int = 3  # classifier epochs
-    seed: int = 0
-    device: str = "auto"
-    allow_fallback: bool = False  # scikit-learn digits when MNIST is nowhere to be found
     validation_ood: str = "uniform_noise"  # a trainables.ood.sets name, used ONLY for val_auroc
-    classes: tuple[int, ...] = ()  # the in-distribution classes, relabelled 0..K-1 in this order; () = all ten
     # The boundary variant: a gasten or dcgan checkpoint folder (`inputs: {outliers_from: gasten.best}`) whose
     # images are the outliers; no VAE is trained and latent_dim, vae_epochs and shell_radius are unused.
     outliers_from: str = ""

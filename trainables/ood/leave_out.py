@@ -31,7 +31,6 @@ per-parameter, so that equals one optimizer per member), in the project's `fit` 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -47,16 +46,15 @@ from trainables.ood.detectors import Detector, check_batch_size, check_images, o
 from trainables.ood.metrics import ood_metrics
 from trainables.ood.sets import check_validation_ood, ood_set
 from trainables.reporter import CheckpointState, Reporter
+from trainables.settings import DatasetSettings, RuntimeSettings
 
 NAME = "leave_out"
 VALIDATION_SEED = 1  # the validation OOD images, as in odin_search; evaluation jobs draw test images with seed 0
 _SEED_STRIDE = 100_003  # per config.seed, as elsewhere
 
 
-@dataclass(frozen=True)
-class LeaveOutConfig:
-    dataset: Literal["mnist", "fashion_mnist"] = "mnist"  # all ten classes are in-distribution
-    train_size: int = 0  # 0 keeps every remaining training image
+@dataclass(frozen=True, kw_only=True)
+class LeaveOutConfig(DatasetSettings, RuntimeSettings):  # all ten classes of `dataset` are in-distribution
     val_size: int = 1000  # carved from the training split, seeded
     groups: int = 5  # N: members, each leaving out one group of classes (the paper: 5 groups of CIFAR-10)
     margin: float = 0.4  # m, in nats: how far the held-out entropy must exceed the in-distribution one
@@ -69,9 +67,6 @@ class LeaveOutConfig:
     epsilons: tuple[float, ...] = (0.0, 0.001, 0.002)  # ... and for epsilon
     validation_ood: str = "gaussian_noise"  # a trainables.ood.sets name, used ONLY to pick T and epsilon
     validation_images: int = 500  # per side of the T / epsilon choice
-    seed: int = 0
-    device: str = "auto"
-    allow_fallback: bool = False  # scikit-learn digits when MNIST is nowhere to be found
 
     def __post_init__(self) -> None:
         if min(self.nf, self.batch_size, self.epochs, self.val_size, self.validation_images) < 1:

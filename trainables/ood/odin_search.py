@@ -26,18 +26,18 @@ from trainables.ood.detectors import Odin
 from trainables.ood.metrics import HIGHER_IS_BETTER, METRIC_KEYS, ood_metrics
 from trainables.ood.sets import ood_set
 from trainables.reporter import CheckpointState, Reporter
+from trainables.settings import DeviceSettings
 
 VALIDATION_SEED = 1  # the validation OOD images; the evaluation job draws its test images with seed 0
 
 
-@dataclass(frozen=True)
-class OdinConfig:
+@dataclass(frozen=True, kw_only=True)
+class OdinConfig(DeviceSettings):
     classifier: str  # a classifier checkpoint folder: `inputs: {classifier: classifier.best}`
     temperature: float = 1000.0  # the paper's reference setting
     epsilon: float = 0.002
     validation_ood: str = "gaussian_noise"  # an OOD set name (trainables.ood.sets); never a test set
     validation_images: int = 1000
-    device: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.classifier:
