@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from trainables.checkpoint import Checkpoint
 from trainables.definitions import Metric, TrainableDef
 from trainables.reporter import Reporter
 
@@ -31,8 +32,8 @@ def run(config: TrivialConfig, reporter: Reporter) -> Mapping[str, float]:
         time.sleep(config.sleep_s)
         metrics = {"score": -(config.x - 0.3) ** 2, "step": float(step)}
         last = step == config.steps
-        checkpoint = {"trainable": "trivial", "config": dataclasses.asdict(config), "epoch": step,
-                      "metrics": metrics, "modules": {}, "optimizers": {}} if last else None
+        checkpoint = Checkpoint(trainable="trivial", config=dataclasses.asdict(config), epoch=step,
+                                metrics=metrics) if last else None
         reporter.report(metrics, checkpoint)
     return metrics
 

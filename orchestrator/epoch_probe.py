@@ -24,9 +24,10 @@ from typing import Any
 
 import torch
 
+from trainables.checkpoint import Checkpoint, StepFiles
 from trainables.data import first_data_root
 from trainables.definitions import TrainableDef
-from trainables.reporter import CheckpointState, Reporter, StepFiles
+from trainables.reporter import Reporter
 
 PROBE_IMAGES = 512  # training images of the timed epoch: a few batches, seconds on one core
 
@@ -59,23 +60,23 @@ class ProbeReporter(Reporter):
         self.phases: dict[str, float] = {}
         self.evaluated_at = 0.0
         self.reported_at = 0.0
-        self.checkpoint: CheckpointState | None = None
+        self.checkpoint: Checkpoint | None = None
 
     def timed(self, phase: str, seconds: float) -> None:
         self.phases[phase] = seconds
         self.evaluated_at = time.perf_counter()
 
-    def report(self, metrics: Mapping[str, float], checkpoint: CheckpointState | None = None,
+    def report(self, metrics: Mapping[str, float], checkpoint: Checkpoint | None = None,
                files: StepFiles | None = None) -> None:
         self.reported_at = time.perf_counter()
         self.checkpoint = checkpoint
         raise _ProbeDone
 
-    def restore(self) -> CheckpointState | None:
+    def restore(self) -> Checkpoint | None:
         return None
 
 
-def probe_epoch(definition: TrainableDef, config: Any, threads: int) -> tuple[EpochTiming, CheckpointState | None]:
+def probe_epoch(definition: TrainableDef, config: Any, threads: int) -> tuple[EpochTiming, Checkpoint | None]:
     """One epoch of `definition` at `config` with its training images capped, on `threads` CPU threads (as a
     trial with that many CPUs gets); the timing scaled to the configured epoch, and the epoch's checkpoint
     (what later stages' probes read as this stage's result)."""
@@ -115,7 +116,7 @@ def _join(barrier: Any) -> None:
 
 
 def _probe_in_a_process(trainable: str, config: Any, threads: int,
-                        data_root: Path | None) -> tuple[EpochTiming, CheckpointState | None]:
+                        data_root: Path | None) -> tuple[EpochTiming, Checkpoint | None]:
     from trainables import catalog
 
     definition = catalog.trainable(trainable)
@@ -125,7 +126,7 @@ def _probe_in_a_process(trainable: str, config: Any, threads: int,
 
 
 def probe_side_by_side(definition: TrainableDef, config: Any, threads: int, parallel: int,
-                       data_root: Path | None = None) -> tuple[EpochTiming, CheckpointState | None]:
+                       data_root: Path | None = None) -> tuple[EpochTiming, Checkpoint | None]:
     """`probe_epoch` run `parallel` times at once in fresh processes (one alone: here); the slowest probe's
     timing, since a stage's wall time waits for its slowest slot, and the first probe's checkpoint.
     `data_root`: the launcher's --data-root, searched first by the probes (here and in those processes)."""

@@ -17,9 +17,10 @@ from orchestrator.stage_outputs import produced_outputs
 from orchestrator.study_state import RecordedOutput
 from orchestrator.tracking import Tracker
 from trainables import catalog
+from trainables.checkpoint import Checkpoint, StepFiles
 from trainables.config import build_config
 from trainables.data import first_data_root
-from trainables.reporter import CheckpointState, Reporter, StepFiles
+from trainables.reporter import Reporter
 
 
 class MlflowRunReporter(Reporter):
@@ -29,7 +30,7 @@ class MlflowRunReporter(Reporter):
         self.tracker, self.run_id, self.step = tracker, run_id, 0
         self.last: dict[str, float] = {}
 
-    def report(self, metrics: Mapping[str, float], checkpoint: CheckpointState | None = None,
+    def report(self, metrics: Mapping[str, float], checkpoint: Checkpoint | None = None,
                files: StepFiles | None = None) -> None:
         self.step += 1
         self.last.update(metrics)
@@ -37,7 +38,7 @@ class MlflowRunReporter(Reporter):
         if files:
             self.tracker.log_files(self.run_id, files)
 
-    def restore(self) -> CheckpointState | None:
+    def restore(self) -> Checkpoint | None:
         return None  # a job restarts from scratch on resume
 
 

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 
 from ray import tune
 
-from trainables.checkpoint import load_checkpoint, save_checkpoint, save_step_files
-from trainables.reporter import CheckpointState, Reporter, StepFiles
+from trainables.checkpoint import Checkpoint, StepFiles, load_checkpoint, save_checkpoint, save_step_files
+from trainables.reporter import Reporter
 
 # The first result after a restore, when asked for: the checkpoint folder the trial started from.
 RESTORED_FROM = "pbt.restored_from"
@@ -38,7 +38,7 @@ class TuneReporter(Reporter):
         self._restored_from = None
         return {**metrics, **self._shown, **extra, NODE_ID: self._node_id}
 
-    def report(self, metrics: Mapping[str, float], checkpoint: CheckpointState | None = None,
+    def report(self, metrics: Mapping[str, float], checkpoint: Checkpoint | None = None,
                files: StepFiles | None = None) -> None:
         metrics = self._with_node(metrics)
         if checkpoint is None and not files:
@@ -52,7 +52,7 @@ class TuneReporter(Reporter):
             save_step_files(files or {}, folder)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    def restore(self) -> CheckpointState | None:
+    def restore(self) -> Checkpoint | None:
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
             return None

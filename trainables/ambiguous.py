@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from trainables.checkpoint import load_checkpoint
-from trainables.dcgan import generator_from_state_dict
+from trainables.dcgan import generator_from_checkpoint
 from trainables.device import resolve_device
 from trainables.gasten import load_frozen_classifier, positive_probability
 from trainables.metrics.acd import DEFAULT_BAND, check_band, in_band
@@ -66,11 +66,10 @@ def _distance_to_band(scores: torch.Tensor, band: tuple[float, float]) -> torch.
 def load_generator(folder: str, device: torch.device) -> torch.nn.Module:
     """The generator of a dcgan or gasten checkpoint folder, in eval mode with gradients off."""
     state = load_checkpoint(folder)
-    modules = state.get("modules") or {}
-    if "generator" not in modules:
-        raise ValueError(f"generator: {folder} is a {state.get('trainable')!r} checkpoint without a generator; "
+    if "generator" not in state.modules:
+        raise ValueError(f"generator: {folder} is a {state.trainable!r} checkpoint without a generator; "
                          "give a dcgan or gasten checkpoint folder")
-    generator = generator_from_state_dict(modules["generator"]).to(device)
+    generator = generator_from_checkpoint(state).to(device)
     generator.requires_grad_(False)
     return generator
 
@@ -91,7 +90,7 @@ def generate_ambiguous(generator_folder: str, classifier_folder: str, images: in
     target = resolve_device(device)
     generator = load_generator(generator_folder, target)
     classifier, classifier_state = load_frozen_classifier(classifier_folder, target)
-    classes = tuple(int(c) for c in classifier_state["config"]["classes"])
+    classes = tuple(int(c) for c in classifier_state.config["classes"])
     latents = torch.Generator().manual_seed(seed)  # on the CPU: the same latents on every device
 
     kept_images, kept_scores, kept_embeddings = [], [], []

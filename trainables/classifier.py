@@ -22,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.checkpoint import Checkpoint
 from trainables.data import ImageSet, load_images, training_data
 from trainables.definitions import EpochCost, Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.fit import fit
-from trainables.reporter import CheckpointState, Reporter
+from trainables.reporter import Reporter
 from trainables.settings import DataSettings, RuntimeSettings
 
 
@@ -178,14 +179,14 @@ def train(config: ClassifierConfig, reporter: Reporter) -> dict[str, float]:
                optimizers={"model": optimizer}, train_epoch=train_epoch, evaluate=validate, reporter=reporter)
 
 
-def build_model(state: CheckpointState) -> nn.Module:
-    """Rebuild the trained classifier from a checkpoint state (used by the model registry).
+def build_model(state: Checkpoint) -> nn.Module:
+    """Rebuild the trained classifier from a checkpoint (used by the model registry).
 
     Checkpoints written before `arch` existed hold the CNN."""
-    config = state["config"]
+    config = state.config
     num_classes = len(config["classes"]) or 10
     model = make_classifier(config.get("arch", "cnn"), config["nf"], num_classes)
-    model.load_state_dict(state["modules"]["model"])
+    model.load_state_dict(state.modules["model"])
     return model.eval()
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.checkpoint import Checkpoint
 from trainables.data import DatasetUse, ImageSet, load_images
 from trainables.definitions import EpochCost, Metric, TrainableDef
 from trainables.device import resolve_device
@@ -23,7 +24,7 @@ from trainables.fit import fit
 from trainables.metrics.acd import fixed_noise
 from trainables.metrics.fid import FrechetDistance
 from trainables.metrics.inception_fid import InceptionFid, find_inception_weights
-from trainables.reporter import CheckpointState, Reporter
+from trainables.reporter import Reporter
 from trainables.sample_grid import sample_grid_png
 from trainables.settings import DataSettings, RuntimeSettings
 
@@ -115,12 +116,29 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def generator_from_state_dict(state_dict: dict[str, torch.Tensor]) -> Generator:
-    """A Generator of the right size for `state_dict`, loaded and in eval mode."""
-    rows, z_dim = state_dict["project.0.weight"].shape  # Linear(z_dim, 4 * ngf * 49)
-    generator = Generator(z_dim, rows // (4 * 7 * 7))
-    generator.load_state_dict(state_dict)
+def generator_from_checkpoint(state: Checkpoint) -> Generator:
+    """The generator of a dcgan or gasten checkpoint, loaded and in eval mode.
+
+    A dcgan checkpoint's config gives its size (z_dim, ngf). A gasten config names only the dcgan folder it
+    started from, which may have moved or gone since, so a gasten generator's size is read off its weights."""
+    weights = state.modules["generator"]
+    if {"z_dim", "ngf"} <= state.config.keys():
+        generator = Generator(state.config["z_dim"], state.config["ngf"])
+    else:
+        rows, z_dim = weights["project.0.weight"].shape  # Linear(z_dim, 4 * ngf * 49)
+        generator = Generator(z_dim, rows // (4 * 7 * 7))
+    generator.load_state_dict(weights)
     return generator.eval()
+
+
+def discriminator_from_checkpoint(state: Checkpoint) -> Discriminator:
+    """The discriminator of a dcgan or gasten checkpoint, loaded and in eval mode; its width (ndf) as
+    `generator_from_checkpoint` finds the generator's size."""
+    weights = state.modules["discriminator"]
+    ndf = state.config["ndf"] if "ndf" in state.config else weights["net.0.weight"].shape[0]  # Conv2d(1, ndf, ...)
+    discriminator = Discriminator(int(ndf))
+    discriminator.load_state_dict(weights)
+    return discriminator.eval()
 
 
 # The non-saturating GAN losses (Goodfellow et al., 2014), on logits.
@@ -268,9 +286,9 @@ def train(config: DCGANConfig, reporter: Reporter) -> dict[str, float]:
                train_epoch=train_epoch, evaluate=evaluate, reporter=reporter, files=files)
 
 
-def build_model(state: CheckpointState) -> Generator:
-    """Rebuild the trained generator from a checkpoint state (used by the model registry)."""
-    return generator_from_state_dict(state["modules"]["generator"])
+def build_model(state: Checkpoint) -> Generator:
+    """Rebuild the trained generator from a checkpoint (used by the model registry)."""
+    return generator_from_checkpoint(state)
 
 
 def datasets(config: DCGANConfig) -> tuple[DatasetUse, ...]:

@@ -25,8 +25,9 @@ from typing import Any, Protocol
 
 from torch import nn
 
+from trainables.checkpoint import Checkpoint
 from trainables.data import DatasetUse
-from trainables.reporter import CheckpointState, Reporter
+from trainables.reporter import Reporter
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ class TrainableDef:
     run: Callable[[Any, Reporter], Mapping[str, float]]
     metrics: tuple[Metric, ...]
     description: str
-    build_model: Callable[[CheckpointState], nn.Module] | None = None
+    build_model: Callable[[Checkpoint], nn.Module] | None = None
     preflight: Callable[[Any], None] | None = None
     datasets: Callable[[Any], tuple[DatasetUse, ...]] | None = None  # what a config reads (trainables.data)
     tiny_config: Mapping[str, Any] = field(default_factory=dict)  # settings of a seconds-long run (the contract test)

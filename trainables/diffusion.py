@@ -27,12 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.checkpoint import Checkpoint
 from trainables.classifier import HELD_OUT_EPOCH_COST, split_train_val
 from trainables.data import load_images, training_data
 from trainables.definitions import Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.fit import fit
-from trainables.reporter import CheckpointState, Reporter
+from trainables.reporter import Reporter
 from trainables.sample_grid import sample_grid_png
 from trainables.settings import DataSettings, RuntimeSettings
 
@@ -407,24 +408,18 @@ def train(config: DiffusionConfig, reporter: Reporter) -> dict[str, float]:
                files=files)
 
 
-def unet_from_state_dict(state_dict: dict[str, torch.Tensor]) -> UNet:
-    """A U-Net of the right width for `state_dict`, loaded and in eval mode."""
-    model = UNet(state_dict["inc.weight"].shape[0])  # Conv2d(1, nf, ...)
-    model.load_state_dict(state_dict)
+def build_model(state: Checkpoint) -> UNet:
+    """Rebuild the trained U-Net from a checkpoint, at the width its config names, in eval mode (used by the model
+    registry); the noise schedule it was trained with comes from `schedule_from_state(state)`."""
+    model = UNet(state.config["nf"])
+    model.load_state_dict(state.modules["model"])
     return model.eval()
 
 
-def build_model(state: CheckpointState) -> UNet:
-    """Rebuild the trained U-Net from a checkpoint state (used by the model registry); the noise
-    schedule it was trained with comes from `schedule_from_state(state)`."""
-    return unet_from_state_dict(state["modules"]["model"])
-
-
-def schedule_from_state(state: CheckpointState) -> NoiseSchedule:
+def schedule_from_state(state: Checkpoint) -> NoiseSchedule:
     """The noise schedule the checkpointed U-Net was trained with."""
-    config = state["config"]
+    config = state.config
     return NoiseSchedule(config["timesteps"], config["beta_start"], config["beta_end"])
-
 
 
 DIFFUSION = TrainableDef(

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 import torch
 
 from trainables import diffusion
-from trainables.checkpoint import load_checkpoint
+from trainables.checkpoint import Checkpoint, load_checkpoint
 from trainables.classifier import split_train_val
 from trainables.config import build_config
 from trainables.data import ImageSet, load_images
 from trainables.definitions import Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.fewshot import fewshot_score
-from trainables.reporter import CheckpointState, Reporter
+from trainables.reporter import Reporter
 from trainables.settings import DeviceSettings
 
 NAME = "ddpm_timestep"
@@ -62,10 +62,10 @@ class TimestepConfig(DeviceSettings):
 def load_ddpm(folder: str) -> tuple[diffusion.UNet, diffusion.NoiseSchedule, diffusion.DiffusionConfig]:
     """The trained U-Net of a ddpm checkpoint folder, its noise schedule and the config it was trained under."""
     state = load_checkpoint(folder)
-    if state.get("trainable") != "ddpm":
-        raise ValueError(f"ddpm: {folder} is a {state.get('trainable')!r} checkpoint, not a ddpm one")
+    if state.trainable != "ddpm":
+        raise ValueError(f"ddpm: {folder} is a {state.trainable!r} checkpoint, not a ddpm one")
     return (diffusion.build_model(state), diffusion.schedule_from_state(state),
-            build_config(diffusion.DiffusionConfig, state["config"]))
+            build_config(diffusion.DiffusionConfig, state.config))
 
 
 def ddpm_split(config: diffusion.DiffusionConfig) -> tuple[ImageSet, ImageSet]:
@@ -92,8 +92,7 @@ def run(config: TimestepConfig, reporter: Reporter) -> dict[str, float]:
     accuracy = fewshot_score(features(pool), train_set.labels[:config.pool_size].numpy(), features(scored),
                              val_set.labels[:config.val_images].numpy(), config.fewshot_k, config.fewshot_repeats)
     metrics = {"epoch": 1.0, "val_fewshot_lin": accuracy}
-    state: CheckpointState = {"trainable": NAME, "config": dataclasses.asdict(config), "epoch": 1,
-                              "metrics": dict(metrics)}
+    state = Checkpoint(trainable=NAME, config=dataclasses.asdict(config), epoch=1, metrics=dict(metrics))
     reporter.report(metrics, checkpoint=state)
     return metrics
 

@@ -31,7 +31,7 @@ class EvaluateClassifierConfig(DeviceSettings):
 
 def run(config: EvaluateClassifierConfig, reporter: Reporter, workdir: Path) -> dict[str, float]:
     state = load_checkpoint(config.checkpoint)
-    trained = state["config"]
+    trained = state.config
     device = resolve_device(config.device)
     model = build_model(state).to(device)
     test = load_images(trained["dataset"], "test", classes=tuple(trained["classes"]) or None,

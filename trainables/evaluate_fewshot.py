@@ -80,33 +80,30 @@ def feature_sources(config: FewShotJobConfig) -> list[tuple[str, str, FeatureFn]
         from trainables.diffusion_timestep import FEATURE_NOISE_SEED, NAME, load_ddpm
 
         chosen = load_checkpoint(config.diffusion)
-        if chosen.get("trainable") != NAME:
-            raise ValueError(f"diffusion: {config.diffusion} is a {chosen.get('trainable')!r} result, not a "
+        if chosen.trainable != NAME:
+            raise ValueError(f"diffusion: {config.diffusion} is a {chosen.trainable!r} result, not a "
                              f"{NAME} one (inputs: {{diffusion: <timestep stage>.best}})")
-        unet, schedule, _ = load_ddpm(chosen["config"]["ddpm"])
+        unet, schedule, _ = load_ddpm(chosen.config["ddpm"])
         unet.to(device)
-        t, pool = int(chosen["config"]["t"]), int(chosen["config"].get("pool", 1))
+        t, pool = int(chosen.config["t"]), int(chosen.config.get("pool", 1))
         sources.append(("diffusion", f"DDPM decoder features at t={t}, {pool}x{pool} average pooling",
                         lambda images: diffusion.extract_features(unet, schedule, images, t, seed=FEATURE_NOISE_SEED,
                                                                   device=device, pool=pool).numpy()))
     if config.discriminator:
-        from trainables.dcgan import Discriminator
+        from trainables.dcgan import discriminator_from_checkpoint
 
         state = load_checkpoint(config.discriminator)
-        weights = (state.get("modules") or {}).get("discriminator")
-        if weights is None:
-            raise ValueError(f"discriminator: {config.discriminator} is a {state.get('trainable')!r} checkpoint "
+        if "discriminator" not in state.modules:
+            raise ValueError(f"discriminator: {config.discriminator} is a {state.trainable!r} checkpoint "
                              "without a discriminator; give a dcgan or gasten checkpoint folder (inputs: "
                              "{discriminator: gan.best})")
-        critic = Discriminator(int(weights["net.0.weight"].shape[0]))  # Conv2d(1, ndf, ...): ndf from the weights
-        critic.load_state_dict(weights)
-        critic.to(device).eval()
+        critic = discriminator_from_checkpoint(state).to(device)
 
         def embed_critic(images: torch.Tensor) -> np.ndarray:
             with torch.no_grad():
                 return torch.cat([critic.embed(batch.to(device)).cpu() for batch in images.split(512)]).numpy()
 
-        sources.append(("discriminator", f"penultimate layer of a {state.get('trainable')} discriminator "
+        sources.append(("discriminator", f"penultimate layer of a {state.trainable} discriminator "
                                          f"({critic.net[-1].in_features} features, trained without labels)",
                         embed_critic))
     if config.classifier:

@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from trainables.reporter import CheckpointState, Reporter, StepFiles
+from trainables.checkpoint import Checkpoint, StepFiles
+from trainables.reporter import Reporter
 
 EpochFn = Callable[[int], Mapping[str, float]]
 FilesFn = Callable[[int], StepFiles]
@@ -50,14 +51,14 @@ def fit(
     state = reporter.restore()
     start, metrics = 0, {}
     if state is not None:
-        own = written_under(config, state.get("config"))
+        own = written_under(config, state.config)
         for name, module in modules.items():
-            module.load_state_dict(state["modules"][name])
+            module.load_state_dict(state.modules[name])
         for name, optimizer in optimizers.items():
-            load_optimizer_state(optimizer, state["optimizers"][name], keep_settings=not own)
-        if own:
-            torch.set_rng_state(state["rng"])
-        start, metrics = state["epoch"], dict(state["metrics"])
+            load_optimizer_state(optimizer, state.optimizers[name], keep_settings=not own)
+        if own and state.rng is not None:
+            torch.set_rng_state(state.rng)
+        start, metrics = state.epoch, dict(state.metrics)
         if start >= epochs:
             # Finished before the interruption: publish the final result once more so the
             # runner sees a result from this attempt too.
@@ -92,7 +93,7 @@ def written_under(config: object, saved: Mapping | None) -> bool:
     (a PBT exploit, other settings) does not. Lists are stored where the dataclass has tuples."""
     from trainables.config import ConfigError, build_config
 
-    if saved is None:
+    if not saved:
         return False
     try:
         stored = build_config(type(config), saved)
@@ -120,13 +121,13 @@ def checkpoint_state(
     metrics: Mapping[str, float],
     modules: Mapping[str, nn.Module],
     optimizers: Mapping[str, torch.optim.Optimizer],
-) -> CheckpointState:
-    return {
-        "trainable": trainable,
-        "config": dataclasses.asdict(config),
-        "epoch": epoch,
-        "metrics": dict(metrics),
-        "modules": {name: module.state_dict() for name, module in modules.items()},
-        "optimizers": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
-        "rng": torch.get_rng_state(),
-    }
+) -> Checkpoint:
+    return Checkpoint(
+        trainable=trainable,
+        config=dataclasses.asdict(config),
+        epoch=epoch,
+        metrics=dict(metrics),
+        modules={name: module.state_dict() for name, module in modules.items()},
+        optimizers={name: optimizer.state_dict() for name, optimizer in optimizers.items()},
+        rng=torch.get_rng_state(),
+    )

@@ -47,10 +47,11 @@ import torch
 from torch import nn
 
 from trainables import classifier as classifier_module
-from trainables.checkpoint import load_checkpoint
+from trainables.checkpoint import Checkpoint, load_checkpoint
 from trainables.data import DatasetUse, ImageSet, load_images
 from trainables.dcgan import (FID_INCEPTION, Discriminator, FidScorer, Generator, build_model, check_gan_training,
-                              generate, load_fid_reference, train_gan_epoch)
+                              discriminator_from_checkpoint, generate, generator_from_checkpoint, load_fid_reference,
+                              train_gan_epoch)
 from trainables.definitions import EpochCost, Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.feature_net import FEATURE_NET_VERSION
@@ -58,7 +59,7 @@ from trainables.fit import fit, load_optimizer_state
 from trainables.metrics.acd import (DEFAULT_BAND, average_confusion_distance, band_share, check_band,
                                     confusion_distance, fixed_noise)
 from trainables.real_ambiguous import RealAmbiguous, cache_key, cached_real_ambiguous, real_ambiguous
-from trainables.reporter import CheckpointState, Reporter
+from trainables.reporter import Reporter
 from trainables.sample_grid import sample_grid_png
 from trainables.settings import RuntimeSettings, TrainingDataSettings
 
@@ -110,18 +111,18 @@ def continue_step1_optimizers(folder: str, g_optimizer: torch.optim.Optimizer,
     to 0.25 with step 1's moments against 0.40 with fresh ones, at a far higher fid_mnist (51 against 9):
     the confusion gradients are large next to step 1's second moments, so the steps are too. A knob
     for the search, off by default."""
-    optimizers = load_checkpoint(folder)["optimizers"]
+    optimizers = load_checkpoint(folder).optimizers
     for name, optimizer in (("generator", g_optimizer), ("discriminator", d_optimizer)):
         load_optimizer_state(optimizer, optimizers[name], keep_settings=True)
 
 
-def load_frozen_classifier(folder: str, device: torch.device) -> tuple[nn.Module, CheckpointState]:
+def load_frozen_classifier(folder: str, device: torch.device) -> tuple[nn.Module, Checkpoint]:
     """The binary classifier from a checkpoint folder, in eval mode with gradients off."""
     state = load_checkpoint(folder)
-    if state.get("trainable") != "classifier":
-        raise ValueError(f"classifier: {folder} is a {state.get('trainable')!r} checkpoint, not a classifier one")
-    if len(state["config"]["classes"]) != 2:
-        raise ValueError(f"classifier: {folder} separates classes {tuple(state['config']['classes']) or 'all ten'}; "
+    if state.trainable != "classifier":
+        raise ValueError(f"classifier: {folder} is a {state.trainable!r} checkpoint, not a classifier one")
+    if len(state.config["classes"]) != 2:
+        raise ValueError(f"classifier: {folder} separates classes {tuple(state.config['classes']) or 'all ten'}; "
                          "GASTeN needs a binary classifier (two classes)")
     model = classifier_module.build_model(state).to(device).eval()
     model.requires_grad_(False)
@@ -131,14 +132,9 @@ def load_frozen_classifier(folder: str, device: torch.device) -> tuple[nn.Module
 def load_gan(folder: str, device: torch.device) -> tuple[Generator, Discriminator]:
     """Generator and discriminator of a dcgan checkpoint folder, sized by its config."""
     state = load_checkpoint(folder)
-    if state.get("trainable") != "dcgan":
-        raise ValueError(f"generator: {folder} is a {state.get('trainable')!r} checkpoint, not a dcgan one")
-    config = state["config"]
-    generator = Generator(config["z_dim"], config["ngf"])
-    discriminator = Discriminator(config["ndf"])
-    generator.load_state_dict(state["modules"]["generator"])
-    discriminator.load_state_dict(state["modules"]["discriminator"])
-    return generator.to(device), discriminator.to(device)
+    if state.trainable != "dcgan":
+        raise ValueError(f"generator: {folder} is a {state.trainable!r} checkpoint, not a dcgan one")
+    return generator_from_checkpoint(state).to(device), discriminator_from_checkpoint(state).to(device)
 
 
 @torch.no_grad()
@@ -191,9 +187,9 @@ def tradeoff_real(acd: float, fid: float, acd_step1: float, fid_real_ambiguous: 
     return acd / max(acd_step1, 1e-12) + max(0.0, fid / max(fid_real_ambiguous, 1e-12) - 1.0)
 
 
-def training_images(config: GastenConfig, classifier_state: CheckpointState) -> ImageSet:
+def training_images(config: GastenConfig, classifier_state: Checkpoint) -> ImageSet:
     """The real images fine-tuning reads: the classifier's own dataset and classes."""
-    task = classifier_state["config"]
+    task = classifier_state.config
     return load_images(task["dataset"], "train", classes=tuple(task["classes"]), limit=config.train_size or None,
                        allow_fallback=config.allow_fallback, seed=config.seed)
 
@@ -204,7 +200,7 @@ def train(config: GastenConfig, reporter: Reporter) -> dict[str, float]:
     device = resolve_device(config.device)
     generator, discriminator = load_gan(config.generator, device)
     classifier, classifier_state = load_frozen_classifier(config.classifier, device)
-    dataset, classes = classifier_state["config"]["dataset"], tuple(classifier_state["config"]["classes"])
+    dataset, classes = classifier_state.config["dataset"], tuple(classifier_state.config["classes"])
     data = training_images(config, classifier_state)
     fid = FidScorer(load_fid_reference(dataset, classes, config.fid_images, config.allow_fallback),
                     config.fid_images, generator.z_dim, device, config.allow_fallback, config.inception_weights)

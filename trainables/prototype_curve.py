@@ -341,7 +341,7 @@ def run(config: PrototypeCurveConfig, reporter: Reporter, workdir: Path) -> dict
 
     device = resolve_device(config.device)
     model, state = load_frozen_classifier(config.classifier, device)
-    classes, dataset = tuple(int(c) for c in state["config"]["classes"]), state["config"]["dataset"]
+    classes, dataset = tuple(int(c) for c in state.config["classes"]), state.config["dataset"]
     if result.classes and tuple(result.classes) != classes:
         raise ValueError(f"classifier: {config.classifier} separates {classes}, the clustering's images were scored "
                          f"for {tuple(result.classes)}")

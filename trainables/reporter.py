@@ -1,7 +1,7 @@
 """The one channel through which a trainable talks to whoever runs it.
 
 A trainable never knows whether it runs under Ray Tune, in a unit test or in a notebook: it
-reports metrics (and, when it has one, a checkpoint state) through a `Reporter`, and asks the
+reports metrics (and, when it has one, a `Checkpoint`) through a `Reporter`, and asks the
 same reporter for the state to resume from. The Ray Tune implementation lives in
 `orchestrator/tune_reporter.py`; `ListReporter` below keeps everything in memory for tests.
 """
@@ -12,27 +12,23 @@ import copy
 import io
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 
-CheckpointState = dict[str, Any]
-# Small files that show the model at a step (a sample grid, say), by file name. They travel with
-# the checkpoint, so whoever runs the trainable can publish them (as MLflow artifacts under Tune).
-StepFiles = Mapping[str, bytes]
+from trainables.checkpoint import Checkpoint, StepFiles
 
 
 class Reporter(ABC):
     """Receives one result per step; may hold the checkpoint a trainable resumes from."""
 
     @abstractmethod
-    def report(self, metrics: Mapping[str, float], checkpoint: CheckpointState | None = None,
+    def report(self, metrics: Mapping[str, float], checkpoint: Checkpoint | None = None,
                files: StepFiles | None = None) -> None:
         """Publish the metrics of one step, with the state needed to resume after it and the
         step's files (kept next to the checkpoint; a later step's file of the same name wins)."""
 
     @abstractmethod
-    def restore(self) -> CheckpointState | None:
+    def restore(self) -> Checkpoint | None:
         """The checkpoint to resume from, or None for a fresh start."""
 
     def timed(self, phase: str, seconds: float) -> None:
@@ -41,13 +37,13 @@ class Reporter(ABC):
         number of training images."""
 
 
-def clone_state(state: CheckpointState) -> CheckpointState:
-    """A deep copy made the way a checkpoint file would be, so later in-place updates to the
-    model cannot leak into a stored checkpoint."""
+def clone_state(state: Checkpoint) -> Checkpoint:
+    """A deep copy made the way a checkpoint file would be (its dict form through `torch.save`), so later
+    in-place updates to the model cannot leak into a stored checkpoint."""
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save(state.to_dict(), buffer)
     buffer.seek(0)
-    return torch.load(buffer, weights_only=False)
+    return Checkpoint.from_dict(torch.load(buffer, weights_only=False))
 
 
 class ListReporter(Reporter):
@@ -56,20 +52,20 @@ class ListReporter(Reporter):
     Pass `resume_from` to simulate a restart from a checkpoint taken by an earlier run.
     """
 
-    def __init__(self, resume_from: CheckpointState | None = None) -> None:
+    def __init__(self, resume_from: Checkpoint | None = None) -> None:
         self.results: list[dict[str, float]] = []
-        self.last_checkpoint: CheckpointState | None = None
+        self.last_checkpoint: Checkpoint | None = None
         self.files: dict[str, bytes] = {}
         self._resume_from = clone_state(resume_from) if resume_from is not None else None
 
-    def report(self, metrics: Mapping[str, float], checkpoint: CheckpointState | None = None,
+    def report(self, metrics: Mapping[str, float], checkpoint: Checkpoint | None = None,
                files: StepFiles | None = None) -> None:
         self.results.append(copy.deepcopy(dict(metrics)))
         if checkpoint is not None:
             self.last_checkpoint = clone_state(checkpoint)
         self.files.update(files or {})
 
-    def restore(self) -> CheckpointState | None:
+    def restore(self) -> Checkpoint | None:
         return self._resume_from
 
     def last(self, metric: str) -> float:

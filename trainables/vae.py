@@ -23,13 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.checkpoint import Checkpoint
 from trainables.classifier import HELD_OUT_EPOCH_COST, split_train_val
 from trainables.data import load_images, training_data
 from trainables.definitions import Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.fewshot import fewshot_score
 from trainables.fit import fit
-from trainables.reporter import CheckpointState, Reporter
+from trainables.reporter import Reporter
 from trainables.sample_grid import sample_grid_png
 from trainables.settings import DataSettings, RuntimeSettings
 
@@ -212,19 +213,16 @@ def train(config: VAEConfig, reporter: Reporter) -> dict[str, float]:
                files=files)
 
 
-def vae_from_state_dict(state_dict: dict[str, torch.Tensor]) -> VAE:
-    """A VAE of the right size for `state_dict`, loaded and in eval mode."""
-    latent_dim = state_dict["to_mu.weight"].shape[0]
-    nf = state_dict["encoder.0.weight"].shape[0]  # Conv2d(1, nf, ...)
+def load_vae(weights: dict[str, torch.Tensor], latent_dim: int, nf: int) -> VAE:
+    """A VAE of the given size with `weights` loaded, in eval mode."""
     vae = VAE(latent_dim, nf)
-    vae.load_state_dict(state_dict)
+    vae.load_state_dict(weights)
     return vae.eval()
 
 
-def build_model(state: CheckpointState) -> VAE:
-    """Rebuild the trained VAE from a checkpoint state (used by the model registry)."""
-    return vae_from_state_dict(state["modules"]["model"])
-
+def build_model(state: Checkpoint) -> VAE:
+    """Rebuild the trained VAE from a checkpoint, at the size its config names (used by the model registry)."""
+    return load_vae(state.modules["model"], state.config["latent_dim"], state.config["nf"])
 
 
 VAE_TRAINABLE = TrainableDef(

@@ -107,7 +107,7 @@ def test_the_best_checkpoint_and_the_registered_model_are_that_epochs(finished):
     best = json.loads((output / "study_state.json").read_text())["stages"]["search"]["best"]
     assert (best["trial_id"], best["epoch"], best["metric"], best["rule_met"]) == (trial, epoch, "loss", True)
     assert f"trial_{trial}" in best["checkpoint"]
-    assert load_checkpoint(best["checkpoint"])["epoch"] == epoch
+    assert load_checkpoint(best["checkpoint"]).epoch == epoch
     version = client.get_model_version_by_alias("toymo-model", "champion")
     assert version.run_id == next(r.info.run_id for r in runs if r.data.tags["gensearch.trial_id"] == trial)
     assert version.tags["gensearch.epoch"] == str(epoch)

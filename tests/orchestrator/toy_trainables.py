@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainables.checkpoint import Checkpoint
 from trainables.definitions import JobDef, Metric, ObjectiveDef, Output, TrainableDef
-from trainables.reporter import CheckpointState, Reporter
+from trainables.reporter import Reporter
 
 FOLDER = Path(__file__).resolve().parent
 NAME = "toy_trainables:TRADEOFF"
@@ -50,18 +51,18 @@ def metrics_at(x: float, epoch: int) -> dict[str, float]:
 def train(config: TradeoffConfig, reporter: Reporter) -> dict[str, float]:
     state = reporter.restore()
     metrics: dict[str, float] = {}
-    for epoch in range((state or {}).get("epoch", 0) + 1, config.epochs + 1):
+    for epoch in range((state.epoch if state else 0) + 1, config.epochs + 1):
         time.sleep(config.sleep_s)
         metrics = metrics_at(config.x, epoch)
-        reporter.report(metrics, checkpoint={"trainable": "tradeoff", "config": {"x": config.x}, "epoch": epoch,
-                                             "metrics": metrics})
+        reporter.report(metrics, checkpoint=Checkpoint(trainable="tradeoff", config={"x": config.x}, epoch=epoch,
+                                                       metrics=metrics))
     return metrics
 
 
-def build_model(state: CheckpointState) -> nn.Module:
+def build_model(state: Checkpoint) -> nn.Module:
     model = nn.Linear(1, 1, bias=False)
     with torch.no_grad():
-        model.weight.fill_(float(state["epoch"]))
+        model.weight.fill_(float(state.epoch))
     return model
 
 
@@ -114,10 +115,10 @@ def noisy_loss(x: float, epoch: int, seed: int) -> float:
 def train_noisy(config: NoisyConfig, reporter: Reporter) -> dict[str, float]:
     state = reporter.restore()
     metrics: dict[str, float] = {}
-    for epoch in range((state or {}).get("epoch", 0) + 1, config.epochs + 1):
+    for epoch in range((state.epoch if state else 0) + 1, config.epochs + 1):
         time.sleep(config.delay_s + _TIMING.uniform(0.0, config.jitter_s))
         metrics = {"loss": noisy_loss(config.x, epoch, config.seed)}
-        reporter.report(metrics, checkpoint={"trainable": "noisy", "epoch": epoch})
+        reporter.report(metrics, checkpoint=Checkpoint(trainable="noisy", epoch=epoch))
     return metrics
 
 

@@ -59,14 +59,14 @@ def test_arch_picks_the_model_and_an_unknown_arch_is_refused():
 def test_a_checkpoint_records_its_arch_and_one_without_arch_rebuilds_the_cnn(tmp_path):
     paper = PaperClassifier(4)
     state = checkpoint_state("classifier", ClassifierConfig(arch="paper", nf=4), 1, {}, {"model": paper}, {})
-    assert state["config"]["arch"] == "paper"
+    assert state.config["arch"] == "paper"
     rebuilt = CLASSIFIER.build_model(state)
     assert isinstance(rebuilt, PaperClassifier) and not rebuilt.training
     images = torch.rand(3, 1, 28, 28)
     assert torch.equal(rebuilt(images), paper.eval()(images))
 
     old = checkpoint_state("classifier", ClassifierConfig(nf=2), 1, {}, {"model": Classifier(2)}, {})
-    del old["config"]["arch"]  # written before `arch` existed
+    del old.config["arch"]  # written before `arch` existed
     assert isinstance(CLASSIFIER.build_model(old), Classifier)
 
     frozen, _ = load_frozen_classifier(str(save_checkpoint(state, tmp_path / "paper")), torch.device("cpu"))

@@ -66,14 +66,14 @@ def test_trainable_reports_every_declared_metric_and_a_rebuildable_checkpoint(na
     assert_reports_every_declared_metric(definition, {key: reporter.last(key) for key in reporter.keys()})
     assert_checks_pass_on_its_own_tiny_config(definition, run.config)
     state = reporter.last_checkpoint
-    assert (state["trainable"], state["epoch"]) == (name, definition.tiny_config.get("epochs", state["epoch"]))
-    assert build_config(definition.config_cls, state["config"]) == run.config
+    assert (state.trainable, state.epoch) == (name, definition.tiny_config.get("epochs", state.epoch))
+    assert build_config(definition.config_cls, state.config) == run.config
     if definition.build_model is not None:
         rebuilt = definition.build_model(load_checkpoint(run.folder)).state_dict()
         # The rebuilt model is one of the checkpointed modules, tensor for tensor.
-        source = [module for module, tensors in state["modules"].items() if set(tensors) == set(rebuilt)]
-        assert len(source) == 1, f"no single module of {sorted(state['modules'])} matches the rebuilt model"
-        for key, tensor in state["modules"][source[0]].items():
+        source = [module for module, tensors in state.modules.items() if set(tensors) == set(rebuilt)]
+        assert len(source) == 1, f"no single module of {sorted(state.modules)} matches the rebuilt model"
+        for key, tensor in state.modules[source[0]].items():
             assert torch.equal(rebuilt[key], tensor), key
 
 
@@ -89,7 +89,7 @@ def test_classifier_model_rebuilt_from_checkpoint_gives_logits_per_class(classes
     with torch.no_grad():
         logits = model(images)
     assert logits.shape == (4, num_classes)
-    for key, tensor in state["modules"]["model"].items():
+    for key, tensor in state.modules["model"].items():
         assert torch.equal(model.state_dict()[key], tensor), key
 
 

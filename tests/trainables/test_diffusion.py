@@ -165,8 +165,8 @@ def test_train_reports_finite_losses_each_epoch_and_a_checkpoint(straight):
         assert set(result) == {"epoch", "train_loss", "val_loss"}
         assert all(math.isfinite(value) for value in result.values()), result
     state = straight.last_checkpoint
-    assert (state["trainable"], state["epoch"]) == ("ddpm", 2)
-    assert build_config(DiffusionConfig, state["config"]) == DiffusionConfig(**SMALL)
+    assert (state.trainable, state.epoch) == ("ddpm", 2)
+    assert build_config(DiffusionConfig, state.config) == DiffusionConfig(**SMALL)
     assert straight.files["denoise.png"].startswith(b"\x89PNG")
     assert straight.files["samples.png"].startswith(b"\x89PNG")  # the last epoch only
     assert schedule_from_state(state).timesteps == 20
@@ -177,8 +177,8 @@ def test_resume_continues_at_the_next_epoch_with_the_same_model(straight):
     assert [r["epoch"] for r in interrupted.results] == [1.0]
     resumed = run(ListReporter(resume_from=interrupted.last_checkpoint))
     assert [r["epoch"] for r in resumed.results] == [2.0]
-    expected = straight.last_checkpoint["modules"]["model"]
-    final = resumed.last_checkpoint["modules"]["model"]
+    expected = straight.last_checkpoint.modules["model"]
+    final = resumed.last_checkpoint.modules["model"]
     for key in expected:
         assert torch.allclose(expected[key], final[key], atol=1e-6), key
     for metric in ("train_loss", "val_loss"):
@@ -216,7 +216,7 @@ def test_trainable_definition_tiny_run_reports_its_declared_metrics_and_rebuilds
     DIFFUSION.run(config, reporter)
     assert {metric.name for metric in DIFFUSION.metrics} <= reporter.keys()
     state = reporter.last_checkpoint
-    assert state["epoch"] == DIFFUSION.tiny_config["epochs"]
+    assert state.epoch == DIFFUSION.tiny_config["epochs"]
     rebuilt = DIFFUSION.build_model(state).state_dict()
-    for key, tensor in state["modules"]["model"].items():
+    for key, tensor in state.modules["model"].items():
         assert torch.equal(rebuilt[key], tensor), key

@@ -70,7 +70,7 @@ def test_discriminator_source_gives_the_checkpoints_eval_mode_features(dcgan_fol
     images = load_images("mnist", "test", limit=20, seed=1).images
     features = extract(images)
     critic = Discriminator(NDF)
-    critic.load_state_dict(load_checkpoint(dcgan_folder)["modules"]["discriminator"])
+    critic.load_state_dict(load_checkpoint(dcgan_folder).modules["discriminator"])
     with torch.no_grad():
         expected = critic.eval().embed(images).numpy()
     assert isinstance(features, np.ndarray) and features.shape == (20, 784)

@@ -35,29 +35,29 @@ def test_reports_every_epoch_with_a_self_describing_checkpoint(straight):
         assert all(math.isfinite(value) for value in result.values()), result
         assert 0.0 <= result["val_accuracy"] <= 1.0
     state = straight.last_checkpoint
-    assert (state["trainable"], state["epoch"]) == ("classifier", 3)
-    assert state["metrics"] == straight.results[-1]
-    assert set(state["modules"]) == set(state["optimizers"]) == {"model"}
+    assert (state.trainable, state.epoch) == ("classifier", 3)
+    assert state.metrics == straight.results[-1]
+    assert set(state.modules) == set(state.optimizers) == {"model"}
     # The stored config (lists where the dataclass has tuples) rebuilds the very same config.
-    assert build_config(ClassifierConfig, state["config"]) == ClassifierConfig(**TINY)
+    assert build_config(ClassifierConfig, state.config) == ClassifierConfig(**TINY)
 
 
 def test_resume_from_a_checkpoint_gives_the_same_model_as_an_uninterrupted_run(straight):
     interrupted = run(epochs=2)
     assert [r["epoch"] for r in interrupted.results] == [1.0, 2.0]
-    assert interrupted.last_checkpoint["epoch"] == 2
+    assert interrupted.last_checkpoint.epoch == 2
     resumed = run(ListReporter(resume_from=interrupted.last_checkpoint))
     assert [r["epoch"] for r in resumed.results] == [3.0]
-    expected = straight.last_checkpoint["modules"]["model"]
-    final = resumed.last_checkpoint["modules"]["model"]
+    expected = straight.last_checkpoint.modules["model"]
+    final = resumed.last_checkpoint.modules["model"]
     assert set(final) == set(expected)
     for key in expected:
         assert torch.allclose(expected[key].float(), final[key].float()), key
     for metric in ("train_loss", "val_loss", "val_accuracy"):
         assert resumed.results[0][metric] == pytest.approx(straight.results[-1][metric]), metric
     # Adam's moments continue from the checkpoint too (a fresh optimizer would give other weights later).
-    expected_adam = straight.last_checkpoint["optimizers"]["model"]["state"]
-    final_adam = resumed.last_checkpoint["optimizers"]["model"]["state"]
+    expected_adam = straight.last_checkpoint.optimizers["model"]["state"]
+    final_adam = resumed.last_checkpoint.optimizers["model"]["state"]
     assert set(final_adam) == set(expected_adam)
     for index, moments in expected_adam.items():
         for name, tensor in moments.items():
@@ -98,7 +98,7 @@ def test_an_infinite_metric_in_a_later_epoch_is_named_and_earlier_epochs_are_kep
         fit_tiny(lambda epoch: {"train_loss": 1.0},
                  lambda epoch: {"val_loss": float("inf") if epoch == 1 else 0.5}, reporter)
     assert reporter.results == [{"epoch": 1.0, "train_loss": 1.0, "val_loss": 0.5}]
-    assert reporter.last_checkpoint["epoch"] == 1
+    assert reporter.last_checkpoint.epoch == 1
 
 
 def test_a_classifier_whose_learning_rate_explodes_fails_with_the_non_finite_metric():
@@ -143,12 +143,12 @@ def test_a_checkpoint_of_another_config_gives_weights_and_moments_but_keeps_this
     taken = run(ListReporter(resume_from=donor.last_checkpoint), lr=1e-9, seed=7)
     assert [r["epoch"] for r in taken.results] == [3.0]
     state, before = taken.last_checkpoint, donor.last_checkpoint
-    assert [group["lr"] for group in state["optimizers"]["model"]["param_groups"]] == [1e-9]
-    assert state["config"]["seed"] == 7
-    for key, weight in before["modules"]["model"].items():
+    assert [group["lr"] for group in state.optimizers["model"]["param_groups"]] == [1e-9]
+    assert state.config["seed"] == 7
+    for key, weight in before.modules["model"].items():
         if not key.endswith(("weight", "bias")):
             continue  # batch norm's running statistics follow the data, whatever the lr
-        assert torch.allclose(state["modules"]["model"][key].float(), weight.float(), atol=1e-6), key
+        assert torch.allclose(state.modules["model"][key].float(), weight.float(), atol=1e-6), key
     # Adam's step count went on from the donor's: two epochs there, one here.
-    steps = [s["step"] for s in (before["optimizers"]["model"]["state"][0], state["optimizers"]["model"]["state"][0])]
+    steps = [s["step"] for s in (before.optimizers["model"]["state"][0], state.optimizers["model"]["state"][0])]
     assert float(steps[1]) == pytest.approx(1.5 * float(steps[0]))

@@ -76,7 +76,7 @@ def test_dcgan_tiny_run_reports_finite_metrics_and_a_rebuildable_generator(dcgan
         assert math.isfinite(reporter.last(name)), name
     assert reporter.last("fid_mnist") > 0
     state = reporter.last_checkpoint
-    assert state["trainable"] == "dcgan" and list(state["modules"]) == ["generator", "discriminator"]
+    assert state.trainable == "dcgan" and list(state.modules) == ["generator", "discriminator"]
     assert reporter.files["samples.png"].startswith(PNG)
     assert "fid_inception" not in reporter.keys()  # no Inception weights on this machine: skipped, not faked
     generator = DCGAN.build_model(state)
@@ -125,7 +125,7 @@ def test_gasten_fine_tuning_moves_the_generator_towards_the_decision_boundary(ca
         assert math.isfinite(reporter.last(name)), name
     assert all(0.0 <= r["acd"] <= 0.5 for r in reporter.results)
     state = reporter.last_checkpoint
-    assert state["trainable"] == "gasten"
+    assert state.trainable == "gasten"
     tuned = GASTEN.build_model(state)
     assert isinstance(tuned, Generator)
     after = measure_acd(tuned, classifier, noise, torch.device("cpu"))
@@ -178,7 +178,7 @@ def test_continuing_step1_optimizers_keeps_their_moments_but_this_configs_lr(dcg
     g_optimizer = torch.optim.Adam(generator.parameters(), lr=1e-5, betas=(0.3, 0.99))
     d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=1e-5, betas=(0.3, 0.99))
     continue_step1_optimizers(str(gan_checkpoint), g_optimizer, d_optimizer)
-    saved = reporter.last_checkpoint["optimizers"]["generator"]["state"]
+    saved = reporter.last_checkpoint.optimizers["generator"]["state"]
     assert saved and torch.equal(g_optimizer.state_dict()["state"][0]["exp_avg_sq"], saved[0]["exp_avg_sq"])
     for optimizer in (g_optimizer, d_optimizer):
         assert [(g["lr"], g["betas"]) for g in optimizer.param_groups] == [(1e-5, (0.3, 0.99))]

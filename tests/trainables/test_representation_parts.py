@@ -49,9 +49,9 @@ def test_a_timestep_trial_scores_its_t_once_and_keeps_the_setting_as_its_checkpo
     (result,) = trial.results
     assert 0.1 < result["val_fewshot_lin"] <= 1.0  # 10 classes: better than chance even from a tiny DDPM
     state = trial.last_checkpoint
-    assert state["trainable"] == "ddpm_timestep" and state["config"]["t"] == 20
-    assert state["config"]["ddpm"] == folders["ddpm"]
-    assert "modules" not in state  # the setting, not another copy of the model
+    assert state.trainable == "ddpm_timestep" and state.config["t"] == 20
+    assert state.config["ddpm"] == folders["ddpm"]
+    assert not state.modules  # the setting, not another copy of the model
     # Deterministic: the same t scores the same; another t sees other features.
     assert run_trial(folders["ddpm"], t=20).results == trial.results
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from trainables.checkpoint import load_checkpoint, save_checkpoint, save_step_files, step_files
+from trainables.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, save_step_files, step_files
 from trainables.reporter import ListReporter
 from trainables.sample_grid import sample_grid_png
 
@@ -24,13 +24,13 @@ def test_sample_grid_is_a_png_sized_by_its_layout():
 
 
 def test_step_files_live_beside_the_state_and_later_steps_win(tmp_path):
-    save_checkpoint({"epoch": 1}, tmp_path)
+    save_checkpoint(Checkpoint(trainable="toy", epoch=1), tmp_path)
     assert step_files(tmp_path) == []
     save_step_files({"samples.png": b"one", "notes.txt": b"a"}, tmp_path)
     save_step_files({"samples.png": b"two"}, tmp_path)
     assert [p.name for p in step_files(tmp_path)] == ["notes.txt", "samples.png"]
     assert (tmp_path / "files" / "samples.png").read_bytes() == b"two"
-    assert load_checkpoint(tmp_path) == {"epoch": 1}
+    assert load_checkpoint(tmp_path).to_dict() == Checkpoint(trainable="toy", epoch=1).to_dict()
     with pytest.raises(ValueError, match="plain file names"):
         save_step_files({"../escape.png": b"x"}, tmp_path)
 

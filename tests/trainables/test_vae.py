@@ -93,9 +93,9 @@ def test_reports_every_metric_each_epoch_and_the_elbo_improves(straight):
     assert losses[0] > losses[1] > losses[2], losses
     assert losses[-1] < 0.9 * 784 * math.log(2)  # well below a constant 0.5 per pixel
     state = straight.last_checkpoint
-    assert (state["trainable"], state["epoch"]) == ("vae", 3)
-    assert set(state["modules"]) == set(state["optimizers"]) == {"model"}
-    assert build_config(VAEConfig, state["config"]) == VAEConfig(**SMALL)
+    assert (state.trainable, state.epoch) == ("vae", 3)
+    assert set(state.modules) == set(state.optimizers) == {"model"}
+    assert build_config(VAEConfig, state.config) == VAEConfig(**SMALL)
     assert straight.files["samples.png"].startswith(b"\x89PNG")
 
 
@@ -104,8 +104,8 @@ def test_resume_continues_at_the_next_epoch_with_the_same_model(straight):
     assert [r["epoch"] for r in interrupted.results] == [1.0, 2.0]
     resumed = run(ListReporter(resume_from=interrupted.last_checkpoint))
     assert [r["epoch"] for r in resumed.results] == [3.0]
-    expected = straight.last_checkpoint["modules"]["model"]
-    final = resumed.last_checkpoint["modules"]["model"]
+    expected = straight.last_checkpoint.modules["model"]
+    final = resumed.last_checkpoint.modules["model"]
     for key in expected:
         assert torch.allclose(expected[key], final[key], atol=1e-6), key
     for metric in ("train_loss", "val_loss", "val_recon", "val_kl"):
@@ -137,9 +137,9 @@ def test_trainable_definition_tiny_run_reports_its_declared_metrics_and_rebuilds
     VAE_TRAINABLE.run(config, reporter)
     assert {metric.name for metric in VAE_TRAINABLE.metrics if not metric.optional} <= reporter.keys()
     state = reporter.last_checkpoint
-    assert state["epoch"] == VAE_TRAINABLE.tiny_config["epochs"]
+    assert state.epoch == VAE_TRAINABLE.tiny_config["epochs"]
     rebuilt = VAE_TRAINABLE.build_model(state).state_dict()
-    for key, tensor in state["modules"]["model"].items():
+    for key, tensor in state.modules["model"].items():
         assert torch.equal(rebuilt[key], tensor), key
 
 

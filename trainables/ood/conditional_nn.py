@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.checkpoint import Checkpoint
 from trainables.data import ImageSet, every_class_training_data
 from trainables.definitions import Metric, TrainableDef
 from trainables.device import resolve_device
@@ -47,7 +48,7 @@ from trainables.ood.detectors import Detector, check_batch_size, check_images
 from trainables.ood.generator_nn import (cost_metric_defs, dequantize, parameter_count, quantize, republish_final,
                                          report_final, training_split, validation_metric_defs)
 from trainables.ood.sets import check_validation_ood
-from trainables.reporter import CheckpointState, Reporter
+from trainables.reporter import Reporter
 from trainables.settings import DatasetSettings, RuntimeSettings
 from trainables.vae import VAE, vae_loss
 
@@ -296,21 +297,20 @@ class MostSimilarDetector(Detector):
         return self.similarities(images).argmax(dim=1).numpy()
 
 
-def detector_from_state(state: CheckpointState, device: str = "auto") -> MostSimilarDetector:
+def detector_from_state(state: Checkpoint, device: str = "auto") -> MostSimilarDetector:
     """The trained detector (siamese network, bank and validation threshold) from a checkpoint state."""
-    if state.get("trainable") != NAME:
-        raise ValueError(f"a {state.get('trainable')!r} checkpoint is not a {NAME} one")
-    config = state["config"]
-    siamese = SiameseNet(config["embed_dim"], config["siamese_nf"])
-    siamese.load_state_dict(state["modules"]["siamese"])
-    return MostSimilarDetector(siamese, dequantize(state["bank"]), state["bank_labels"], state["threshold"],
-                               device=device)
+    if state.trainable != NAME:
+        raise ValueError(f"a {state.trainable!r} checkpoint is not a {NAME} one")
+    siamese = SiameseNet(state.config["embed_dim"], state.config["siamese_nf"])
+    siamese.load_state_dict(state.modules["siamese"])
+    return MostSimilarDetector(siamese, dequantize(state.extras["bank"]), state.extras["bank_labels"],
+                               state.extras["threshold"], device=device)
 
 
-def describe(state: CheckpointState) -> str:
+def describe(state: Checkpoint) -> str:
     """The settings of a trained detector, for evaluate_ood's table."""
-    config = state["config"]
-    return (f"latent_dim={config['latent_dim']}, vae_epochs={config['vae_epochs']}, bank={len(state['bank'])}, "
+    config, bank = state.config, state.extras["bank"]
+    return (f"latent_dim={config['latent_dim']}, vae_epochs={config['vae_epochs']}, bank={len(bank)}, "
             f"embed_dim={config['embed_dim']}, target_tpr={config['target_tpr']}")
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables.checkpoint import load_checkpoint
+from trainables.checkpoint import Checkpoint, load_checkpoint
 from trainables.classifier import ClassifierConfig
 from trainables.data import load_images
 from trainables.definitions import JobDef, Metric, Output, Upstream
@@ -43,7 +43,7 @@ from trainables.ood.metrics import METRIC_KEYS, ood_metrics
 from trainables.ood.odin_search import load_classifier
 from trainables.ood.sets import ood_datasets, ood_set
 from trainables.plotting import pyplot
-from trainables.reporter import CheckpointState, Reporter
+from trainables.reporter import Reporter
 from trainables.settings import DeviceSettings
 
 TEST_SEED = 0  # the test OOD images (odin_search draws its validation images with another seed)
@@ -86,14 +86,14 @@ class Method:
     costs: Mapping[str, float] = field(default_factory=dict)  # COSTS its trial reported
 
 
-def reported_costs(state: CheckpointState) -> dict[str, float]:
+def reported_costs(state: Checkpoint) -> dict[str, float]:
     """The COSTS a checkpoint's trial reported (a checkpoint written before a cost existed has none of it)."""
-    return {key: float(state["metrics"][key]) for key in COSTS if key in state["metrics"]}
+    return {key: float(state.metrics[key]) for key in COSTS if key in state.metrics}
 
 
-def check_same_data(name: str, state: CheckpointState, classifier_config: ClassifierConfig) -> None:
+def check_same_data(name: str, state: Checkpoint, classifier_config: ClassifierConfig) -> None:
     """A method trained on all ten classes of a dataset is scored on the classifier's test split: both must agree."""
-    trained_on = (state["config"]["dataset"], tuple(range(10)))
+    trained_on = (state.config["dataset"], tuple(range(10)))
     tested_on = (classifier_config.dataset, tuple(classifier_config.classes) or tuple(range(10)))
     if trained_on != tested_on:
         raise ValueError(f"{name}: trained on {trained_on[0]} classes {trained_on[1]}, the classifier on "
@@ -110,14 +110,14 @@ def methods(config: EvaluateOodConfig) -> list[Method]:
 
     temperature, epsilon = 1000.0, 0.002
     if config.odin:
-        chosen = load_checkpoint(config.odin)["config"]
+        chosen = load_checkpoint(config.odin).config
         temperature, epsilon = chosen["temperature"], chosen["epsilon"]
     found = [Method("max_softmax", MaxSoftmax(model, device=device), predict_plain, "-"),
              Method("odin", Odin(model, temperature, epsilon, device=device), predict_plain,
                     f"T={temperature:.4g}, epsilon={epsilon:.4g}")]
     if config.kplus1:
         state = load_checkpoint(config.kplus1)
-        trained_on = (state["config"]["dataset"], tuple(state["config"].get("classes", ())) or tuple(range(10)))
+        trained_on = (state.config["dataset"], tuple(state.config.get("classes", ())) or tuple(range(10)))
         tested_on = (classifier_config.dataset, tuple(classifier_config.classes) or tuple(range(10)))
         if trained_on != tested_on:  # its predictions are scored against the classifier's test labels
             raise ValueError(f"kplus1: {config.kplus1} was trained on {trained_on[0]} classes {trained_on[1]}, the "
@@ -127,9 +127,9 @@ def methods(config: EvaluateOodConfig) -> list[Method]:
     if config.generator_nn:
         state = load_checkpoint(config.generator_nn)
         detector = generator_nn.detector_from_state(state, device=device)
-        chosen = state["config"]
+        chosen = state.config
         settings = (f"latent_dim={chosen['latent_dim']}, vae_epochs={chosen['vae_epochs']}, "
-                    f"bank={len(state['bank'])}, target_tpr={chosen['target_tpr']}")
+                    f"bank={len(state.extras['bank'])}, target_tpr={chosen['target_tpr']}")
         found.append(Method("generator_nn", detector, detector.predict, settings, threshold=detector.threshold,
                             costs=reported_costs(state)))
     if config.leave_out:

@@ -31,11 +31,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from trainables.checkpoint import Checkpoint
 from trainables.classifier import split_train_val
 from trainables.data import ImageSet, every_class_training_data, load_images
 from trainables.definitions import Metric, TrainableDef
@@ -43,7 +45,7 @@ from trainables.device import resolve_device
 from trainables.ood.detectors import Detector
 from trainables.ood.metrics import ood_metrics
 from trainables.ood.sets import check_validation_ood, ood_set
-from trainables.reporter import CheckpointState, Reporter
+from trainables.reporter import Reporter
 from trainables.settings import DatasetSettings, RuntimeSettings
 from trainables.vae import VAE, VAEConfig, decode, train_vae_epoch
 
@@ -182,16 +184,18 @@ def training_split(config) -> tuple[torch.device, ImageSet, ImageSet]:
 
 def report_final(reporter: Reporter, name: str, config, detector: Detector, scores_in: np.ndarray,
                  predictions: np.ndarray, labels: np.ndarray, costs: dict[str, float], bank: torch.Tensor,
-                 bank_labels: torch.Tensor, **state: object) -> dict[str, float]:
+                 bank_labels: torch.Tensor,
+                 modules: Mapping[str, dict[str, torch.Tensor]] | None = None) -> dict[str, float]:
     """A generator-based trainable's one report (epoch 1): `validation_metrics` at `config.target_tpr`
     against `config.validation_ood` (never a test set) and `costs`, with the checkpoint `republish_final`
-    and `detector_from_state` read: the bank as stored, the threshold and any further `state`."""
+    and `detector_from_state` read: the bank as stored and the threshold (its extras), and the state dicts of
+    any trained `modules`."""
     validation_ood = ood_set(config.validation_ood, count=config.val_size, seed=VALIDATION_SEED)
     metrics = {**validation_metrics(scores_in, predictions, labels, detector.score(validation_ood), config.target_tpr),
                **costs}
-    checkpoint: CheckpointState = {"trainable": name, "config": dataclasses.asdict(config), "epoch": 1,
-                                   "metrics": dict(metrics), "bank": bank, "bank_labels": bank_labels,
-                                   "threshold": metrics["threshold"], **state}
+    checkpoint = Checkpoint(trainable=name, config=dataclasses.asdict(config), epoch=1, metrics=dict(metrics),
+                            modules=dict(modules or {}),
+                            extras={"bank": bank, "bank_labels": bank_labels, "threshold": metrics["threshold"]})
     reporter.report(metrics, checkpoint=checkpoint)
     return metrics
 
@@ -202,9 +206,9 @@ def republish_final(reporter: Reporter, name: str) -> dict[str, float] | None:
     resumed = reporter.restore()
     if resumed is None:
         return None
-    if resumed.get("trainable") != name:
-        raise ValueError(f"asked to resume from a {resumed.get('trainable')!r} checkpoint, not a {name} one")
-    metrics = dict(resumed["metrics"])
+    if resumed.trainable != name:
+        raise ValueError(f"asked to resume from a {resumed.trainable!r} checkpoint, not a {name} one")
+    metrics = dict(resumed.metrics)
     reporter.report(metrics)
     return metrics
 
@@ -324,12 +328,12 @@ def generate_bank(train_set: ImageSet, config: GeneratorNNConfig, device: torch.
     return torch.cat(images), torch.cat(labels)
 
 
-def detector_from_state(state: CheckpointState, device: str = "auto") -> NearestGeneratedDetector:
+def detector_from_state(state: Checkpoint, device: str = "auto") -> NearestGeneratedDetector:
     """The trained detector (bank and validation threshold) from a generator_nn checkpoint state."""
-    if state.get("trainable") != NAME:
-        raise ValueError(f"a {state.get('trainable')!r} checkpoint is not a {NAME} one")
-    return NearestGeneratedDetector(dequantize(state["bank"]), state["bank_labels"], threshold=state["threshold"],
-                                    device=device)
+    if state.trainable != NAME:
+        raise ValueError(f"a {state.trainable!r} checkpoint is not a {NAME} one")
+    return NearestGeneratedDetector(dequantize(state.extras["bank"]), state.extras["bank_labels"],
+                                    threshold=state.extras["threshold"], device=device)
 
 
 def train(config: GeneratorNNConfig, reporter: Reporter) -> dict[str, float]:

@@ -42,8 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.ambiguous import check_band, generate_ambiguous, load_generator
-from trainables.checkpoint import STATE_FILE, load_checkpoint
+from trainables.checkpoint import STATE_FILE, Checkpoint, load_checkpoint
 from trainables.classifier import HELD_OUT_EPOCH_COST, Classifier, split_train_val
+from trainables.config import build_config
 from trainables.data import ImageSet, load_images, training_data
 from trainables.dcgan import generate
 from trainables.definitions import Metric, TrainableDef
@@ -52,9 +53,9 @@ from trainables.fit import fit
 from trainables.ood.detectors import Detector
 from trainables.ood.metrics import ood_metrics
 from trainables.ood.sets import check_validation_ood, ood_set
-from trainables.reporter import CheckpointState, Reporter
+from trainables.reporter import Reporter
 from trainables.settings import DataSettings, RuntimeSettings
-from trainables.vae import VAE, VAEConfig, decode, evaluate_vae, train_vae_epoch
+from trainables.vae import VAE, VAEConfig, decode, evaluate_vae, load_vae, train_vae_epoch
 
 VALIDATION_OOD_IMAGES = 1000
 
@@ -148,10 +149,10 @@ def check_generator_checkpoint(folder: str) -> str:
         raise ValueError(f"outliers_from: {folder} is not a checkpoint folder (no {STATE_FILE} inside); give a "
                          "gasten or dcgan checkpoint folder (inputs: {outliers_from: gasten.best})")
     state = load_checkpoint(folder)
-    if "generator" not in (state.get("modules") or {}):
-        raise ValueError(f"outliers_from: {folder} is a {state.get('trainable')!r} checkpoint without a generator; "
+    if "generator" not in state.modules:
+        raise ValueError(f"outliers_from: {folder} is a {state.trainable!r} checkpoint without a generator; "
                          "give a gasten or dcgan checkpoint folder (inputs: {outliers_from: gasten.best})")
-    return str(state.get("trainable"))
+    return state.trainable
 
 
 def _round_seed(seed: int, round_: int) -> int:
@@ -201,21 +202,21 @@ def generator_outliers(folder: str, n: int, seed: int, device: torch.device | st
     return torch.from_numpy(np.concatenate(kept)[:n]).float()
 
 
-def describe(state: CheckpointState) -> str:
+def describe(state: Checkpoint) -> str:
     """The settings of a trained K+1 model, for evaluate_ood's table.
 
     VAE-shell outliers: "ood_weight=..., shell_radius=..., latent_dim=..." (as before the boundary
     variant existed). GAN outliers: "outliers=gasten generator, n=..., band=[...], ood_weight=...".
     Either way followed by the classes when the model was trained on a subset.
     """
-    config = state["config"]
+    config = state.config
     if not config.get("outliers_from"):
         parts = [f"{k}={config[k]:.4g}" if isinstance(config[k], float) else f"{k}={config[k]}"
                  for k in ("ood_weight", "shell_radius", "latent_dim")]
     else:
         source = "GAN"
         if (Path(config["outliers_from"]) / STATE_FILE).is_file():  # the folder may have moved since training
-            source = str(load_checkpoint(config["outliers_from"]).get("trainable") or source)
+            source = load_checkpoint(config["outliers_from"]).trainable or source
         parts = [f"outliers={source} generator", f"n={config['outliers']}"]
         if config.get("outlier_band"):
             low, high = config["outlier_band"]
@@ -327,7 +328,7 @@ def train(config: KPlus1Config, reporter: Reporter) -> dict[str, float]:
                 train_vae_epoch(vae, vae_optimizer, train_set.images, vae_config.batch_size, vae_config.beta,
                                 order_seed=config.seed * 100_003 + epoch, device=device)
         else:
-            vae.load_state_dict(resumed["modules"]["vae"])
+            vae.load_state_dict(resumed.modules["vae"])
         extra["vae_val_loss"] = evaluate_vae(vae, val_set.images, device)["val_loss"]
         outliers = generate_outliers(vae, config.outliers, config.shell_radius, config.seed, device)
         modules["vae"] = vae
@@ -351,13 +352,19 @@ def train(config: KPlus1Config, reporter: Reporter) -> dict[str, float]:
                train_epoch=train_epoch, evaluate=validate, reporter=reporter)
 
 
-def build_model(state: CheckpointState) -> Classifier:
-    """Rebuild the trained K+1 classifier (the unknown class is its last output) from a checkpoint state."""
-    weights = state["modules"]["classifier"]
-    model = Classifier(state["config"]["nf"], weights["head.weight"].shape[0])
-    model.load_state_dict(weights)
+def build_model(state: Checkpoint) -> Classifier:
+    """Rebuild the trained K+1 classifier (the unknown class is its last output) from a checkpoint, sized by its
+    config: nf, and one output per class it was trained on (`classes`, () for all ten) plus the unknown one."""
+    model = Classifier(state.config["nf"], (len(state.config.get("classes", ())) or 10) + 1)
+    model.load_state_dict(state.modules["classifier"])
     return model.eval()
 
+
+def stage1_vae(state: Checkpoint) -> VAE:
+    """The stage-1 VAE of a K+1 checkpoint trained on VAE-shell outliers (no `outliers_from`), in eval mode,
+    sized as its config built it (`KPlus1Config.vae_config`)."""
+    vae_config = build_config(KPlus1Config, state.config).vae_config()
+    return load_vae(state.modules["vae"], vae_config.latent_dim, vae_config.nf)
 
 
 KPLUS1 = TrainableDef(

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.checkpoint import Checkpoint
 from trainables.classifier import Classifier, split_train_val
 from trainables.data import ImageSet, every_class_training_data, load_images
 from trainables.definitions import Metric, TrainableDef
@@ -45,10 +46,11 @@ from trainables.fit import fit
 from trainables.ood.detectors import Detector, check_batch_size, check_images, odin_direction, scoring_mode
 from trainables.ood.metrics import ood_metrics
 from trainables.ood.sets import check_validation_ood, ood_set
-from trainables.reporter import CheckpointState, Reporter
+from trainables.reporter import Reporter
 from trainables.settings import DatasetSettings, RuntimeSettings
 
 NAME = "leave_out"
+ALL_CLASSES = 10  # it trains on every class of its dataset, and each has ten (trainables/data.py)
 VALIDATION_SEED = 1  # the validation OOD images, as in odin_search; evaluation jobs draw test images with seed 0
 _SEED_STRIDE = 100_003  # per config.seed, as elsewhere
 
@@ -257,32 +259,28 @@ def leave_out_auroc(member_scores_in: np.ndarray, labels: np.ndarray, ensemble: 
     return float(np.mean(values))
 
 
-def build_model(state: CheckpointState) -> LeaveOutEnsemble:
-    """Rebuild the trained ensemble from a checkpoint state (the groups are in its config's seed and size)."""
-    config = state["config"]
-    weights = state["modules"]["ensemble"]
-    # Member i has K - |group i| outputs; over the N members that sums to K (N - 1).
-    outputs = sum(weights[f"members.{i}.head.weight"].shape[0] for i in range(config["groups"]))
-    num_classes = outputs // (config["groups"] - 1)
-    ensemble = LeaveOutEnsemble(class_groups(num_classes, config["groups"], config["seed"]), num_classes,
-                                config["nf"])
-    ensemble.load_state_dict(weights)
+def build_model(state: Checkpoint) -> LeaveOutEnsemble:
+    """Rebuild the trained ensemble from a checkpoint, sized by its config (the groups are in its seed and size;
+    it trains on all ten classes of its dataset)."""
+    config = state.config
+    ensemble = LeaveOutEnsemble(class_groups(ALL_CLASSES, config["groups"], config["seed"]), ALL_CLASSES, config["nf"])
+    ensemble.load_state_dict(state.modules["ensemble"])
     return ensemble.eval()
 
 
-def detector_from_state(state: CheckpointState, device: str = "auto") -> LeaveOutDetector:
+def detector_from_state(state: Checkpoint, device: str = "auto") -> LeaveOutDetector:
     """The trained ensemble with the T and epsilon its checkpoint's epoch picked on validation data."""
-    if state.get("trainable") != NAME:
-        raise ValueError(f"a {state.get('trainable')!r} checkpoint is not a {NAME} one")
-    return LeaveOutDetector(build_model(state), state["metrics"]["temperature"], state["metrics"]["epsilon"],
+    if state.trainable != NAME:
+        raise ValueError(f"a {state.trainable!r} checkpoint is not a {NAME} one")
+    return LeaveOutDetector(build_model(state), state.metrics["temperature"], state.metrics["epsilon"],
                             device=device)
 
 
-def describe(state: CheckpointState) -> str:
+def describe(state: Checkpoint) -> str:
     """The settings of a trained ensemble, for evaluate_ood's table."""
-    config, metrics = state["config"], state["metrics"]
+    config, metrics = state.config, state.metrics
     return (f"N={config['groups']}, margin={config['margin']:.3g}, beta={config['margin_weight']:.3g}, "
-            f"epochs={state['epoch']}, T={metrics['temperature']:.4g}, epsilon={metrics['epsilon']:.4g}")
+            f"epochs={state.epoch}, T={metrics['temperature']:.4g}, epsilon={metrics['epsilon']:.4g}")
 
 
 def train(config: LeaveOutConfig, reporter: Reporter) -> dict[str, float]:

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 import torch
 
 from trainables import classifier as classifier_module
-from trainables.checkpoint import load_checkpoint
+from trainables.checkpoint import Checkpoint, load_checkpoint
 from trainables.config import build_config
 from trainables.definitions import Metric, TrainableDef
 from trainables.device import resolve_device
 from trainables.ood.detectors import Odin
 from trainables.ood.metrics import HIGHER_IS_BETTER, METRIC_KEYS, ood_metrics
 from trainables.ood.sets import ood_set
-from trainables.reporter import CheckpointState, Reporter
+from trainables.reporter import Reporter
 from trainables.settings import DeviceSettings
 
 VALIDATION_SEED = 1  # the validation OOD images; the evaluation job draws its test images with seed 0
@@ -52,9 +52,9 @@ class OdinConfig(DeviceSettings):
 def load_classifier(folder: str) -> tuple[torch.nn.Module, classifier_module.ClassifierConfig]:
     """The trained classifier of a checkpoint folder, with the config it was trained under."""
     state = load_checkpoint(folder)
-    if state.get("trainable") != "classifier":
-        raise ValueError(f"classifier: {folder} is a {state.get('trainable')!r} checkpoint, not a classifier one")
-    return classifier_module.build_model(state), build_config(classifier_module.ClassifierConfig, state["config"])
+    if state.trainable != "classifier":
+        raise ValueError(f"classifier: {folder} is a {state.trainable!r} checkpoint, not a classifier one")
+    return classifier_module.build_model(state), build_config(classifier_module.ClassifierConfig, state.config)
 
 
 def validation_images(config: classifier_module.ClassifierConfig, count: int) -> torch.Tensor:
@@ -70,8 +70,7 @@ def run(config: OdinConfig, reporter: Reporter) -> dict[str, float]:
     scores_in = detector.score(validation_images(classifier_config, config.validation_images))
     scores_out = detector.score(ood_set(config.validation_ood, config.validation_images, VALIDATION_SEED))
     metrics = {"epoch": 1.0, **{f"val_{k}": v for k, v in ood_metrics(scores_in, scores_out).items()}}
-    state: CheckpointState = {"trainable": "odin", "config": dataclasses.asdict(config), "epoch": 1,
-                              "metrics": dict(metrics)}
+    state = Checkpoint(trainable="odin", config=dataclasses.asdict(config), epoch=1, metrics=dict(metrics))
     reporter.report(metrics, checkpoint=state)
     return metrics
 

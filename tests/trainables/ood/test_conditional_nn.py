@@ -4,6 +4,8 @@ detector rebuilt from its checkpoint."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -143,10 +145,10 @@ def test_training_reports_once_with_its_costs_and_the_threshold_at_the_target_ra
 
 def test_checkpoint_rebuilds_the_detector_with_the_same_threshold(tiny):
     state = tiny.last_checkpoint
-    assert state["bank"].dtype == torch.uint8 and len(state["bank"]) == 10 * 50
+    assert state.extras["bank"].dtype == torch.uint8 and len(state.extras["bank"]) == 10 * 50
     detector = detector_from_state(state, device="cpu")
-    assert detector.threshold == state["threshold"] == tiny.results[0]["threshold"]
-    x = dequantize(state["bank"][:4])
+    assert detector.threshold == state.extras["threshold"] == tiny.results[0]["threshold"]
+    x = dequantize(state.extras["bank"][:4])
     assert detector.predict(x).shape == (4,)
     with pytest.raises(ValueError, match="not a conditional_nn one"):
-        detector_from_state({**state, "trainable": "generator_nn"})
+        detector_from_state(dataclasses.replace(state, trainable="generator_nn"))

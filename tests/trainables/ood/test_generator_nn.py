@@ -3,6 +3,7 @@ detector, training on tiny MNIST and the detector rebuilt from its checkpoint.""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -149,8 +150,8 @@ def test_a_bank_of_real_digits_classifies_mnist_by_nearest_neighbour():
 
 def test_checkpoint_rebuilds_the_detector_with_the_same_scores_and_threshold(tiny):
     state = tiny.last_checkpoint
-    assert state["bank"].dtype == torch.uint8
-    assert state["bank"].shape == (10 * TINY["samples_per_class"], 1, 28, 28)
+    assert state.extras["bank"].dtype == torch.uint8
+    assert state.extras["bank"].shape == (10 * TINY["samples_per_class"], 1, 28, 28)
     detector = detector_from_state(state, device="cpu")
     assert detector.threshold == tiny.results[0]["threshold"]
     noise = ood_set("gaussian_noise", count=20, seed=3)
@@ -165,7 +166,7 @@ def test_checkpoint_rebuilds_the_detector_with_the_same_scores_and_threshold(tin
     _, val_set = split_train_val(load_images("mnist", "train", seed=config.seed), config)
     assert 1.0 - detector.accepts(val_set.images).mean() == pytest.approx(tiny.results[0]["val_reject_rate"])
     with pytest.raises(ValueError, match="not a generator_nn"):
-        detector_from_state({**state, "trainable": "kplus1"})
+        detector_from_state(dataclasses.replace(state, trainable="kplus1"))
 
 
 def test_resume_from_the_final_checkpoint_republishes_its_result(tiny):

@@ -14,11 +14,11 @@ from trainables.config import build_config
 from trainables.data import load_images
 from trainables.ood import kplus1
 from trainables.ood.kplus1 import (KPLUS1, KPlus1Config, KPlus1Detector, build_model, generate_outliers,
-                                   shell_latents, train)
+                                   shell_latents, stage1_vae, train)
 from trainables.ood.metrics import ood_metrics
 from trainables.ood.sets import ood_set
 from trainables.reporter import ListReporter
-from trainables.vae import VAE, vae_from_state_dict
+from trainables.vae import VAE
 
 TINY = {**KPLUS1.tiny_config, "allow_fallback": False}
 
@@ -126,12 +126,12 @@ def test_tiny_run_reports_the_declared_metrics_and_rebuilds_the_k_plus_1_classif
         assert math.isfinite(value)
     assert 0 <= tiny.last("val_accuracy") <= 1 and 0 <= tiny.last("val_auroc") <= 1
     state = tiny.last_checkpoint
-    assert (state["trainable"], state["epoch"]) == ("kplus1", 1)
-    assert set(state["modules"]) == {"vae", "classifier"} and set(state["optimizers"]) == {"classifier"}
-    assert build_config(KPlus1Config, state["config"]) == build_config(KPlus1Config, TINY)
+    assert (state.trainable, state.epoch) == ("kplus1", 1)
+    assert set(state.modules) == {"vae", "classifier"} and set(state.optimizers) == {"classifier"}
+    assert build_config(KPlus1Config, state.config) == build_config(KPlus1Config, TINY)
     model = build_model(state)
     assert not model.training
-    for key, tensor in state["modules"]["classifier"].items():
+    for key, tensor in state.modules["classifier"].items():
         assert torch.equal(model.state_dict()[key], tensor), key
     with torch.no_grad():
         assert model(torch.rand(3, 1, 28, 28)).shape == (3, 11)  # ten digits and "unknown"
@@ -150,7 +150,7 @@ def test_resume_loads_the_vae_instead_of_training_it_and_matches_an_uninterrupte
     assert [r["epoch"] for r in resumed.results] == [2.0]
     assert resumed.results[0] == pytest.approx(straight.results[1])
     for name in ("vae", "classifier"):
-        expected, final = straight.last_checkpoint["modules"][name], resumed.last_checkpoint["modules"][name]
+        expected, final = straight.last_checkpoint.modules[name], resumed.last_checkpoint.modules[name]
         for key in expected:
             assert torch.allclose(expected[key].float(), final[key].float(), atol=1e-6), (name, key)
 
@@ -171,7 +171,7 @@ def test_a_small_run_classifies_digits_and_tells_them_from_fresh_generated_outli
     detector = KPlus1Detector(build_model(state), device="cpu")
     _, val_set = split_train_val(load_images("mnist", "train", seed=config.seed), config)
     scores_in = detector.score(val_set.images)
-    fresh = generate_outliers(vae_from_state_dict(state["modules"]["vae"]), 1000, config.shell_radius, seed=1234,
+    fresh = generate_outliers(stage1_vae(state), 1000, config.shell_radius, seed=1234,
                               device="cpu")
     assert ood_metrics(scores_in, detector.score(fresh))["auroc"] > 0.98
     noise = ood_set(config.validation_ood, count=1000, seed=config.seed)

@@ -8,6 +8,7 @@ images spreads over ~[0.2, 0.8]); the K+1 classifier trains on a few hundred rea
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -124,7 +125,7 @@ def boundary(folders) -> ListReporter:
 
 def test_boundary_variant_trains_no_vae_and_resumes_onto_the_same_outliers(folders, boundary, monkeypatch):
     state = boundary.last_checkpoint
-    assert set(state["modules"]) == {"classifier"}  # no VAE
+    assert set(state.modules) == {"classifier"}  # no VAE
     assert {"val_auroc", "val_accuracy", "train_loss"} <= boundary.keys() and "vae_val_loss" not in boundary.keys()
     assert all(math.isfinite(v) for v in boundary.results[-1].values())
     assert boundary.last("val_accuracy") > 0.8  # 7 vs 1 is easy, even in one epoch on 256 images
@@ -172,7 +173,7 @@ def test_evaluate_ood_scores_the_boundary_model_under_its_own_name(folders, boun
     assert "| kplus1_boundary | uniform_noise |" in (tmp_path / "ood_table.md").read_text()
 
     # A K+1 model of other classes than the classifier's is refused: one test split scores both.
-    other = {**boundary.last_checkpoint, "config": {**boundary.last_checkpoint["config"], "classes": [5, 3]}}
+    other = dataclasses.replace(boundary.last_checkpoint, config={**boundary.last_checkpoint.config, "classes": [5, 3]})
     with pytest.raises(ValueError, match="^kplus1: .* classes"):
         methods(EvaluateOodConfig(classifier=folders[1], kplus1=str(save_checkpoint(other, tmp_path / "other"))))
     for name in ("", "odin", "kplus1.boundary"):
@@ -188,6 +189,6 @@ def test_default_vae_shell_path_is_unchanged():
     reporter = ListReporter()
     train(build_config(KPlus1Config, {**KPLUS1.tiny_config, "outliers": 64}), reporter)
     state = reporter.last_checkpoint
-    assert set(state["modules"]) == {"vae", "classifier"} and "vae_val_loss" in reporter.keys()
+    assert set(state.modules) == {"vae", "classifier"} and "vae_val_loss" in reporter.keys()
     assert kplus1.build_model(state).head.out_features == 11
     assert describe(state) == "ood_weight=1, shell_radius=3, latent_dim=8"

@@ -4,6 +4,7 @@ detector rebuilt from its checkpoint."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -161,12 +162,12 @@ def test_the_checkpoint_rebuilds_the_ensemble_and_its_detector(trained):
     state = trained.last_checkpoint
     ensemble = build_model(state)
     assert ensemble.groups == class_groups(10, 5, seed=0)
-    for key, tensor in state["modules"]["ensemble"].items():
+    for key, tensor in state.modules["ensemble"].items():
         assert torch.equal(ensemble.state_dict()[key], tensor), key
     detector = detector_from_state(state, device="cpu")
-    assert (detector.temperature, detector.epsilon) == (state["metrics"]["temperature"], state["metrics"]["epsilon"])
+    assert (detector.temperature, detector.epsilon) == (state.metrics["temperature"], state.metrics["epsilon"])
     x = torch.rand(5, 1, 28, 28)
     assert detector.predict(x).shape == (5,) and set(detector.predict(x)) <= set(range(10))
     assert np.isfinite(detector.score(x)).all()
     with pytest.raises(ValueError, match="not a leave_out one"):
-        detector_from_state({**state, "trainable": "kplus1"})
+        detector_from_state(dataclasses.replace(state, trainable="kplus1"))

@@ -42,7 +42,7 @@ def test_odin_trainable_reports_every_declared_metric_once_with_its_setting_as_c
     assert {m.name for m in ODIN.metrics} <= reporter.keys()
     assert 0.5 < reporter.last("val_auroc") <= 1.0  # a trained classifier separates digits from Gaussian noise
     state = reporter.last_checkpoint
-    assert state["trainable"] == "odin" and state["config"]["temperature"] == 10.0
+    assert state.trainable == "odin" and state.config["temperature"] == 10.0
 
 
 def test_odin_validation_never_uses_a_test_set(classifier_folder):
