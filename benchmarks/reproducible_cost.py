@@ -1,12 +1,13 @@
 """What reproducible mode costs: the same study run with `reproducible: true` (the default) and with
 `reproducible: false` (Tune's and Optuna's asynchronous way), each in a fresh launcher, on this machine.
 
-Reproducible mode suggests each window of trials from the same history and decides an ASHA rung only when
-it is complete, so a trial can wait for a slower neighbour; the Optuna stage draws in fixed batches. This
+Reproducible mode suggests each window of trials from the same history and judges a trial at an ASHA rung
+only once every earlier trial has reached it or ended, so a trial can wait for a slower neighbour; the
+Optuna stage draws in fixed batches. This
 prints each stage's wall time (from study_state.json) in both modes, the launchers' wall times and their
 ratio (goal <= 1.10 on the flagship quick profile).
 
-    .venv/bin/python benchmarks/reproducible_cost.py                       # flagship quick: ~30 min on 2 cores
+    .venv/bin/python benchmarks/reproducible_cost.py                       # flagship quick: ~50 min on 2 cores
     .venv/bin/python benchmarks/reproducible_cost.py --study search_spaces/smoke.yaml --repeats 2
     .venv/bin/python benchmarks/reproducible_cost.py --seeds 1 2          # one round per study seed
 
@@ -71,7 +72,7 @@ def run_arm(spec: Path, output: Path, extra: list[str]) -> tuple[float, dict[str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--study", type=Path, default=REPO / "search_spaces" / "gasten_mnist.yaml")
     parser.add_argument("--profile", help="a profile of the study (default: the file's own)")
     parser.add_argument("--seeds", type=int, nargs="+", help="study seeds, one round of both arms each "

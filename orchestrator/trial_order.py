@@ -14,8 +14,8 @@ window of W trials (the stage's `max_concurrent_trials`):
   suggested, it is told the rest in order as they end, so its saved state holds them all), and a slot
   freed by a trial that ASHA stopped early is refilled as soon as the trial W places back has ended,
   not when the whole batch has (at most W trials run at once, as before);
-- `OrderedASHA` (orchestrator/rung_scheduler.py) decides trial i at a rung against trials 0 .. i-W
-  only, whose results are final by then.
+- `OrderedASHA` (orchestrator/rung_scheduler.py) decides trial i at a rung against trials 0 .. i-1, once
+  each has reached the rung or ended (trials 0 .. i-W have ended by then; the others started earlier).
 
 Every suggestion also gets the trial's `seed` (orchestrator/seeds.py) when the trainable has one that
 the YAML neither fixes nor searches. Both wrappers keep their state in Tune's searcher snapshot, so a

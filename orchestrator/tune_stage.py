@@ -105,7 +105,7 @@ def make_scheduler(stage: TuneStage, window: int | None = None) -> ASHAScheduler
         return None
     settings = {"time_attr": "training_iteration", "max_t": stage.scheduler.max_t,
                 "grace_period": stage.scheduler.grace_period, "reduction_factor": stage.scheduler.reduction_factor}
-    return OrderedASHA(window=window, **settings) if window else ASHAScheduler(**settings)
+    return OrderedASHA(**settings) if window else ASHAScheduler(**settings)
 
 
 def use_deterministic_kernels() -> None:
