@@ -150,7 +150,8 @@ def requeue_unfinished_trials(study: Any, stage: OptunaStage, tracker: Tracker, 
     # A stop between creating a trial's child run and recording it in the trial leaves the run unreferenced
     # but tagged with the trial's number: the trial's re-run adopts it, so no empty KILLED run is left behind.
     referenced = {t.user_attrs.get(CHILD_RUN) for t in study.get_trials(deepcopy=False)}
-    orphans = {number: run.info.run_id for number, run in tracker.children(parent_run_id).items()
+    children = tracker.children(parent_run_id)  # one query: the statuses below are those of the start
+    orphans = {number: run.info.run_id for number, run in children.items()
                if run.info.status == "RUNNING" and run.info.run_id not in referenced}
     for trial in resumed:
         if not trial.user_attrs.get(CHILD_RUN) and str(trial.number) in orphans and storage is not None:
@@ -168,7 +169,7 @@ def requeue_unfinished_trials(study: Any, stage: OptunaStage, tracker: Tracker, 
         print(f"[{stage.name}] trial {trial.number} {why}: queued again", flush=True)
     waiting = {t.user_attrs.get(CHILD_RUN) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
     waiting |= {t.user_attrs.get(CHILD_RUN) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    for run in tracker.children(parent_run_id).values():
+    for run in children.values():
         if run.info.status == "RUNNING" and run.info.run_id not in waiting:
             tracker.finish(run.info.run_id, "KILLED", "cut off by a stop before its trial was recorded")
     return sorted(resumed, key=lambda t: t.number)

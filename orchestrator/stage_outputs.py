@@ -29,6 +29,9 @@ TUNE_STAGE_OUTPUTS = {
     "importance": Output("table", "importance.md"),
     "importance_plot": Output("picture", "importance.png"),
 }
+# Of those, what importance.py writes and logs to MLflow itself (its table, or why there is none, and its
+# picture): the stage does not log them again, and the report shows them together.
+IMPORTANCE_OUTPUTS = frozenset({"importance", "importance_plot"})
 
 
 def declared_outputs(stage: Any) -> Mapping[str, Output]:

@@ -14,7 +14,8 @@ from typing import Any
 from orchestrator.report.facts import ReportContext, local_path, stage_folder
 from orchestrator.report.formatting import _num, _table, format_settings, numeric_items
 from orchestrator.report.gallery import CAPTIONS, Gallery
-from orchestrator.stage_outputs import TUNE_STAGE_OUTPUTS, declared_outputs, outputs_folder, produced_outputs
+from orchestrator.stage_outputs import (IMPORTANCE_OUTPUTS, TUNE_STAGE_OUTPUTS, declared_outputs, outputs_folder,
+                                        produced_outputs)
 from orchestrator.study_state import BestTrial, RecordedOutput, StageState
 from trainables.definitions import SHOWN_KINDS
 
@@ -113,7 +114,7 @@ def tune_section(ctx: ReportContext, name: str, stage: StageState, gallery: Gall
     if "pareto_front" in paths:  # the front table, with its picture right after it (declared in that order)
         lines += pareto_front_lines(paths["pareto_front"])
     for key, output in outputs.items():
-        if key in paths and output.kind == "picture" and not key.startswith("importance"):
+        if key in paths and output.kind == "picture" and key not in IMPORTANCE_OUTPUTS:
             lines += gallery.image(paths[key], name, paths[key].name)
     if "importance" in paths:
         lines += importance_lines(paths["importance"].parent, name, gallery)

@@ -17,7 +17,7 @@ from orchestrator.spec.gpu_packing import trials_per_gpu
 from orchestrator.spec.gpu_packing import packing_problem
 from orchestrator.spec.schema import ResourcesSpec, TuneStage, describe_entry
 from orchestrator.spec.tune_section import _parse_tune_stage
-from orchestrator.stage_outputs import TUNE_STAGE_OUTPUTS, produced_outputs
+from orchestrator.stage_outputs import IMPORTANCE_OUTPUTS, TUNE_STAGE_OUTPUTS, produced_outputs
 from orchestrator.stages.base import Runner, StageError, StageKind
 from orchestrator.study_state import BestTrial, StageState
 
@@ -127,7 +127,7 @@ class TuneKind(StageKind):
                                   "gensearch.best_child_run_id": best.child_run_id,
                                   **(champion_tags(best) if stage.multi_objective else {})})
         for name, output in stage_state.outputs.items():
-            if not name.startswith("importance"):  # importance.py logged its own
+            if name not in IMPORTANCE_OUTPUTS:
                 tracker.log_file(parent, Path(output.path))
         if stage.register is not None:
             print(f"[{stage.name}] registering the best model as {stage.register.name} @{stage.register.alias}",
