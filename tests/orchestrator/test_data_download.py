@@ -123,6 +123,7 @@ def test_a_data_root_reaches_trials_and_jobs_without_entering_the_launchers_envi
     assert launcher_environment["GENSEARCH_CACHE"] == str(tmp_path / "c")  # the hook saw the launcher's own
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 def test_a_corrupt_mirror_file_stops_the_launch_before_anything_runs(fresh_clone: Path, tmp_path: Path) -> None:
     flip_byte(copy_dataset(tmp_path / "mirror") / "train-labels-idx1-ubyte.gz")
     spec = tiny_study(tmp_path / "tiny.yaml")
@@ -140,6 +141,7 @@ def test_a_corrupt_mirror_file_stops_the_launch_before_anything_runs(fresh_clone
     assert not (cache / "data" / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz").exists()
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 @pytest.mark.parametrize("how", ["--offline", "GENSEARCH_OFFLINE=1", "unreachable"])
 def test_without_downloads_the_error_names_the_fetch_command(how: str, fresh_clone: Path, tmp_path: Path) -> None:
     spec = tiny_study(tmp_path / "tiny.yaml")
@@ -167,6 +169,7 @@ def fetch_cli(cache: Path, mirror_url: str, *args: str) -> subprocess.CompletedP
                           text=True, timeout=120, env=env)
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 def test_fetch_prepares_a_data_root_ahead_of_time(tmp_path: Path) -> None:
     target, cache = tmp_path / "shared_storage", tmp_path / "cache"
     with serve_mirror(SHARED) as mirror:
@@ -197,6 +200,7 @@ def test_fetch_reports_a_bad_mirror_and_keeps_going(tmp_path: Path) -> None:
     assert leftovers(tmp_path / "root") == []
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 def test_fetch_help_teaches_where_from_and_where_to() -> None:
     result = subprocess.run([sys.executable, "-m", "orchestrator.data", "fetch", "--help"], cwd=REPO,
                             capture_output=True, text=True, timeout=60)

@@ -10,6 +10,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.orchestrator.study_helpers import REPO, launcher, launcher_env, tiny_study
@@ -25,6 +26,7 @@ def problem_lines(result: subprocess.CompletedProcess) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.strip()]
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 def test_a_corrupt_archive_stops_the_launch_before_any_trial(tmp_path: Path) -> None:
     root = tmp_path / "data"
     raw = copy_dataset(root)
@@ -40,6 +42,7 @@ def test_a_corrupt_archive_stops_the_launch_before_any_trial(tmp_path: Path) -> 
     assert not output.exists()
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 def test_verified_archives_are_remembered_for_the_next_launch(tmp_path: Path) -> None:
     root, cache = tmp_path / "data", tmp_path / "cache"
     copy_dataset(root)
@@ -51,6 +54,7 @@ def test_verified_archives_are_remembered_for_the_next_launch(tmp_path: Path) ->
     assert all(Path(path).parent == (root / "MNIST" / "raw").resolve() for path in record)
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 def test_a_data_root_that_does_not_exist_is_refused(tmp_path: Path) -> None:
     spec = tiny_study(tmp_path / "tiny.yaml")
     missing = tmp_path / "nonexistent"
@@ -63,6 +67,7 @@ def test_a_data_root_that_does_not_exist_is_refused(tmp_path: Path) -> None:
     assert problem_lines(result)[0].startswith(f"GENSEARCH_DATA={missing}: no such folder")
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 def test_a_class_the_dataset_does_not_have_is_refused_by_a_dry_run(tmp_path: Path) -> None:
     spec = tiny_study(tmp_path / "tiny.yaml")
     study = yaml.safe_load(spec.read_text())

@@ -98,6 +98,7 @@ def test_a_resumed_study_keeps_the_estimate_it_was_launched_with(capsys):
     assert "--estimate works with --dry-run or a fresh launch" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 def test_dry_run_estimate_of_the_smoke_study(capsys):
     assert main([str(SMOKE), "--dry-run", "--estimate"]) == 0
     out = capsys.readouterr().out

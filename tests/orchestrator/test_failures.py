@@ -27,6 +27,7 @@ def no_run_is_left_running(client, experiment):
     return [r.info.run_id for r in client.search_runs([found.experiment_id]) if r.info.status == "RUNNING"]
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 def test_unreachable_tracking_server_is_one_line_before_anything_starts(tmp_path):
     with socket.socket() as probe:  # a free port nobody listens on
         probe.bind(("127.0.0.1", 0))

@@ -245,6 +245,7 @@ def test_every_problem_in_a_file_is_reported_at_once(tmp_path, capsys):
                            "stages[1].inputs.checkpoint"])
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 def test_cli_subprocess_bad_spec_prints_exactly_one_line(tmp_path):
     study = valid_study()
     study["stages"][0]["space"]["lr"] = {"type": "loguniform", "low": 1e-2, "high": 1e-4}

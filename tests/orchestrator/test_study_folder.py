@@ -73,6 +73,7 @@ def under_a_file(tmp_path: Path) -> list[str]:
     (lambda tmp: ["--output", str(tmp / "out"), "--tracking-uri", f"sqlite:///{tmp}/missing/x.db"],
      f"the folder {{tmp}}/missing does not exist"),
 ], ids=["output-under-etc-hostname", "output-under-a-file", "sqlite-under-a-file", "sqlite-folder-missing"])
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 def test_an_unusable_output_or_tracking_path_is_one_line_before_ray_and_writes_nothing(tmp_path, arguments, fragment):
     """Defect 6: NotADirectoryError / FileExistsError tracebacks, or Ray started first and ~100 lines of two
     tracebacks, exit 1, and a stray study.yaml."""
@@ -85,6 +86,7 @@ def test_an_unusable_output_or_tracking_path_is_one_line_before_ray_and_writes_n
     assert folder_snapshot(tmp_path) == before and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 @pytest.mark.parametrize("where", ["output", "tracking"])
 def test_a_read_only_folder_is_one_line_and_writes_nothing(tmp_path, where):
     """Defect 6: a read-only folder ended in a PermissionError traceback on study.yaml."""
@@ -149,6 +151,7 @@ def test_a_second_launcher_exits_2_at_once_naming_the_first_and_a_dead_one_frees
     lock_study_folder(output).release()  # SIGKILL: the kernel freed the lock, nobody had to clean up
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 def test_a_launch_refused_under_the_lock_leaves_no_folder_behind(tmp_path):
     spec = tiny_study(tmp_path / "tiny.yaml", num_samples=1, epochs=1)
     result = run_launcher(str(spec), "--output", str(tmp_path / "new" / "out"), "--restart-from", "classifier",

@@ -157,6 +157,7 @@ def test_trainables_source_never_imports_orchestration_libraries():
     assert [hit for path in files for hit in forbidden_imports(path)] == []
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 def test_importing_trainables_loads_no_orchestration_library():
     code = ("import sys, trainables.catalog as c, trainables.classifier, trainables.evaluate_classifier, "
             "trainables.data; c.trainable_names(); c.job_names(); "

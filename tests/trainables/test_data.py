@@ -51,6 +51,7 @@ def copy_split(root: Path, folder: str, prefix: str) -> Path:
     return raw
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 def test_mnist_train_matches_published_counts() -> None:
     train = load_images("mnist", "train")
     assert isinstance(train, ImageSet)

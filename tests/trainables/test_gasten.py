@@ -104,6 +104,7 @@ def test_gasten_requires_both_checkpoints_and_its_definition_names_where_a_tiny_
         build_config(GastenConfig, {"generator": "/g", "classifier": "/c", "band": [0.6, 0.4]})
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 def test_gasten_fine_tuning_moves_the_generator_towards_the_decision_boundary(cache, dcgan_run,
                                                                               classifier_checkpoint):
     _, gan_checkpoint = dcgan_run

@@ -99,6 +99,7 @@ def test_reports_every_metric_each_epoch_and_the_elbo_improves(straight):
     assert straight.files["samples.png"].startswith(b"\x89PNG")
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 def test_resume_continues_at_the_next_epoch_with_the_same_model(straight):
     interrupted = run(epochs=2)
     assert [r["epoch"] for r in interrupted.results] == [1.0, 2.0]
@@ -152,6 +153,7 @@ def test_features_are_the_posterior_means():
     assert torch.allclose(torch.from_numpy(got), vae.encode(x)[0].detach(), atol=1e-6)
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 def test_fewshot_k_adds_the_search_objective_and_training_makes_it_better_than_an_untrained_encoder():
     """val_fewshot_lin is reported each epoch when asked for; after training the posterior means
     classify with 8 labels per class far better than an untrained encoder's do."""

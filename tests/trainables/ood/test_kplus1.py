@@ -155,6 +155,7 @@ def test_resume_loads_the_vae_instead_of_training_it_and_matches_an_uninterrupte
             assert torch.allclose(expected[key].float(), final[key].float(), atol=1e-6), (name, key)
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 def test_a_small_run_classifies_digits_and_tells_them_from_fresh_generated_outliers():
     """What the method is trained to do, on 4,000 training images (validated on 1,000 others).
 

@@ -181,6 +181,7 @@ def test_evaluate_ood_scores_the_boundary_model_under_its_own_name(folders, boun
             EvaluateOodConfig(classifier=folders[1], kplus1_name=name)
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 def test_default_vae_shell_path_is_unchanged():
     """The defaults: no classes (all ten), VAE-shell outliers, the settings string as before."""
     defaults = KPlus1Config()

@@ -86,6 +86,7 @@ def tiny_checkpoint(name: str, folder, **changes) -> str:
     return str(save_checkpoint(reporter.last_checkpoint, folder))
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 def test_evaluate_ood_adds_the_leave_out_ensemble_and_the_conditional_generator_with_its_costs(classifier_folder,
                                                                                              tmp_path):
     leave_out = tiny_checkpoint("leave_out", tmp_path / "leave_out")
@@ -113,6 +114,7 @@ def test_evaluate_ood_adds_the_leave_out_ensemble_and_the_conditional_generator_
     assert "| conditional_nn | 1,6" in (workdir / "ood_table.md").read_text()  # 1.69 M parameters, thousands marked
 
 
+@pytest.mark.slow  # several seconds (a subprocess or a small training run): not part of the quick loop
 def test_evaluate_ood_refuses_a_method_trained_on_other_data_than_the_classifier(classifier_folder, tmp_path):
     leave_out = tiny_checkpoint("leave_out", tmp_path / "leave_out", dataset="fashion_mnist")
     job = catalog.job("evaluate_ood")
