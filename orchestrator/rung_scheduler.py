@@ -101,11 +101,15 @@ class OrderedASHA(AsyncHyperBandScheduler):
         super().on_trial_add(tune_controller, trial)
         self.places[trial.trial_id] = suggestion_place(trial)
         for result in past_results(trial):  # a restored trial: Tune kept its results, not our rungs
-            if self._time_attr in result and self._metric in result and result[self._metric] is not None:
-                self.bracket.decide(trial.trial_id, result[self._time_attr], self._metric_op * result[self._metric],
-                                    record_only=True)
+            self.record(trial.trial_id, result)
         if trial.status in (Trial.TERMINATED, Trial.ERROR):
             self.finished.add(trial.trial_id)
+
+    def record(self, trial_id: str, result: dict) -> None:
+        """Put a result on the rung it reached, without judging it (one from before a restore, or a last one)."""
+        if self._time_attr in result and self._metric in result and result[self._metric] is not None:
+            self.bracket.decide(trial_id, result[self._time_attr], self._metric_op * result[self._metric],
+                                record_only=True)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         action = super().on_trial_result(tune_controller, trial, result)
@@ -116,21 +120,15 @@ class OrderedASHA(AsyncHyperBandScheduler):
         return action
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
-        if self._time_attr in result and self._metric in result and result[self._metric] is not None:
-            self.bracket.decide(trial.trial_id, result[self._time_attr], self._metric_op * result[self._metric],
-                                record_only=True)
-        self._trial_info.pop(trial.trial_id, None)
-        self.ended_now(tune_controller, trial)
-
-    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        self._trial_info.pop(trial.trial_id, None)
-        self.ended_now(tune_controller, trial)
+        self.record(trial.trial_id, result)
+        self.on_trial_remove(tune_controller, trial)
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
-        self._trial_info.pop(trial.trial_id, None)
-        self.ended_now(tune_controller, trial)
+        self.on_trial_remove(tune_controller, trial)
 
-    def ended_now(self, tune_controller: Any, trial: Any) -> None:
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        """The trial ended, however: held trials waiting for it may have their verdict now."""
+        self._trial_info.pop(trial.trial_id, None)
         self.finished.add(trial.trial_id)
         self.held.pop(trial.trial_id, None)
         self.bracket.waiting.pop(trial.trial_id, None)
@@ -149,7 +147,9 @@ class OrderedASHA(AsyncHyperBandScheduler):
             trial = self.held.pop(trial_id)
             if verdict == TrialScheduler.STOP:
                 self._num_stopped += 1
-                trial.last_result.update(done=True)  # as Tune marks a result it stops on at once
+                # As Tune marks a result it stops on at once. Assigned, not updated in place: Tune caches the
+                # trial's metadata for its experiment snapshot until the attribute is set.
+                trial.run_metadata.last_result = {**trial.last_result, "done": True}
                 controller.stop_trial(trial)
             elif trial.is_saving:  # Tune acts on a saving trial's decision when the save is done
                 controller._cached_trial_decisions[trial.trial_id] = verdict

@@ -336,7 +336,13 @@ def _first_error(results: Any) -> str:
 def write_trials_table(grid: Any, path: Path) -> None:
     """trials.csv: one row per trial (its last result and config), in suggestion order, its place first."""
     frame = grid.get_dataframe()
-    places = {getattr(trial, "trial_id", None): place for place, trial, _ in trials_by_place(grid)}
+    by_place = trials_by_place(grid)
+    # A trial the ordered ASHA held at a rung and then stopped (rung_scheduler.py) ends on a line written before
+    # the verdict, `done` False; Tune marks one it stops at once True. Every trial that ended is done.
+    ended = [trial.trial_id for _, trial, _ in by_place if trial is not None and trial.status == "TERMINATED"]
+    if "done" in frame and "trial_id" in frame:
+        frame.loc[frame["trial_id"].isin(ended), "done"] = True
+    places = {getattr(trial, "trial_id", None): place for place, trial, _ in by_place}
     if "trial_id" in frame and places:
         frame.insert(0, "trial_index", frame["trial_id"].map(places))
         frame = frame.sort_values("trial_index", kind="stable")
