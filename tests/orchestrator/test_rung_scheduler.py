@@ -59,8 +59,9 @@ def ray_here():
 
 
 def racing_trial():
-    """Reports `x` every epoch, after `pause_s`, so a later trial can reach a rung before an earlier one. Made
-    here so that Ray ships it by value (a worker cannot import this folder's modules)."""
+    """Reports `x` every epoch, a good `x` slowly (3 s an epoch) and a bad one fast, so a later, worse trial
+    can reach a rung before an earlier one. Made here so that Ray ships it by value (a worker cannot import
+    this folder's modules)."""
 
     def trial(config):
         import time as time_here
@@ -68,7 +69,7 @@ def racing_trial():
         from ray import tune as tune_here
 
         for _ in range(4):
-            time_here.sleep(config["pause_s"])
+            time_here.sleep(3.0 if config["x"] > 0.5 else 0.05)
             tune_here.report({"score": config["x"]})
 
     return trial
@@ -77,11 +78,10 @@ def racing_trial():
 @pytest.mark.slow  # one small Tune run
 def test_under_tune_a_later_trial_that_reaches_the_rung_first_is_held_and_then_stopped_against_the_earlier_one(
         ray_here, tmp_path):
-    # Trial 0 is good and slow, trial 1 bad and fast: trial 1 reaches rung 1 first. Tune's ASHA (and an ordered
-    # ASHA that never waits) would let it go on past an empty rung; here it waits for trial 0 and stops there.
-    space = {"x": tune.grid_search([0.9, 0.1]), "pause_s": 0.0}
-    search = VariantSearch(space, num_samples=1, seed=0)
-    search.variants = [{"x": 0.9, "pause_s": 3.0}, {"x": 0.1, "pause_s": 0.05}]
+    # Trial 0 is good and slow, trial 1 bad and fast: trial 1 reaches rung 1 first (unless its start lags by
+    # seconds). Tune's ASHA (and an ordered ASHA that never waits) would let it go on past an empty rung; here
+    # it waits for trial 0 and stops there, as it does when trial 0 is there first.
+    search = VariantSearch({"x": tune.grid_search([0.9, 0.1])}, num_samples=1, seed=0)
     scheduler = OrderedASHA(max_t=4, grace_period=1, reduction_factor=2)
     tuner = tune.Tuner(racing_trial(), tune_config=tune.TuneConfig(
         metric="score", mode="max", num_samples=2, search_alg=OrderedSearch(search, window=2, total=2),
